@@ -1,0 +1,56 @@
+"""PyTorch eager backend: FP32/FP16/BF16 on CPU or CUDA, SDPA attention."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from .base import Backend
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class TorchBackend(Backend):
+    runtime = "torch"
+
+    def __init__(self, spec, loaded):
+        super().__init__(spec)
+        if spec.precision not in DTYPES:
+            raise BackendUnavailableError(f"PyTorch backend has no precision '{spec.precision}'.",
+                                          f"Use one of {', '.join(DTYPES)}; INT8/mixed run on ONNX Runtime or TensorRT.")
+        self.loaded = loaded
+        self.model = None
+
+    def load(self):
+        import torch
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("PyTorch cannot see a CUDA GPU.",
+                                          "Run on a machine with an NVIDIA GPU and a CUDA build of torch, or use device 'cpu'.")
+        self.dtype = getattr(torch, DTYPES[self.precision])
+        model = copy.deepcopy(self.loaded.model)
+        model.config._attn_implementation = "sdpa"
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.use_mask = self.loaded.uses_attention_mask
+        return self
+
+    def forward(self, input_values, attention_mask=None):
+        """Torch tensors in, device logits out (no host copy): what GPU benchmarks time."""
+        import torch
+        with torch.inference_mode():
+            return self.model(input_values, attention_mask=attention_mask if self.use_mask else None).logits
+
+    def logits(self, input_values, attention_mask=None):
+        import torch
+        x = torch.from_numpy(np.ascontiguousarray(input_values)).to(self.device, self.dtype)
+        mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
+        return self.forward(x, mask).float().cpu().numpy()
+
+    def close(self):
+        self.model = None
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass

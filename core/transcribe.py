@@ -1,0 +1,80 @@
+"""Audio -> text on any backend: processor normalisation, windowing for long audio, CTC decoding."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import Audio, windows
+from .errors import BackendUnavailableError
+
+
+@dataclass
+class Transcript:
+    text: str
+    backend: str
+    audio_seconds: float
+    latency_ms: float      # wall time of the whole transcription, decoding included
+    windows: int
+
+
+def features(processor, batch: list[np.ndarray], rate: int):
+    """Processor normalisation + padding: (input_values float32 [B,T], attention_mask int64 [B,T])."""
+    out = processor.feature_extractor(batch, sampling_rate=rate, padding=True, return_tensors="np",
+                                      return_attention_mask=True)
+    return out["input_values"].astype(np.float32), out["attention_mask"].astype(np.int64)
+
+
+def decode(processor, logits: np.ndarray, beam: bool = False) -> list[str]:
+    """Greedy CTC through the model's own tokenizer; beam search with its KenLM model when it ships one."""
+    if beam:
+        if not hasattr(processor, "decoder"):
+            raise BackendUnavailableError(
+                "Beam search needs a model that ships a KenLM language model (Wav2Vec2ProcessorWithLM).",
+                "Use greedy decoding, or a model with a language_model/ folder and `pip install pyctcdecode kenlm`.")
+        return list(processor.batch_decode(logits).text)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return tokenizer.batch_decode(logits.argmax(-1))
+
+
+def frames_per_sample(model_config) -> float:
+    return 1.0 / float(np.prod(model_config.conv_stride))
+
+
+def frame_lengths(model_config, attention_mask: np.ndarray) -> list[int]:
+    """Logit frames that belong to real audio for each row of a padded batch (conv arithmetic)."""
+    lengths = attention_mask.sum(-1).astype(np.int64)
+    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride):
+        lengths = (lengths - kernel) // stride + 1
+    return [int(n) for n in lengths]
+
+
+def logits_long(backend, processor, samples: np.ndarray, rate: int, ratio: float,
+                window_s: float = 20.0, overlap_s: float = 2.0, batch_size: int = 4) -> tuple[np.ndarray, int]:
+    """Logits of arbitrarily long audio: overlapping windows, each keeping the frames nearest its centre."""
+    spans = windows(len(samples), rate, window_s, overlap_s)
+    half = int(overlap_s * rate / 2)
+    parts = []
+    for i in range(0, len(spans), batch_size):
+        chunk = spans[i:i + batch_size]
+        values, mask = features(processor, [samples[s:e] for s, e in chunk], rate)
+        out = backend.logits(values, mask)
+        for j, (s, e) in enumerate(chunk):
+            k = i + j
+            keep_from = 0 if k == 0 else s + half           # sample offsets this window is responsible for
+            keep_to = e if k == len(spans) - 1 else spans[k + 1][0] + half
+            lo, hi = int(round((keep_from - s) * ratio)), int(round((keep_to - s) * ratio))
+            valid = int(np.floor((e - s) * ratio))
+            parts.append(out[j, lo:min(hi, valid, out.shape[1])])
+    return np.concatenate(parts, axis=0), len(spans)
+
+
+def transcribe(audio: Audio, backend, loaded, beam: bool = False, window_s: float = 20.0,
+               overlap_s: float = 2.0) -> Transcript:
+    """Transcribe one decoded Audio with a loaded backend."""
+    start = time.perf_counter()
+    ratio = frames_per_sample(loaded.model.config)
+    logits, n = logits_long(backend, loaded.processor, audio.samples, audio.sample_rate, ratio, window_s, overlap_s)
+    text = decode(loaded.processor, logits[None], beam)[0]
+    return Transcript(text, backend.name, audio.duration, (time.perf_counter() - start) * 1e3, n)

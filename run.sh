@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One entry point for the two set-up commands in README.md:
+#   bash run.sh app    install, then start the dashboard (offline default model)
+#   bash run.sh test   install, then run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+install_system() {  # espeak-ng synthesises test speech; chromium drives the browser tests
+  local want=(espeak-ng libsndfile1)
+  [ "$1" = test ] && want+=(chromium chromium-driver)
+  local missing=()
+  for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_python() {
+  python3 -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+  python3 -c "import torch, onnxruntime, streamlit, pytriton" # fail here, not mid-test, if the install broke
+}
+
+case "${1:-}" in
+  app)
+    install_system app; install_python
+    exec python3 -m streamlit run app.py --server.headless true "${@:2}" ;;
+  test)
+    install_system test; install_python
+    exec python3 -m pytest -q "${@:2}" ;;
+  *) echo "usage: bash run.sh app|test" >&2; exit 2 ;;
+esac
