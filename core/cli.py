@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -10,6 +11,8 @@ from .errors import WorkbenchError
 MODEL_HELP = ("Hugging Face id, local folder, 'demo' (offline synthetic-speech demo model) or "
               "'random:wav2vec2-large' / 'random:wav2vec2-tiny' (random weights, speed only). "
               "Default: ai4bharat/indicwav2vec-hindi, falling back to the demo model when the Hub is unreachable.")
+
+PLUGINS = ("core.variants", "core.tensorrt", "core.triton")
 
 
 def _model(args):
@@ -167,6 +170,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--beam", action="store_true")
     s.add_argument("--show", action="store_true", help="print every reference/hypothesis pair")
     s.add_argument("--no-save", action="store_true")
+    for name in PLUGINS:  # commands of optional modules (precision variants, TensorRT, Triton)
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue
+            raise
+        mod.add_cli(add)
     s = sub.add_parser("results", help="List stored runs, or the rows of one run.")
     s.set_defaults(fn=cmd_results)
     s.add_argument("--run", type=int)

@@ -1,4 +1,7 @@
-"""Backend registry: one place that turns a spec string into a ready backend, or says why it can't."""
+"""Backend registry: one place that turns a spec string into a ready backend, or says why it can't.
+
+Each runtime lives in its own module exposing SPECS (the specs it offers, in UI order),
+available(spec) -> (ok, why) and make(spec, loaded, **options) -> Backend (not yet loaded)."""
 from __future__ import annotations
 
 import importlib
@@ -6,20 +9,25 @@ import importlib
 from ..errors import BackendUnavailableError
 from .base import PRECISIONS, Backend, BackendSpec
 
-# Every backend the workbench knows, in the order the UI offers them.
-KNOWN = ["torch:fp32:cpu", "torch:fp32:cuda", "torch:fp16:cuda", "torch:bf16:cuda",
-         "ort:fp32:cpu", "ort:int8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
-         "ort:fp16:tensorrt", "trt:fp32:cuda", "trt:fp16:cuda", "trt:mixed:cuda", "trt:int8:cuda"]
+RUNTIMES = {  # runtime name -> module
+    "torch": ".torch_backend",
+    "ort": ".ort_backend",
+    "trt": ".trt_backend",
+    "triton": ".triton_backend",
+    "fast": ".fast_backend",
+}
 
 
-def _cuda_ok() -> tuple[bool, str]:
+def _module(runtime: str):
+    """The runtime's module, or None when this version of the workbench does not have it."""
+    if runtime not in RUNTIMES:
+        return None
     try:
-        import torch
-    except ImportError:
-        return False, "torch not installed: pip install torch"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU visible to PyTorch"
-    return True, ""
+        return importlib.import_module(RUNTIMES[runtime], __name__)
+    except ModuleNotFoundError as err:
+        if err.name == __name__ + RUNTIMES[runtime]:
+            return None
+        raise
 
 
 def availability(spec: str | BackendSpec) -> tuple[bool, str]:
@@ -27,22 +35,10 @@ def availability(spec: str | BackendSpec) -> tuple[bool, str]:
     spec = BackendSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.precision not in PRECISIONS:
         return False, f"unknown precision '{spec.precision}'"
-    if spec.runtime == "torch":
-        if spec.precision not in ("fp32", "fp16", "bf16"):
-            return False, "PyTorch runs fp32/fp16/bf16 only"
-        return _cuda_ok() if spec.device == "cuda" else (True, "")
-    if spec.runtime == "ort":
-        from .ort_backend import ort_available
-        return ort_available(spec.device)
-    if spec.runtime == "trt":
-        try:
-            mod = importlib.import_module(".trt_backend", __name__)
-        except ImportError:
-            return False, "TensorRT backend not built into this version"
-        return mod.trt_available()
-    if spec.runtime == "triton":
-        return True, ""
-    return False, f"unknown runtime '{spec.runtime}'"
+    mod = _module(spec.runtime)
+    if mod is None:
+        return False, f"unknown runtime '{spec.runtime}' (known: {', '.join(RUNTIMES)})"
+    return mod.available(spec)
 
 
 def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
@@ -53,25 +49,16 @@ def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
     if not ok:
         head, _, hint = why.partition(": ")
         raise BackendUnavailableError(f"Backend {spec} is not available: {head}.", hint or "Pick another backend.")
-    if spec.runtime == "torch":
-        from .torch_backend import TorchBackend
-        return TorchBackend(spec, loaded)
-    if spec.runtime == "ort":
-        from ..export import ensure_onnx
-        from .ort_backend import OrtBackend
-        return OrtBackend(spec, ensure_onnx(loaded, spec.precision), **options)
-    if spec.runtime == "trt":
-        mod = importlib.import_module(".trt_backend", __name__)
-        return mod.make(spec, loaded, **options)
-    if spec.runtime == "triton":
-        mod = importlib.import_module(".triton_backend", __name__)
-        return mod.make(spec, loaded, **options)
-    raise BackendUnavailableError(f"Unknown runtime '{spec.runtime}'.", "Use torch, ort, trt or triton.")
+    return _module(spec.runtime).make(spec, loaded, **options)
+
+
+def known() -> list[str]:
+    return [s for r in RUNTIMES if (m := _module(r)) is not None for s in getattr(m, "SPECS", [])]
 
 
 def catalogue() -> list[dict]:
     """Every known backend with whether it runs here, for `info` and the dashboard."""
-    return [{"backend": s, "available": ok, "why": why} for s in KNOWN for ok, why in [availability(s)]]
+    return [{"backend": s, "available": ok, "why": why} for s in known() for ok, why in [availability(s)]]
 
 
-__all__ = ["Backend", "BackendSpec", "KNOWN", "availability", "catalogue", "make_backend"]
+__all__ = ["Backend", "BackendSpec", "availability", "catalogue", "known", "make_backend"]

@@ -16,6 +16,19 @@ INSTALL_HINT = {"cuda": "pip install onnxruntime-gpu (in place of onnxruntime) o
                 "cpu": "pip install onnxruntime."}
 
 
+SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
+         "ort:fp16:tensorrt"]
+
+
+def available(spec) -> tuple[bool, str]:
+    return ort_available(spec.device)
+
+
+def make(spec, loaded, **options):
+    from ..export import ensure_onnx
+    return OrtBackend(spec, ensure_onnx(loaded, spec.precision), **options)
+
+
 def ort_available(device: str) -> tuple[bool, str]:
     try:
         import onnxruntime as ort

@@ -9,6 +9,29 @@ from ..errors import BackendUnavailableError
 from .base import Backend
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+SPECS = ["torch:fp32:cpu", "torch:fp32:cuda", "torch:fp16:cuda", "torch:bf16:cuda"]
+
+
+def cuda_available() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "torch not installed: pip install torch"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible to PyTorch: run on an NVIDIA GPU with a CUDA build of torch"
+    return True, ""
+
+
+def available(spec) -> tuple[bool, str]:
+    if spec.precision not in DTYPES:
+        return False, "PyTorch runs fp32/fp16/bf16 only: INT8 and mixed run on ONNX Runtime or TensorRT"
+    if spec.device not in ("cpu", "cuda"):
+        return False, f"unknown PyTorch device '{spec.device}'"
+    return cuda_available() if spec.device == "cuda" else (True, "")
+
+
+def make(spec, loaded, **_):
+    return TorchBackend(spec, loaded)
 
 
 class TorchBackend(Backend):
