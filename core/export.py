@@ -58,8 +58,9 @@ def parity_audio(loaded, n: int = 2) -> list[Audio]:
     from .audio import load_audio
     if DEMO_TESTSET.exists():
         return [load_audio(p, loaded.sample_rate) for p, _ in load_manifest(DEMO_TESTSET)[:n]]
-    rng = np.random.default_rng(0)  # only if the repo's test set was removed
-    return [Audio((0.1 * rng.standard_normal(loaded.sample_rate * 3)).astype(np.float32), loaded.sample_rate, "noise")]
+    rng = np.random.default_rng(0)  # only if the repo's test set was removed: two lengths, to exercise padding
+    return [Audio((0.1 * rng.standard_normal(int(loaded.sample_rate * s))).astype(np.float32), loaded.sample_rate,
+                  f"noise-{s}s") for s in (3, 2)][:n]
 
 
 def compare(loaded, reference, candidate, clips: list[Audio]) -> dict:

@@ -1,0 +1,56 @@
+"""The CLI as a user runs it: real subprocesses, real files, exit codes and messages."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.paths import REPO_ROOT
+
+
+def cli(*args, check=True):
+    out = subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_help_lists_every_job():
+    out = cli("--help").stdout
+    for cmd in ("export", "transcribe", "bench", "wer", "info", "results"):
+        assert cmd in out
+    assert "--seconds" in cli("bench", "--help").stdout
+
+
+def test_export_transcribe_bench_wer(hindi_wav, tmp_path):
+    model = ["--model", "random:wav2vec2-tiny"]
+    assert '"max_abs_logit_diff"' in cli("export", *model).stdout
+    out = cli("transcribe", str(hindi_wav), *model, "--backend", "torch:fp32:cpu", "--backend", "ort:fp32:cpu",
+              "--reference", "नमस्ते आज मौसम बहुत अच्छा है").stdout
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 and lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1]
+    bench = cli("bench", *model, "--backend", "ort:fp32:cpu", "--seconds", "1", "2", "--batch", "1", "2",
+                "--repeats", "5", "--warmup", "1")
+    assert "p50_ms" in bench.stdout and "random weights" in bench.stdout and "saved as run" in bench.stderr
+    assert len([line for line in bench.stdout.splitlines() if line.strip().startswith("ort:fp32:cpu")]) == 4
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"path\tsentence\n{hindi_wav}\tनमस्ते आज मौसम बहुत अच्छा है\n", encoding="utf-8")
+    wer = cli("wer", *model, "--backend", "ort:fp32:cpu", "--manifest", str(manifest))
+    assert "meaningless" in wer.stderr and "ort:fp32:cpu" in wer.stdout
+    runs = cli("results").stdout
+    assert "latency" in runs and "accuracy" in runs
+
+
+@pytest.mark.parametrize("args,message", [
+    (["transcribe", "/no/such.wav"], "Audio file not found"),
+    (["export", "--model", "/no/such/model"], "No model folder"),
+    (["transcribe", "pyproject.toml"], "Cannot decode"),
+    (["bench", "--backend", "ort:fp32:cuda", "--seconds", "1"], "onnxruntime-gpu"),
+    (["wer", "--manifest", "/no/manifest.tsv"], "Manifest not found"),
+])
+def test_errors_are_actionable(args, message):
+    out = cli(*args, "--model", "random:wav2vec2-tiny", check=False) if "--model" not in args else cli(*args, check=False)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert "→" in out.stderr  # every error says what to do next

@@ -1,0 +1,121 @@
+"""Export -> parity -> transcription on PyTorch and ONNX Runtime -> harness -> results DB."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from core.audio import load_audio
+from core.backends import BackendSpec, availability, make_backend
+from core.bench import bench_backend
+from core.errors import BackendUnavailableError, ParityError
+from core.export import export_onnx
+from core.transcribe import frame_lengths, transcribe
+
+
+def test_export_is_checked_and_dynamic(tiny, tiny_onnx):
+    model = onnx.load(str(tiny_onnx.path))
+    onnx.checker.check_model(model)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims["input_values"] == ["batch", "samples"] and dims["attention_mask"] == ["batch", "samples"]
+    assert model.graph.value_info, "shape inference should annotate intermediate tensors"
+    meta = json.loads((tiny_onnx.dir / "meta.json").read_text())
+    assert meta["opset"] == 17 and meta["versions"]["torch"] and meta["sha256"]
+    p = meta["parity"]
+    assert p["max_abs_logit_diff"] < 1e-4 and p["agreement"] == 1.0 and p["transcripts_total"] >= 2
+
+
+def test_export_cached_then_forced(tiny, tiny_onnx):
+    mtime = tiny_onnx.path.stat().st_mtime_ns
+    assert export_onnx(tiny, log=lambda *_: None).path.stat().st_mtime_ns == mtime
+    assert export_onnx(tiny, force=True, log=lambda *_: None).path.stat().st_mtime_ns != mtime
+
+
+def test_failed_parity_saves_nothing(tiny, tmp_path):
+    out = tmp_path / "strict"
+    with pytest.raises(ParityError, match="disagrees with PyTorch"):
+        export_onnx(tiny, out_dir=out, tolerance=0.0, log=lambda *_: None)  # no real export is bit-exact
+    assert not out.exists() and not list(tmp_path.glob(".export-*"))
+
+
+@pytest.mark.parametrize("length_s,batch", [(0.7, 1), (2.3, 3)])
+def test_backends_agree_on_any_shape(tiny, tiny_onnx, length_s, batch):
+    rng = np.random.default_rng(1)
+    n = int(length_s * 16000)
+    values = rng.standard_normal((batch, n)).astype(np.float32)
+    mask = np.ones((batch, n), np.int64)
+    with make_backend("torch:fp32:cpu", tiny) as pt, make_backend("ort:fp32:cpu", tiny) as ort:
+        a, b = pt.logits(values, mask), ort.logits(values, mask)
+    frames = frame_lengths(tiny.model.config, mask)[0]
+    assert a.shape == b.shape == (batch, frames, tiny.model.config.vocab_size)
+    assert frames == int(n / 320) - 1 or frames == int(n / 320)  # 50 frames per second
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_transcripts_agree_on_speech(tiny, tiny_onnx, hindi_wav):
+    audio = load_audio(hindi_wav)
+    with make_backend("torch:fp32:cpu", tiny) as pt, make_backend("ort:fp32:cpu", tiny) as ort:
+        a, b = transcribe(audio, pt, tiny), transcribe(audio, ort, tiny)
+    assert a.text and a.text == b.text
+    assert a.audio_seconds == pytest.approx(audio.duration)
+
+
+def test_ten_minute_file_in_windows(tiny, tiny_onnx):
+    """Long audio is cut into overlapping windows; the stitched logits cover it frame for frame."""
+    from core.audio import Audio
+    from core.transcribe import frames_per_sample, logits_long
+    rng = np.random.default_rng(0)
+    audio = Audio((0.1 * rng.standard_normal(16000 * 600)).astype(np.float32), 16000)
+    with make_backend("ort:fp32:cpu", tiny) as ort:
+        logits, n = logits_long(ort, tiny.processor, audio.samples, 16000, frames_per_sample(tiny.model.config))
+        assert n == 34  # 20 s windows, 18 s hop
+        assert abs(logits.shape[0] - 600 * 50) <= n  # at most a frame lost per window edge
+        assert transcribe(audio, ort, tiny).windows == n
+
+
+def test_stitching_matches_single_pass(tiny, tiny_onnx):
+    """Frames kept from each window equal the frames a single pass over the whole audio gives,
+    away from window edges (the receptive field is short for the tiny model)."""
+    from core.transcribe import features, frames_per_sample, logits_long
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal(16000 * 50)).astype(np.float32)
+    with make_backend("ort:fp32:cpu", tiny) as ort:
+        stitched, _ = logits_long(ort, tiny.processor, x, 16000, frames_per_sample(tiny.model.config))
+        whole = ort.logits(*features(tiny.processor, [x], 16000))[0]
+    assert abs(stitched.shape[0] - whole.shape[0]) <= 3
+    # argmax agreement over the stitched sequence: windows see different normalisation/context at edges
+    n = min(len(stitched), len(whole))
+    assert (stitched[:n].argmax(-1) == whole[:n].argmax(-1)).mean() > 0.9
+
+
+def test_harness_percentiles_and_throughput(tiny, tiny_onnx, hindi_wav):
+    from core import results
+    source = load_audio(hindi_wav).samples
+    with make_backend("ort:fp32:cpu", tiny) as ort:
+        rows = bench_backend(ort, tiny, seconds_list=(1, 2), batches=(1, 2), warmup=2, repeats=8, source=source)
+    assert len(rows) == 4
+    for r in rows:
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["repeats"] == 8 and r["env"]["onnxruntime"] and r["random_weights"] is True
+        assert r["audio_s_per_s"] == pytest.approx(r["audio_s"] * r["batch"] / (r["p50_ms"] / 1e3))
+        assert r["rtf"] == pytest.approx(1 / r["audio_s_per_s"])
+    run = results.save(rows, "latency", note="test")
+    back = results.rows(run)
+    assert [b["p50_ms"] for b in back] == [r["p50_ms"] for r in rows]
+    assert back[0]["env"]["onnxruntime"] == rows[0]["env"]["onnxruntime"] and back[0]["warmup"] == 2
+    assert any(r["id"] == run and r["rows"] == 4 for r in results.runs())
+
+
+def test_unavailable_backends_say_what_to_install(tiny):
+    ok, why = availability("ort:fp32:cuda")
+    assert not ok and "onnxruntime-gpu" in why
+    with pytest.raises(BackendUnavailableError) as err:
+        make_backend("torch:fp16:cuda", tiny).load() if availability("torch:fp16:cuda")[0] else \
+            make_backend("torch:fp16:cuda", tiny)
+    assert "CUDA" in str(err.value)
+    with pytest.raises(BackendUnavailableError, match="fp32/fp16/bf16"):
+        make_backend("torch:int8:cpu", tiny)
+    with pytest.raises(BackendUnavailableError, match="unknown runtime"):
+        make_backend("tvm:fp32:cpu", tiny)
+    with pytest.raises(ValueError):
+        BackendSpec.parse("a:b:c:d")
