@@ -12,7 +12,7 @@ MODEL_HELP = ("Hugging Face id, local folder, 'demo' (offline synthetic-speech d
               "'random:wav2vec2-large' / 'random:wav2vec2-tiny' (random weights, speed only). "
               "Default: ai4bharat/indicwav2vec-hindi, falling back to the demo model when the Hub is unreachable.")
 
-PLUGINS = ("core.variants", "core.tensorrt", "core.triton")
+PLUGINS = ("core.variants", "core.tensorrt", "core.triton", "core.profiling")
 
 
 def _model(args):

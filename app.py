@@ -1,0 +1,57 @@
+"""ASR inference-backend workbench — Streamlit entry point: navigation and the sidebar every page shares.
+Run: `python -m streamlit run app.py` (or `bash run.sh app`)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core.envinfo import device_label, environment
+from pages._shared import active_model, catalogue, show_error
+
+st.set_page_config(page_title="ASR backend workbench", page_icon=":material/graphic_eq:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/models.py", title="Models", icon=":material/neurology:"),
+    st.Page("pages/build.py", title="Build", icon=":material/construction:"),
+    st.Page("pages/transcribe.py", title="Transcribe", icon=":material/record_voice_over:"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:"),
+    st.Page("pages/serving.py", title="Serving", icon=":material/dns:"),
+    st.Page("pages/profile.py", title="Profile", icon=":material/troubleshoot:"),
+]
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    st.markdown("### :material/graphic_eq: ASR backend workbench")
+    try:
+        loaded = active_model()
+    except Exception as err:  # noqa: BLE001
+        show_error(err)
+        st.stop()
+    st.markdown("**Model**")
+    if loaded.random_weights:
+        st.markdown(f":orange-badge[:material/casino: random weights] `{loaded.source}`")
+        st.caption("Speed work only — transcripts and WER are meaningless.")
+    elif loaded.kind == "demo":
+        st.markdown(":blue-badge[:material/science: synthetic-speech demo model]")
+        st.caption("demo-hindi-synth: trained offline on synthesised Hindi, not a general recogniser.")
+    else:
+        st.markdown(f":green-badge[{loaded.kind}] `{loaded.source}`")
+    if st.session_state.get("model_fallback"):
+        st.warning(st.session_state["model_fallback"], icon=":material/warning:")
+    elif loaded.notice:
+        st.caption(f":material/info: {loaded.notice}")
+    env = environment()
+    st.markdown("**Device**")
+    st.markdown((":material/memory: " if env["gpu"] else ":material/computer: ") + device_label()
+                + (f" · CC {env['gpu_cc']} · driver {env['driver']}" if env["gpu"] else ""))
+    st.markdown("**Runtimes**")
+    runtimes: dict[str, bool] = {}
+    for b in catalogue():
+        runtimes[b["backend"].split(":")[0]] = runtimes.get(b["backend"].split(":")[0], False) or b["available"]
+    st.markdown(" ".join(f":green-badge[{r}]" if ok else f":gray-badge[~~{r}~~]" for r, ok in runtimes.items()))
+    with st.expander("Backends here"):
+        for b in catalogue():
+            st.markdown((":green[●] " if b["available"] else ":gray[○] ") + f"`{b['backend']}`"
+                        + ("" if b["available"] else f"  \n:gray[{b['why'].split(':')[0]}]"))
+
+page.run()

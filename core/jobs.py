@@ -1,0 +1,224 @@
+"""Background jobs: a `python -m core …` command in its own OS process, its state on disk.
+
+A job outlives the dashboard page (and the dashboard process): the state lives in
+artifacts/jobs/<id>/state.json (written atomically) and log.txt. A small supervisor
+(`python -m core.jobs <dir>`, in its own session so a cancel can kill the whole group) runs the
+command, streams its output to the log and records the exit code. The job id is a hash of the
+command, so starting the same build twice returns the running job instead of a second copy.
+Commands may print `progress: 0.42 <message>` lines; the dashboard shows them as a progress bar.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import REPO_ROOT, artifacts_dir, write_json_atomic
+
+ACTIVE = ("queued", "running")
+PROGRESS = re.compile(r"^progress:\s*([0-9]*\.?[0-9]+)\s*(.*)$")
+
+
+def jobs_dir() -> Path:
+    return artifacts_dir() / "jobs"
+
+
+def job_id(args: list[str]) -> str:
+    return hashlib.sha256(json.dumps(list(args)).encode()).hexdigest()[:12]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) counts as dead
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Job:
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.txt"
+
+    def state(self) -> dict:
+        """The recorded state; a job whose supervisor vanished (killed, machine restarted) reads as failed."""
+        try:
+            state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"id": self.id, "status": "unknown", "command": []}
+        if state.get("status") in ACTIVE and state.get("pid") and not _alive(state["pid"]):
+            time.sleep(0.2)  # the supervisor may be writing its final state right now
+            try:
+                state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            if state.get("status") in ACTIVE:
+                state.update(status="failed", ended=_now(), error="the job's process disappeared")
+                write_json_atomic(self.dir / "state.json", state)
+        return state
+
+    @property
+    def status(self) -> str:
+        return self.state().get("status", "unknown")
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def log(self, max_chars: int = 20000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - max_chars))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def progress(self) -> tuple[float | None, str]:
+        """(fraction 0..1 or None when the command reports none, last message)."""
+        fraction, message = None, ""
+        for line in self.log().splitlines():
+            m = PROGRESS.match(line.strip())
+            if m:
+                fraction, message = min(max(float(m.group(1)), 0.0), 1.0), m.group(2)
+            elif line.strip():
+                message = line.strip()
+        return fraction, message
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Kill the job's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
+        state = self.state()
+        if state.get("status") not in ACTIVE:
+            return
+        (self.dir / "cancel").touch()
+        pid = state.get("pid")
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
+        state = self.state()
+        if state.get("status") in ACTIVE or state.get("status") == "failed" and (self.dir / "cancel").exists():
+            state.update(status="cancelled", ended=state.get("ended") or _now())
+            write_json_atomic(self.dir / "state.json", state)
+
+    def wait(self, timeout: float = 600, poll: float = 0.2) -> dict:
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(poll)
+        return self.state()
+
+
+def get(jid: str) -> Job | None:
+    path = jobs_dir() / jid
+    return Job(path) if (path / "state.json").exists() else None
+
+
+def start(args: list[str], label: str = "") -> Job:
+    """Start `python -m core <args>` in the background, or return the same command's running job."""
+    args = [str(a) for a in args]
+    jid = job_id(args)
+    existing = get(jid)
+    if existing and existing.active:
+        return existing
+    job = Job(jobs_dir() / jid)
+    job.dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("cancel", "log.txt"):
+        (job.dir / stale).unlink(missing_ok=True)
+    write_json_atomic(job.dir / "state.json", {"id": jid, "label": label or " ".join(args), "command": args,
+                                               "status": "queued", "pid": None, "created": _now()})
+    env = dict(os.environ, WORKBENCH_ARTIFACTS=str(artifacts_dir()), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(job.dir)], cwd=REPO_ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = json.loads((job.dir / "state.json").read_text(encoding="utf-8"))
+    if state.get("status") == "queued":  # the supervisor may already have marked it running
+        state["pid"] = proc.pid
+        write_json_atomic(job.dir / "state.json", state)
+    return job
+
+
+def list_jobs() -> list[dict]:
+    """Every job's state, newest first."""
+    out = [Job(p.parent).state() for p in jobs_dir().glob("*/state.json")]
+    return sorted(out, key=lambda s: s.get("created", ""), reverse=True)
+
+
+def finished_artifacts() -> list[dict]:
+    """One row per finished artifact (a folder with meta.json under artifacts/), with its parity numbers."""
+    root = artifacts_dir()
+    rows = []
+    for meta_path in sorted(root.rglob("meta.json")):
+        if jobs_dir() in meta_path.parents or any(p.name.startswith(".") for p in meta_path.parents):
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        parity = meta.get("parity") or {}
+        size = meta.get("bytes")
+        rows.append({"artifact": str(meta_path.parent.relative_to(root)), "model": meta.get("source"),
+                     "precision": meta.get("precision") or meta.get("variant"),
+                     "size_mb": round(size / 2**20, 1) if isinstance(size, (int, float)) else None,
+                     "max_abs_logit_diff": parity.get("max_abs_logit_diff"),
+                     "transcripts_agree": (f"{parity['transcripts_agree']}/{parity['transcripts_total']}"
+                                           if "transcripts_agree" in parity else None),
+                     "created": meta.get("created"), "meta": meta})
+    return rows
+
+
+def _supervise(job_dir: Path) -> int:
+    """Run the job's command in this (new) session, log its output, record how it ended."""
+    job = Job(job_dir)
+    state = json.loads((job_dir / "state.json").read_text(encoding="utf-8"))
+    state.update(status="running", pid=os.getpid(), started=_now())
+    write_json_atomic(job_dir / "state.json", state)
+    with open(job.log_path, "ab", buffering=0) as log:
+        log.write(f"$ python -m core {' '.join(state['command'])}\n".encode())
+        child = subprocess.Popen([sys.executable, "-m", "core", *state["command"]], cwd=REPO_ROOT,
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        state["child_pid"] = child.pid
+        write_json_atomic(job_dir / "state.json", state)
+
+        def forward(signum, _frame):  # a cancel reaches the child too (same group), but be explicit
+            child.send_signal(signum)
+        signal.signal(signal.SIGTERM, forward)
+        code = child.wait()
+    cancelled = (job_dir / "cancel").exists()
+    state.update(status="cancelled" if cancelled else "done" if code == 0 else "failed", exit_code=code,
+                 ended=_now())
+    write_json_atomic(job_dir / "state.json", state)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(Path(sys.argv[1])))

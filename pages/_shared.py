@@ -1,0 +1,105 @@
+"""What every page shares: the active model (cached per source), available backends, error display.
+Pages stay thin: they call `core` and render; nothing here computes results."""
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import contextmanager
+
+import streamlit as st
+
+from core.errors import ModelNotFoundError, WorkbenchError
+
+FALLBACK = "random:wav2vec2-tiny"
+DEFAULT_ENV = "WORKBENCH_DEFAULT_MODEL"  # e.g. tests pick the tiny model; unset means load_model(None)
+
+
+@st.cache_resource(show_spinner="Loading model …", max_entries=4)
+def _load(source: str | None):
+    from core.models import load_model
+    return load_model(source)
+
+
+def load(source: str | None):
+    return _load(source)
+
+
+def active_model():
+    """The LoadedModel every page works on. Default: $WORKBENCH_DEFAULT_MODEL, else load_model(None)
+    (reference model, offline: the demo model); if even the demo model is missing, the tiny random model,
+    with a warning saying so."""
+    source = st.session_state.get("model_source") or os.environ.get(DEFAULT_ENV) or None
+    try:
+        loaded = _load(source)
+        st.session_state.pop("model_fallback", None)
+        return loaded
+    except ModelNotFoundError as err:
+        if source is not None and source != os.environ.get(DEFAULT_ENV):
+            raise
+        st.session_state["model_fallback"] = (f"No default model could be loaded ({err.message}) — "
+                                              f"using {FALLBACK}: random weights, so transcripts are noise.")
+        return _load(FALLBACK)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def catalogue() -> list[dict]:
+    from core.backends import catalogue as cat
+    return cat()
+
+
+def available_backends() -> list[str]:
+    return [b["backend"] for b in catalogue() if b["available"]]
+
+
+def default_backends(n: int = 2) -> list[str]:
+    avail = available_backends()
+    preferred = [b for b in ("torch:fp32:cuda", "ort:fp16:cuda", "torch:fp32:cpu", "ort:fp32:cpu") if b in avail]
+    return (preferred or avail)[:n]
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _backend(source: str, spec: str, _loaded):
+    from core.backends import make_backend
+    return make_backend(spec, _loaded).load()
+
+
+def backend(loaded, spec: str):
+    """A loaded backend, kept between reruns (ONNX files are exported on first use)."""
+    return _backend(loaded.source, spec, loaded)
+
+
+def optional(module: str):
+    """An optional core module (precision variants, TensorRT, Triton, …), or None when not in this build."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            return None
+        raise
+
+
+def show_error(err: Exception) -> None:
+    if isinstance(err, WorkbenchError):
+        st.error(f"**{err.message}**" + (f"\n\n→ {err.hint}" if err.hint else ""), icon=":material/error:")
+    else:
+        st.error(f"**{type(err).__name__}: {err}**\n\n→ This is a bug in the workbench; the details are below.",
+                 icon=":material/bug_report:")
+        st.exception(err)
+
+
+@contextmanager
+def guarded():
+    """Show any failure of the block as st.error (message + what to do) instead of a crashed page."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 — every error becomes a readable message on the page
+        show_error(err)
+
+
+def model_badge(loaded) -> None:
+    if loaded.random_weights:
+        st.caption(f":orange-badge[:material/casino: random weights] {loaded.label}")
+    elif loaded.kind == "demo":
+        st.caption(f":blue-badge[:material/science: synthetic-speech demo model] {loaded.label}")
+    else:
+        st.caption(f":green-badge[:material/check: {loaded.kind}] {loaded.label}")

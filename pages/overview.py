@@ -1,0 +1,56 @@
+"""Overview: the active model, the machine, what has been built and the latest comparison."""
+import streamlit as st
+
+from core import charts
+from core.envinfo import device_label
+from core.jobs import finished_artifacts, list_jobs
+from core.results import rows, runs
+from pages._shared import active_model, available_backends, catalogue, guarded, model_badge
+
+st.title("ASR inference-backend workbench")
+st.caption("One speech model, every NVIDIA deployment form — PyTorch, ONNX Runtime, TensorRT, Triton — "
+           "measured side by side on this machine.")
+loaded = active_model()
+model_badge(loaded)
+info = loaded.describe()
+
+c = st.columns(5)
+c[0].metric("Parameters", f"{info['parameters'] / 1e6:.1f} M", f"{info['size_mb_fp32']:.0f} MB FP32",
+            delta_color="off")
+c[1].metric("Device", device_label().split(" (")[0])
+c[2].metric("Backends available", f"{len(available_backends())} / {len(catalogue())}")
+arts = finished_artifacts()
+c[3].metric("Built artifacts", len(arts))
+all_runs = runs()
+c[4].metric("Result runs", len(all_runs))
+
+left, right = st.columns([3, 2], gap="large")
+with left, guarded():
+    latest = next((r for r in all_runs if any(x.get("p50_ms") is not None for x in rows(r["id"]))), None)
+    if latest:
+        data = rows(latest["id"])
+        st.subheader(f"Latest comparison — run {latest['id']}")
+        st.caption(f"{latest['created']} · {latest['note'] or latest['kind']}")
+        st.plotly_chart(charts.latency_bars(data), width="stretch")
+        sp = charts.speedup_table(data)
+        if not sp.empty:
+            st.plotly_chart(charts.speedup(data), width="stretch")
+    else:
+        st.subheader("No measurements yet")
+        st.info("Run a benchmark to compare backends on this machine.", icon=":material/speed:")
+        st.page_link("pages/benchmark.py", label="Open Benchmark", icon=":material/speed:")
+with right:
+    st.subheader("Get started")
+    st.page_link("pages/models.py", label="Pick a model (Hub id, folder, demo, architecture)", icon=":material/neurology:")
+    st.page_link("pages/build.py", label="Build ONNX / precision variants / TensorRT engines", icon=":material/construction:")
+    st.page_link("pages/transcribe.py", label="Transcribe audio on several backends at once", icon=":material/record_voice_over:")
+    st.page_link("pages/benchmark.py", label="Benchmark latency, throughput and WER", icon=":material/speed:")
+    st.page_link("pages/serving.py", label="Serve with Triton and load-test it", icon=":material/dns:")
+    st.page_link("pages/profile.py", label="Profile operators and graph fusions", icon=":material/troubleshoot:")
+    st.subheader("Recent jobs")
+    jobs = list_jobs()[:5]
+    if jobs:
+        st.dataframe([{"job": j.get("label"), "status": j.get("status"), "started": j.get("started")} for j in jobs],
+                     hide_index=True, width="stretch")
+    else:
+        st.caption("No background jobs yet.")

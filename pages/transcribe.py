@@ -1,0 +1,126 @@
+"""Transcribe: the same audio through several backends, transcripts side by side, differences highlighted."""
+import html
+import io
+
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from core.audio import SUPPORTED, load_audio
+from core.paths import DEMO_TESTSET
+from core.transcribe import transcribe
+from core.wer import load_manifest, scores
+from pages._shared import active_model, available_backends, backend, default_backends, guarded, model_badge
+
+st.title("Transcribe")
+loaded = active_model()
+model_badge(loaded)
+
+clips: list[tuple[str, bytes]] = []
+tab_up, tab_rec, tab_mic, tab_samples = st.tabs([":material/upload: Upload", ":material/mic: Record in browser",
+                                                  ":material/settings_voice: Server microphone",
+                                                  ":material/library_music: Samples"])
+with tab_up:
+    for f in st.file_uploader("Audio files", type=list(SUPPORTED), accept_multiple_files=True, key="uploads") or []:
+        clips.append((f.name, f.getvalue()))
+with tab_rec:
+    rec = st.audio_input("Record a clip", key="browser_rec")
+    if rec is not None:
+        clips.append(("browser recording.wav", rec.getvalue()))
+with tab_mic:
+    try:
+        import sounddevice as sd
+        inputs = [d for d in sd.query_devices() if d["max_input_channels"] > 0]
+    except Exception as err:  # noqa: BLE001 — no module, no PortAudio, no devices: all mean "not here"
+        sd, inputs, why = None, [], f"sounddevice is not available ({type(err).__name__}: {err})"
+    else:
+        why = "" if inputs else "this machine has no audio input device"
+    if not inputs:
+        st.info(f"Recording from the server's microphone is off: {why}. Upload a file or record in the browser.",
+                icon=":material/mic_off:")
+    else:
+        dev = st.selectbox("Input device", [d["name"] for d in inputs])
+        secs = st.slider("Seconds", 1, 30, 5)
+        if st.button("Record", icon=":material/fiber_manual_record:"):
+            import soundfile as sf
+            with st.spinner(f"Recording {secs} s from {dev} …"):
+                data = sd.rec(int(secs * loaded.sample_rate), samplerate=loaded.sample_rate, channels=1,
+                              device=dev, blocking=True)
+            buf = io.BytesIO()
+            sf.write(buf, data, loaded.sample_rate, format="WAV")
+            st.session_state["server_rec"] = buf.getvalue()
+        if st.session_state.get("server_rec"):
+            clips.append(("server recording.wav", st.session_state["server_rec"]))
+with tab_samples:
+    if DEMO_TESTSET.exists():
+        items = load_manifest(DEMO_TESTSET)[:12]
+        names = [p.name for p, _ in items]
+        pick = st.pills("Held-out examples (not seen in training)", names, key="sample_pick")
+        if pick:
+            path, text = items[names.index(pick)]
+            clips.append((path.name, path.read_bytes()))
+            if st.session_state.get("sample_ref_for") != pick:  # prefill the reference once per pick
+                st.session_state["reference"], st.session_state["sample_ref_for"] = text, pick
+            st.caption(f"Reference: {text}")
+    else:
+        st.info(f"No shipped examples in this checkout ({DEMO_TESTSET.relative_to(DEMO_TESTSET.parents[2])} is "
+                "missing). Upload or record instead.", icon=":material/info:")
+
+c1, c2 = st.columns([2, 3])
+specs = c1.multiselect("Backends (the first is the reference for differences)", available_backends(),
+                       default=default_backends(2), key="transcribe_backends")
+reference = c2.text_input("Reference text (optional): WER/CER per backend", key="reference")
+go = st.button("Transcribe", type="primary", icon=":material/play_arrow:", disabled=not (clips and specs))
+if not clips:
+    st.caption("Add audio above: upload, record, or pick a sample.")
+
+if go:
+    results = []
+    with st.status("Transcribing …", expanded=False) as status:
+        with guarded():
+            audios = [load_audio(data, loaded.sample_rate, name=name) for name, data in clips]
+            for spec in specs:
+                status.update(label=f"Loading {spec} (ONNX is exported on first use) …")
+                be = backend(loaded, spec)
+                for a in audios:
+                    status.update(label=f"{spec}: {a.name}")
+                    t = transcribe(a, be, loaded)
+                    row = {"audio": a.name, "backend": spec, "audio_s": round(a.duration, 2),
+                           "latency_ms": t.latency_ms, "text": t.text}
+                    if reference.strip():
+                        row.update({k: v for k, v in scores([reference], [t.text]).items() if k != "n"})
+                    results.append(row)
+        status.update(label=f"Done: {len(results)} transcripts", state="complete" if results else "error")
+    st.session_state["transcripts"] = results
+    st.session_state["transcript_audio"] = dict(clips)
+
+results = st.session_state.get("transcripts") or []
+if results:
+    if loaded.random_weights:
+        st.warning("Random-weight model: the transcripts are noise — compare latency and agreement only.",
+                   icon=":material/casino:")
+    audio_bytes = st.session_state.get("transcript_audio", {})
+    for clip in dict.fromkeys(r["audio"] for r in results):
+        rows = [r for r in results if r["audio"] == clip]
+        with st.container(border=True):
+            st.markdown(f"**{clip}** · {rows[0]['audio_s']} s")
+            if clip in audio_bytes:
+                st.audio(audio_bytes[clip])
+            cols = st.columns(len(rows))
+            for col, r in zip(cols, rows):
+                with col:
+                    st.markdown(f"`{r['backend']}`")
+                    st.metric("latency", f"{r['latency_ms']:.0f} ms", label_visibility="collapsed")
+                    if r is rows[0]:
+                        body = html.escape(r["text"]) or "∅ (empty)"
+                        st.markdown(f'<div class="transcript">{body}</div>', unsafe_allow_html=True)
+                    else:
+                        same = r["text"] == rows[0]["text"]
+                        st.markdown(f'<div class="transcript">{charts.diff_html(rows[0]["text"], r["text"])}</div>'
+                                    + ("" if not same else '<div style="color:#4d7c0f">✓ identical to the reference '
+                                       'backend</div>'), unsafe_allow_html=True)
+                    if "wer" in r:
+                        st.caption(f"WER {r['wer']:.1%} · CER {r['cer']:.1%}")
+    st.plotly_chart(charts.transcript_latency(results), width="stretch", key="latency_chart")
+    st.dataframe(pd.DataFrame(results), hide_index=True, width="stretch",
+                 column_config={"latency_ms": st.column_config.NumberColumn(format="%.1f")})

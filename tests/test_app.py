@@ -1,0 +1,130 @@
+"""Every dashboard page through Streamlit's AppTest on the tiny model: renders, key widgets, and the real
+UI paths of a transcription, a small benchmark, a background build and a profile."""
+import os
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+from core.results import runs
+
+PAGES = ["pages/overview.py", "pages/models.py", "pages/build.py", "pages/transcribe.py", "pages/benchmark.py",
+         "pages/serving.py", "pages/profile.py"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_default():
+    old = os.environ.get("WORKBENCH_DEFAULT_MODEL")
+    os.environ["WORKBENCH_DEFAULT_MODEL"] = "random:wav2vec2-tiny"
+    yield
+    if old is None:
+        os.environ.pop("WORKBENCH_DEFAULT_MODEL")
+    else:
+        os.environ["WORKBENCH_DEFAULT_MODEL"] = old
+
+
+@pytest.fixture(scope="module")
+def app():
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def page(at, path):
+    at.switch_page(path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_sidebar_shows_model_device_runtimes(app):
+    side = " ".join(m.value for m in app.sidebar.markdown)
+    assert "random weights" in side and "wav2vec2-tiny" in side  # the active model and its label
+    assert "CPU" in side and ":green-badge[torch]" in side and ":green-badge[ort]" in side  # device, runtimes
+
+
+def test_every_page_renders(app):
+    # AppTest runs a switched-to page directly (its pages/-folder mode), so the sidebar is checked above
+    for path in PAGES:
+        page(app, path)
+        assert app.title, path
+
+
+def test_models_page_shows_the_model_and_switches(app):
+    page(app, "pages/models.py")
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Vocabulary"] and metrics["Sample rate"] == "16 kHz" and metrics["Parameters"].endswith("M")
+    app.segmented_control(key="model_kind").set_value("Local folder").run()
+    app.text_input[0].set_value("/no/such/model").run()
+    app.button[0].click().run()
+    assert any("No model folder" in e.value for e in app.error)  # a clear message, not a traceback
+    assert not app.exception
+
+
+def test_transcribe_two_backends_with_reference(app, hindi_wav):
+    page(app, "pages/transcribe.py")
+    app.file_uploader(key="uploads").set_value((hindi_wav.name, hindi_wav.read_bytes(), "audio/wav")).run()
+    app.multiselect(key="transcribe_backends").set_value(["torch:fp32:cpu", "ort:fp32:cpu"]).run()
+    app.text_input(key="reference").set_value("नमस्ते आज मौसम बहुत अच्छा है").run()
+    next(b for b in app.button if b.label == "Transcribe").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    results = app.session_state["transcripts"]
+    assert [r["backend"] for r in results] == ["torch:fp32:cpu", "ort:fp32:cpu"]
+    assert all(r["latency_ms"] > 0 and 0 <= r["cer"] for r in results)
+    shown = " ".join(m.value for m in app.markdown)
+    assert "`torch:fp32:cpu`" in shown and "`ort:fp32:cpu`" in shown
+    assert app.get("plotly_chart")  # the latency chart
+
+
+def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path):
+    manifest = tmp_path / "set.tsv"
+    manifest.write_text(f"path\tsentence\n{hindi_wav}\tनमस्ते आज मौसम बहुत अच्छा है\n", encoding="utf-8")
+    before = len(runs())
+    page(app, "pages/benchmark.py")
+    ms = app.multiselect
+    ms[0].set_value(["torch:fp32:cpu", "ort:fp32:cpu"])
+    ms[1].set_value([1])
+    ms[2].set_value([1, 2])
+    app.number_input[0].set_value(1)
+    app.number_input[1].set_value(3)
+    app.text_input[0].set_value(str(manifest))
+    app.button[0].click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert len(runs()) == before + 1
+    data = app.session_state["bench_run"]
+    from core.results import rows
+    got = rows(data)
+    assert {(r["backend"], r["batch"]) for r in got if r["kind"] == "latency"} == \
+        {(b, n) for b in ("torch:fp32:cpu", "ort:fp32:cpu") for n in (1, 2)}
+    assert sum(r["kind"] == "accuracy" for r in got) == 2
+    assert len(app.get("plotly_chart")) >= 5
+    assert [d.label for d in app.get("download_button")] == ["CSV", "JSON"]
+
+
+def test_build_page_starts_an_export_job(app):
+    page(app, "pages/build.py")
+    export = next(b for b in app.button if b.label == "Export ONNX")
+    export.click().run()
+    assert not app.exception
+    started = [j for j in jobs.list_jobs() if j["command"][:1] == ["export"]]
+    assert started and started[0]["command"][-2:] == ["--model", "random:wav2vec2-tiny"]
+    state = jobs.Job(jobs.jobs_dir() / started[0]["id"]).wait(timeout=90)
+    assert state["status"] == "done", state
+    page(app, "pages/build.py")
+    assert "onnx/fp32" in app.dataframe[-1].value["artifact"].iloc[0]
+
+
+def test_profile_page_operator_table(app):
+    page(app, "pages/profile.py")
+    next(b for b in app.button if b.label.startswith("Profile")).click().run()
+    assert not app.exception and not app.error
+    table = app.session_state["op_table"]
+    assert table["self_cpu_ms"].is_monotonic_decreasing and len(table) > 3
+
+
+def test_serving_page_reports_no_server():
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    page(at, "pages/serving.py")
+    at.text_input[0].set_value("localhost:1").run()
+    assert "not live" in " ".join(m.value for m in at.markdown)
