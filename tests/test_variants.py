@@ -1,0 +1,162 @@
+"""ONNX precision variants of the tiny model: real conversions, real ONNX Runtime sessions, graphs inspected."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from conftest import espeak
+from core.errors import ExportError
+
+SENTENCES = ["नमस्ते दुनिया", "आज मौसम अच्छा है", "मेरा नाम राम है", "यह एक परीक्षा है"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """A small labelled set of real (synthesised) Hindi speech."""
+    folder = tmp_path_factory.mktemp("variant_set")
+    lines = ["path\ttext"]
+    for i, text in enumerate(SENTENCES):
+        espeak(text, folder / f"clip{i}.wav")
+        lines.append(f"clip{i}.wav\t{text}")
+    path = folder / "manifest.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _types(path) -> tuple[onnx.ModelProto, dict]:
+    """The model and the element type of every tensor, from ONNX's own shape inference."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    return model, types
+
+
+def _check_recorded(meta, manifest):
+    p = meta["parity"]
+    assert math.isfinite(p["max_abs_logit_diff"]) and p["max_abs_logit_diff"] > 0  # a real, lossy conversion
+    assert p["transcripts_total"] >= 2 and 0 <= p["transcripts_agree"] <= p["transcripts_total"]
+    w = meta["wer"]
+    assert w["n"] == len(SENTENCES) and w["manifest"] == str(manifest)
+    for k in ("wer", "cer"):  # random weights: noise, but a well-formed error rate
+        assert 0 <= w[k] < 50 and 0 <= w["fp32"][k] < 50
+
+
+def test_fp16_variant_has_fp16_weights_and_fp32_io(tiny, manifest):
+    from core.variants import build_variant
+    art = build_variant(tiny, "fp16", manifest=manifest, log=lambda *_: None)
+    assert art.path == art.dir / "model.onnx" and art.dir.name == "fp16"
+    model, types = _types(art.path)
+    big = [t for t in model.graph.initializer if np.prod(t.dims) >= 256]
+    assert big and all(t.data_type == TensorProto.FLOAT16 for t in big)
+    assert types["input_values"] == TensorProto.FLOAT and types["logits"] == TensorProto.FLOAT
+    for node in model.graph.node:  # with nothing blocked, every Softmax/LayerNorm computes in FP16
+        if node.op_type in ("Softmax", "LayerNormalization"):
+            assert types[node.output[0]] == TensorProto.FLOAT16, node.name
+    assert art.meta["bytes"] < 0.7 * art.meta["fp32_bytes"]
+    _check_recorded(art.meta, manifest)
+
+
+def test_mixed_variant_keeps_sensitive_ops_in_fp32(tiny, manifest):
+    from core.variants import DEFAULT_KEEP_FP32, build_variant
+    art = build_variant(tiny, "mixed", manifest=manifest, log=lambda *_: None)
+    model, types = _types(art.path)
+    sensitive = [n for n in model.graph.node if n.op_type in ("Softmax", "LayerNormalization")]
+    assert len(sensitive) >= 10
+    for node in sensitive:  # data in, data out, and LayerNorm's scale/bias: all float32
+        for t in [*node.input, *node.output]:
+            if t:
+                assert types[t] == TensorProto.FLOAT, (node.name, t)
+    # the final projection producing the logits stays FP32, weights included
+    head = [n for n in model.graph.node if n.name in ("/m/lm_head/MatMul", "/m/lm_head/Add")]
+    assert len(head) == 2 and all(types[t] == TensorProto.FLOAT for n in head for t in [*n.input, *n.output])
+    # ... while the encoder's matrix multiplications really run in FP16
+    fp16_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and types[n.output[0]] == TensorProto.FLOAT16]
+    assert len(fp16_matmuls) >= 8
+    kept = art.meta["kept_fp32"]
+    assert kept["Softmax"] == sum(n.op_type == "Softmax" for n in sensitive)
+    assert kept["LayerNormalization"] == sum(n.op_type == "LayerNormalization" for n in sensitive)
+    assert kept["lm_head"] == 2 and art.meta["settings"]["keep_fp32_ops"] == list(DEFAULT_KEEP_FP32)
+    _check_recorded(art.meta, manifest)
+
+
+def test_mixed_keep_list_is_configurable(tiny, manifest):
+    from core.variants import build_variant
+    art = build_variant(tiny, "mixed", manifest=manifest, keep_fp32_ops=["Softmax"], log=lambda *_: None)
+    model, types = _types(art.path)
+    assert art.meta["kept_fp32"] == {"Softmax": 2}
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            assert types[node.output[0]] == TensorProto.FLOAT
+        if node.op_type == "LayerNormalization":  # not listed, so converted
+            assert types[node.output[0]] == TensorProto.FLOAT16
+    with pytest.raises(ExportError, match="fp16 variant keeps nothing"):
+        build_variant(tiny, "fp16", keep_fp32_ops=["Softmax"], log=lambda *_: None)
+    with pytest.raises(ExportError, match="Unknown precision variant 'int4'"):
+        build_variant(tiny, "int4", log=lambda *_: None)
+
+
+def test_int8_qdq_variant_runs_on_ort_cpu(tiny, manifest, hindi_wav):
+    from core.audio import load_audio
+    from core.backends import make_backend
+    from core.transcribe import features
+    from core.variants import build_variant
+    art = build_variant(tiny, "int8", manifest=manifest, calib_size=3, log=lambda *_: None)
+    model = onnx.load(str(art.path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    int8_weights = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8 and np.prod(t.dims) >= 256]
+    assert len(int8_weights) >= 8
+    scales = {t.name: t for t in model.graph.initializer}
+    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in
+                   {w.name for w in int8_weights} and np.prod(scales[n.input[1]].dims) > 1]
+    assert per_channel, "weights should be quantized per output channel"
+    # the final projection is left unquantized: its MatMul reads a float weight, not a DequantizeLinear
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.name in art.meta["excluded_nodes"] and n.op_type == "MatMul"]
+    assert len(head) == 1 and producer.get(head[0].input[1]) != "DequantizeLinear"
+    assert head[0].input[1] in scales  # a plain float initializer
+    quantized = [n for n in model.graph.node if n.op_type == "MatMul" and producer.get(n.input[1]) == "DequantizeLinear"]
+    assert len(quantized) >= 8  # the encoder's projections read dequantized INT8 weights
+    assert len(art.meta["calibration_clips"]) == 3
+    assert art.meta["calibration_in_eval_set"] is True
+    _check_recorded(art.meta, manifest)
+    # through the registry: ort:int8:cpu reuses this cached variant and runs it on the CPU EP
+    with make_backend("ort:int8:cpu", tiny) as backend:
+        assert backend.onnx_path == art.path
+        audio = load_audio(hindi_wav, tiny.sample_rate)
+        values, mask = features(tiny.processor, [audio.samples], tiny.sample_rate)
+        out = backend.logits(values, mask)
+    assert out.dtype == np.float32 and out.shape[0] == 1 and np.isfinite(out).all()
+    assert backend.session is None  # closed
+
+
+def test_cache_hit_then_rebuild_on_changed_source(tmp_path, monkeypatch):
+    import torch
+    from core.export import export_onnx
+    from core.models import load_model
+    from core.variants import build_variant, variant_status
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))  # its own artifacts: the source gets changed
+    loaded = load_model("random:wav2vec2-tiny")
+    first = build_variant(loaded, "fp16", log=lambda *_: None)
+    mtime = first.path.stat().st_mtime_ns
+    said = []
+    again = build_variant(loaded, "fp16", log=said.append)
+    assert again.path.stat().st_mtime_ns == mtime and again.meta == first.meta
+    assert any("cached" in m for m in said)
+    status = {r["variant"]: r for r in variant_status(loaded)}
+    assert status["fp16"]["built"] and not status["fp16"]["stale"] and not status["int8"]["built"]
+
+    with torch.no_grad():  # a different model behind the same name: a new FP32 export
+        loaded.model.lm_head.bias.add_(0.5)
+    export_onnx(loaded, force=True, log=lambda *_: None)
+    assert {r["variant"]: r for r in variant_status(loaded)}["fp16"]["stale"]
+    rebuilt = build_variant(loaded, "fp16", log=lambda *_: None)
+    assert rebuilt.meta["source_sha256"] != first.meta["source_sha256"]
+    assert rebuilt.meta["build_key"] != first.meta["build_key"]
+    assert rebuilt.path.stat().st_mtime_ns != mtime
+    assert not list(tmp_path.glob("*/onnx/.*"))  # no temp folders left behind
