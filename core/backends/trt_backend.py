@@ -1,0 +1,149 @@
+"""TensorRT backend: a serialized engine (core.tensorrt builds it) run with the TensorRT 10 tensor API:
+set_input_shape per call, torch CUDA tensors as device buffers, execute_async_v3 on a torch CUDA stream.
+The engine's sidecar is checked against this TensorRT and GPU before deserialization."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, WorkbenchError
+from ..tensorrt import (PRECISIONS, TRT_MISSING, EngineIncompatibleError, EngineSettings, build_engine,
+                        ensure_compatible, read_engine_meta, rebuild_hint, tensorrt_available)
+from .base import Backend
+
+SPECS = [f"trt:{p}:cuda" for p in PRECISIONS]
+
+
+def available(spec) -> tuple[bool, str]:
+    if spec.precision not in PRECISIONS:
+        return False, f"TensorRT engines here are {', '.join(PRECISIONS)}, not '{spec.precision}'"
+    if spec.device != "cuda":
+        return False, f"TensorRT runs on 'cuda' only, not '{spec.device}': use trt:{spec.precision}:cuda"
+    ok, why = tensorrt_available()
+    if not ok:
+        return False, TRT_MISSING
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return False, "no CUDA GPU: TensorRT needs an NVIDIA GPU and a CUDA build of torch"
+    except ImportError:
+        return False, "torch not installed: pip install torch (a CUDA build)"
+    return True, ""
+
+
+def make(spec, loaded, engine: str | Path | None = None, rebuild: bool = False, log=None, **settings):
+    """An engine by directory (`engine=`), else built or reused for `loaded` with EngineSettings(**settings)."""
+    if engine is not None:
+        return TrtBackend(spec, Path(engine) / "model.plan")
+    if "keep_fp32_ops" in settings:
+        settings["keep_fp32_ops"] = tuple(settings["keep_fp32_ops"] or ())
+    art = build_engine(loaded, spec.precision, EngineSettings(**settings), rebuild=rebuild,
+                       log=log or (lambda *_: None))
+    return TrtBackend(spec, art.path, art.meta)
+
+
+_TORCH_DTYPES = None
+
+
+def _torch_dtype(trt, dtype):
+    import torch
+    global _TORCH_DTYPES
+    if _TORCH_DTYPES is None:
+        _TORCH_DTYPES = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                         trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool}
+        if hasattr(trt, "bfloat16"):
+            _TORCH_DTYPES[trt.bfloat16] = torch.bfloat16
+    return _TORCH_DTYPES[dtype]
+
+
+class TrtBackend(Backend):
+    runtime = "trt"
+
+    def __init__(self, spec, engine_path: Path | str, meta: dict | None = None):
+        super().__init__(spec)
+        self.engine_path = Path(engine_path)
+        self.meta = meta
+        self.engine = self.context = None
+
+    def load(self):
+        ok, why = available(self.spec)
+        if not ok:
+            head, _, hint = why.partition(": ")
+            raise BackendUnavailableError(head + ".", hint)
+        import tensorrt as trt
+        import torch
+        meta = self.meta or read_engine_meta(self.engine_path.parent)
+        if meta is None or not self.engine_path.exists():
+            raise EngineIncompatibleError(f"{self.engine_path} is not a finished engine (model.plan with meta.json).",
+                                          "Build it: python -m core trt-build --model <model> --precision "
+                                          f"{self.precision}")
+        ensure_compatible(meta)  # before TensorRT sees the bytes: a clear reason, not a serialization assertion
+        self.meta = meta
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise EngineIncompatibleError(f"TensorRT could not deserialize {self.engine_path}.", rebuild_hint(meta))
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+        self.min_shape, self.max_shape = tuple(lo), tuple(hi)
+        return self
+
+    def logits(self, input_values, attention_mask=None):
+        batch, samples = input_values.shape
+        max_batch, max_samples = self.max_shape
+        if samples > max_samples:
+            raise WorkbenchError(f"{samples} samples is longer than this engine's profile allows ({max_samples}).",
+                                 "Rebuild with a larger --max-seconds, or transcribe() cuts long audio into windows.")
+        if attention_mask is None:
+            attention_mask = np.ones(input_values.shape, np.int64)
+        if batch > max_batch:  # more rows than the profile: run them in slices of max_batch
+            return np.concatenate([self.logits(input_values[i:i + max_batch], attention_mask[i:i + max_batch])
+                                   for i in range(0, batch, max_batch)])
+        min_batch, min_samples = self.min_shape
+        pad_t, pad_b = max(0, min_samples - samples), max(0, min_batch - batch)
+        if pad_t or pad_b:  # shorter than the profile's minimum: zero-pad, masked out
+            input_values = np.pad(input_values, ((0, pad_b), (0, pad_t)))
+            attention_mask = np.pad(attention_mask, ((0, pad_b), (0, pad_t)))
+        out = self._run(input_values, attention_mask)[:batch]
+        if pad_t and "conv" in self.meta:  # the padding's frames are not part of the answer
+            n = samples
+            for kernel, stride in zip(self.meta["conv"]["kernel"], self.meta["conv"]["stride"]):
+                n = (n - kernel) // stride + 1
+            out = out[:, :n]
+        if not np.isfinite(out).all():
+            raise WorkbenchError(f"The TensorRT {self.precision} engine produced NaN/Inf logits.",
+                                 "FP16 overflow is the usual cause: try the mixed or fp32 engine.")
+        return out
+
+    def _run(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+        with torch.cuda.stream(self.stream):
+            feeds = {"input_values": torch.from_numpy(np.ascontiguousarray(values, np.float32))}
+            if "attention_mask" in self.inputs:
+                feeds["attention_mask"] = torch.from_numpy(np.ascontiguousarray(mask, np.int64))
+            buffers = {}
+            for name in self.inputs:
+                buffers[name] = feeds[name].to("cuda", self.dtypes[name], non_blocking=True)
+                if not self.context.set_input_shape(name, tuple(buffers[name].shape)):
+                    raise WorkbenchError(f"Shape {tuple(buffers[name].shape)} is outside the engine's profile "
+                                         f"({self.min_shape} to {self.max_shape}).", "Rebuild with wider profiles.")
+                self.context.set_tensor_address(name, buffers[name].data_ptr())
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                buffers[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+                self.context.set_tensor_address(name, buffers[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise WorkbenchError("TensorRT execution failed.", "See the TensorRT log above.")
+            logits = buffers["logits" if "logits" in buffers else self.outputs[0]].float().cpu()
+        self.stream.synchronize()
+        return logits.numpy()
+
+    def close(self):
+        self.context = self.engine = None
