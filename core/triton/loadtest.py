@@ -1,0 +1,199 @@
+"""Closed-loop load sweep against a Triton server: C client threads send real audio back to back, per
+concurrency level, bounded by a request count and a time limit. Per level: throughput, latency percentiles,
+errors, transcript agreement with an in-process backend, and the server's own queue/compute split."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..envinfo import environment
+from ..errors import WorkbenchError
+
+LEVELS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class Clip:
+    name: str
+    values: np.ndarray      # float32 [1, samples], processor-normalised
+    mask: np.ndarray        # int64 [1, samples]
+    seconds: float
+    reference: str | None   # transcript from the in-process backend
+
+
+def prepare_clips(loaded, audios, seconds: float | None = None, reference=None) -> list[Clip]:
+    """Normalise each clip (optionally tiled/cropped to `seconds`) and transcribe it in-process for comparison."""
+    from ..transcribe import decode, features
+    clips = []
+    for audio in audios:
+        samples = audio.samples
+        if seconds:
+            n = int(seconds * loaded.sample_rate)
+            samples = np.tile(samples, int(np.ceil(n / len(samples))))[:n]
+        values, mask = features(loaded.processor, [samples], loaded.sample_rate)
+        ref = decode(loaded.processor, reference.logits(values, mask))[0] if reference is not None else None
+        clips.append(Clip(audio.name, values, mask, len(samples) / loaded.sample_rate, ref))
+    if not clips:
+        raise WorkbenchError("No audio to send.", "Give --audio files (WAV/FLAC/OGG/MP3).")
+    return clips
+
+
+def _stats_client(url: str, protocol: str, timeout_s: float):
+    if protocol == "http":
+        import tritonclient.http as http
+        return http.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+    import tritonclient.grpc as grpc
+    return grpc.InferenceServerClient(url)
+
+
+def server_stats(client, protocol: str, model_name: str, timeout_s: float) -> dict | None:
+    """Cumulative counters from Triton's statistics endpoint (None if the server cannot answer)."""
+    try:
+        if protocol == "http":
+            data = client.get_inference_statistics(model_name)
+        else:
+            data = client.get_inference_statistics(model_name, as_json=True, client_timeout=timeout_s)
+        model = data["model_stats"][0]
+    except Exception:
+        return None
+    inf = model.get("inference_stats", {})
+    ns = {k: int(inf.get(k, {}).get("ns", 0)) for k in ("queue", "compute_input", "compute_infer", "compute_output")}
+    return {"requests": int(model.get("inference_count", 0)), "executions": int(model.get("execution_count", 0)),
+            "success": int(inf.get("success", {}).get("count", 0)), "fail": int(inf.get("fail", {}).get("count", 0)),
+            **{f"{k}_ns": v for k, v in ns.items()}}
+
+
+def stats_delta(before: dict | None, after: dict | None) -> dict:
+    if not before or not after:
+        return {"server_stats": False}
+    d = {k: after[k] - before[k] for k in before}
+    n = max(d["success"], 1)
+    return {"server_stats": True, "server_requests": d["requests"], "server_batches": d["executions"],
+            "server_avg_batch": d["requests"] / d["executions"] if d["executions"] else None,
+            "server_queue_ms": d["queue_ns"] / n / 1e6, "server_compute_ms": d["compute_infer_ns"] / n / 1e6,
+            "server_io_ms": (d["compute_input_ns"] + d["compute_output_ns"]) / n / 1e6, "server_fail": d["fail"]}
+
+
+def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, seconds: float,
+              join_timeout: float) -> dict:
+    """`level` threads, each with its own client from factory() (made in the thread: HTTP clients are
+    gevent-based and thread-bound), loop until `requests` were sent or `seconds` passed."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    sent = [0]
+    latencies, errors, agree, compared = [], [], [0], [0]
+    deadline = time.monotonic() + seconds
+
+    def worker(i: int):
+        try:
+            client = factory()
+        except Exception as err:  # e.g. the server is already gone
+            with lock:
+                errors.append(str(err).splitlines()[0][:300])
+            return
+        try:
+            loop(i, client)
+        finally:
+            client.close()
+
+    def loop(i: int, client):
+        while not stop.is_set():
+            with lock:
+                if sent[0] >= requests or time.monotonic() >= deadline:
+                    return
+                k = sent[0]
+                sent[0] += 1
+            clip = clips[(k + i) % len(clips)]
+            t0 = time.perf_counter()
+            try:
+                logits = client.logits(clip.values, clip.mask)
+            except Exception as err:  # counted and reported; a dead server ends the level below
+                with lock:
+                    errors.append(str(err).splitlines()[0][:300])
+                if not _live(client):
+                    stop.set()
+                continue
+            dt = (time.perf_counter() - t0) * 1e3
+            text = decode_fn(logits)
+            with lock:
+                latencies.append((dt, clip.seconds))
+                if clip.reference is not None:
+                    compared[0] += 1
+                    agree[0] += text == clip.reference
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(level)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.1, start + join_timeout - time.perf_counter()))
+    stop.set()
+    hung = sum(t.is_alive() for t in threads)
+    wall = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "sent": sent[0], "wall_s": wall, "hung_clients": hung,
+            "agree": agree[0], "compared": compared[0]}
+
+
+def _live(client) -> bool:
+    try:
+        kw = {"client_timeout": 2.0} if client.device == "grpc" else {}
+        return bool(client.client.is_server_live(**kw))
+    except Exception:
+        return False
+
+
+def sweep(loaded, clips: list[Clip], url: str, protocol: str = "http", model_name: str = "asr",
+          concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
+          served_backend: str | None = None, progress=None) -> list[dict]:
+    """One row per concurrency level (kind "load"); stops early when the server is gone."""
+    from ..backends import BackendSpec
+    from ..backends.triton_backend import TritonBackend
+    from ..transcribe import decode
+    spec = BackendSpec("triton", "fp32", protocol)
+    env = environment()
+    stats_client = _stats_client(url, protocol, timeout_s)
+    factory = lambda: TritonBackend(spec, url=url, model_name=model_name, timeout_s=timeout_s).load()  # noqa: E731
+    decode_fn = lambda logits: decode(loaded.processor, logits)[0]  # noqa: E731
+    audio_mean = float(np.mean([c.seconds for c in clips]))
+    rows = []
+    try:
+        for level in concurrency:
+            before = server_stats(stats_client, protocol, model_name, timeout_s)
+            r = run_level(factory, level, clips, decode_fn, requests, seconds, seconds + 2 * timeout_s + 5)
+            after = server_stats(stats_client, protocol, model_name, timeout_s)
+            row = level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_backend)
+            row.update(stats_delta(before, after))
+            row["server_died"] = after is None and bool(r["errors"])
+            rows.append(row)
+            if progress:
+                progress(row)
+            if row["server_died"] or (r["errors"] and not r["latencies"]):
+                break
+    finally:
+        try:
+            stats_client.close()
+        except Exception:
+            pass
+    return rows
+
+
+def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_backend) -> dict:
+    ok = len(r["latencies"])
+    lat = np.array([t for t, _ in r["latencies"]]) if ok else np.array([np.nan])
+    audio = sum(s for _, s in r["latencies"])
+    wall = r["wall_s"] or float("nan")
+    row = {"kind": "load", "model": loaded.source, "model_label": loaded.label,
+           "random_weights": loaded.random_weights, "backend": str(spec), "runtime": "triton",
+           "precision": spec.precision, "device": spec.device, "audio_s": round(audio_mean, 3), "batch": 1,
+           "concurrency": level, "n": ok, "errors": len(r["errors"]), "requests_sent": r["sent"],
+           "wall_s": r["wall_s"], "items_per_s": ok / wall if ok else 0.0, "audio_s_per_s": audio / wall if ok else 0.0,
+           "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+           "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
+           "consistency": r["agree"] / r["compared"] if r["compared"] else None,
+           "hung_clients": r["hung_clients"], "error_examples": sorted(set(r["errors"]))[:3],
+           "url": url, "model_name": model_name, "served_backend": served_backend, "env": env}
+    row["rtf"] = row["mean_ms"] / 1e3 / audio_mean if ok else None
+    return row

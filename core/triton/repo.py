@@ -1,0 +1,230 @@
+"""Model repositories for the NVIDIA Triton container: an `onnxruntime` model for ONNX variants (optionally
+with the TensorRT accelerator) or a `tensorrt_plan` model for TensorRT engines, with a config.pbtxt built
+as a ModelConfig protobuf, so it is valid by construction."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ExportError
+from ..paths import artifacts_dir
+
+# TensorRT minor version -> the NGC Triton containers that ship it (from NVIDIA's Triton release notes /
+# Frameworks Support Matrix). A plan only loads in a Triton built against the TensorRT it was built with.
+TRT_CONTAINERS = {
+    "10.0": ["24.05"], "10.1": ["24.06"], "10.2": ["24.07"], "10.3": ["24.08"], "10.4": ["24.09"],
+    "10.5": ["24.10"], "10.6": ["24.11"], "10.7": ["24.12"], "10.8": ["25.01", "25.02"],
+    "10.9": ["25.03", "25.04"], "10.10": ["25.05"], "10.11": ["25.06"],
+}
+CONTAINER = "nvcr.io/nvidia/tritonserver:{}-py3"
+
+
+@dataclass
+class RepoOptions:
+    max_batch: int = 8
+    preferred: tuple[int, ...] = ()
+    max_queue_delay_us: int = 500
+    instances: int = 1
+    kind: str = "gpu"                # gpu | cpu
+    trt_accelerator: bool = False    # ONNX Runtime's TensorRT execution accelerator (onnxruntime models only)
+    workspace_bytes: int = 4 << 30
+
+
+def repo_root() -> Path:
+    return artifacts_dir() / "triton_repo"
+
+
+def model_config(name: str, platform: str, vocab: int, with_mask: bool, precision: str, opts: RepoOptions):
+    """The ModelConfig protobuf: variable-length batched audio in, [frames, vocab] logits out."""
+    from tritonclient.grpc import model_config_pb2 as pb
+    if opts.max_batch < 1:
+        raise ExportError("max_batch must be at least 1.", "Dynamic batching needs max_batch_size > 0.")
+    bad = [p for p in opts.preferred if not 1 <= p <= opts.max_batch]
+    if bad:
+        raise ExportError(f"Preferred batch sizes {bad} are outside 1..{opts.max_batch} (max batch).",
+                          "Give --preferred sizes no larger than --max-batch.")
+    if opts.kind not in ("gpu", "cpu"):
+        raise ExportError(f"Unknown instance kind '{opts.kind}'.", "Use --kind gpu or --kind cpu.")
+    cfg = pb.ModelConfig(name=name, max_batch_size=opts.max_batch)
+    if platform == "tensorrt_plan":
+        cfg.platform = "tensorrt_plan"
+        cfg.default_model_filename = "model.plan"
+    else:
+        cfg.backend = "onnxruntime"
+        cfg.default_model_filename = "model.onnx"
+    cfg.input.add(name="input_values", data_type=pb.TYPE_FP32, dims=[-1])
+    if with_mask:
+        cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1])
+    cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(opts.preferred)))
+    cfg.instance_group.add(count=opts.instances,
+                           kind=pb.ModelInstanceGroup.KIND_GPU if opts.kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU)
+    if opts.trt_accelerator and platform != "tensorrt_plan":
+        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = "FP16" if precision in ("fp16", "mixed") else "FP32"
+        acc.parameters["max_workspace_size_bytes"] = str(opts.workspace_bytes)
+        acc.parameters["trt_engine_cache_enable"] = "1"
+        acc.parameters["trt_engine_cache_path"] = "/tmp/triton_trt_cache"
+    return cfg
+
+
+def config_text(cfg) -> str:
+    from google.protobuf import text_format
+    return text_format.MessageToString(cfg)
+
+
+def parse_config(text: str):
+    """config.pbtxt -> ModelConfig (raises on anything Triton's own parser would reject)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def containers_for(trt_version: str | None) -> list[str]:
+    if not trt_version:
+        return []
+    minor = ".".join(trt_version.split(".")[:2])
+    return [CONTAINER.format(c) for c in TRT_CONTAINERS.get(minor, [])]
+
+
+def readme(name: str, platform: str, trt_version: str | None, opts: RepoOptions, meta: dict) -> str:
+    rows = "\n".join(f"| {v} | {', '.join(f'`{c}-py3`' for c in cs)} |" for v, cs in TRT_CONTAINERS.items())
+    match = containers_for(trt_version)
+    gpus = "--gpus all " if opts.kind == "gpu" else ""
+    image = match[-1] if match else CONTAINER.format("24.10")
+    if platform == "tensorrt_plan":
+        which = (f"This engine was built with TensorRT **{trt_version}**: use "
+                 f"{' or '.join(f'`{c}`' for c in match) if match else 'the container whose TensorRT matches it exactly'}. "
+                 "A plan built by another TensorRT version fails to load (`Serialization assertion ... version`); "
+                 "rebuild the engine inside the container (`trtexec`) if no container matches."
+                 if trt_version else
+                 "The TensorRT version of this engine is unknown: pick the container whose TensorRT version matches "
+                 "the one that built it (table below), or rebuild the engine inside the container.")
+    else:
+        which = ("ONNX models load in any recent container; ONNX Runtime's TensorRT accelerator builds its engines "
+                 "on first load (slow first start; cached in /tmp/triton_trt_cache inside the container)."
+                 if opts.trt_accelerator else "ONNX models load in any recent container (onnxruntime backend).")
+    return f"""# Triton model repository: `{name}`
+
+Source model: {meta.get('label', meta.get('source'))}
+Backend: `{platform}` ({meta.get('backend_spec')}), max batch {opts.max_batch}, preferred {list(opts.preferred) or 'none'},
+max queue delay {opts.max_queue_delay_us} µs, {opts.instances} {opts.kind.upper()} instance(s).
+
+## Start it
+
+{which}
+
+```bash
+docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
+  -v "$PWD":/models {image} tritonserver --model-repository=/models
+```
+
+Then measure it from this workbench (same numbers as any other backend):
+
+```bash
+python -m core sweep --model <same model> --url localhost:8001 --protocol grpc --model-name {name}
+python -m core transcribe clip.wav --backend triton:fp32:grpc   # url/model name via the sweep options or defaults
+```
+
+Inputs: `input_values` FP32 [batch, samples] (processor-normalised 16 kHz audio){', `attention_mask` INT64 [batch, samples]' if meta.get('attention_mask') else ''};
+output `logits` FP32 [batch, frames, vocab]. Triton's dynamic batcher only merges requests whose shapes are equal, so
+clients that send fixed-length windows (e.g. 5 s or 20 s) batch best.
+
+## TensorRT version -> Triton container
+
+| TensorRT | NGC container (`nvcr.io/nvidia/tritonserver:<tag>`) |
+|---|---|
+{rows}
+
+Check NVIDIA's Frameworks Support Matrix for newer releases.
+"""
+
+
+def _engine_trt_version(engine: Path) -> str | None:
+    for meta in (engine.parent / "meta.json", engine.with_suffix(".json")):
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        version = data.get("tensorrt") or (data.get("versions") or {}).get("tensorrt")
+        if version:
+            return str(version)
+    return None
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard link when on the same filesystem (no copy of a 1 GB model), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions | None = None,
+               engine: Path | str | None = None, out_root: Path | None = None, log=print) -> Path:
+    """Write artifacts/triton_repo/<name>/<model>/{config.pbtxt,1/model.*} + README.md; returns the repo dir."""
+    from ..backends import BackendSpec
+    opts = dataclasses.replace(opts or RepoOptions())  # adjusted below; the caller's copy is left alone
+    spec = BackendSpec.parse(backend)
+    vocab = int(loaded.model.config.vocab_size)
+    with_mask = loaded.uses_attention_mask
+    trt_version = None
+    if spec.runtime == "ort":
+        from ..export import ensure_onnx
+        platform = "onnxruntime"
+        model_file = ensure_onnx(loaded, spec.precision)
+        opts.trt_accelerator = opts.trt_accelerator or spec.device == "tensorrt"
+        files = [model_file] + sorted(model_file.parent.glob(model_file.name + ".data"))  # external weights
+        if spec.device == "cpu" and opts.kind == "gpu":
+            opts.kind = "cpu"
+    elif spec.runtime == "trt":
+        platform = "tensorrt_plan"
+        if engine is None:
+            raise ExportError("A tensorrt_plan model needs a built engine.",
+                              "Build one with the TensorRT commands (`python -m core trt-build ...`) and pass "
+                              "--engine path/to/model.plan.")
+        model_file = Path(engine)
+        if not model_file.is_file():
+            raise ExportError(f"No TensorRT engine at {model_file}.", "Check the --engine path.")
+        files = [model_file]
+        trt_version = _engine_trt_version(model_file)
+        if opts.kind == "cpu":
+            raise ExportError("TensorRT plans run on GPUs only.", "Use --kind gpu.")
+    else:
+        raise ExportError(f"Backend {spec} cannot be exported to a Triton container repository.",
+                          "Export an ONNX variant (ort:fp32:cpu, ort:fp16:cuda, ...) or a TensorRT engine (trt:...), "
+                          "or serve any backend directly with `python -m core serve` (PyTriton).")
+    model_name = name or "asr"
+    meta = {"source": loaded.source, "label": loaded.label, "backend_spec": str(spec), "platform": platform,
+            "attention_mask": with_mask, "vocab": vocab, "tensorrt": trt_version,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    cfg = model_config(model_name, platform, vocab, with_mask, spec.precision, opts)
+    text = config_text(cfg)
+    parse_config(text)  # round-trip: what we write is what Triton will read
+    root = out_root or repo_root()
+    final = root / f"{loaded.key}-{str(spec).replace(':', '-')}"
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".repo-", dir=root))
+    try:
+        version_dir = work / model_name / "1"
+        version_dir.mkdir(parents=True)
+        target = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+        for f in files:
+            _place(f, version_dir / (target if f == model_file else f.name))
+        (work / model_name / "config.pbtxt").write_text(text, encoding="utf-8")
+        (work / "README.md").write_text(readme(model_name, platform, trt_version, opts, meta), encoding="utf-8")
+        (work / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(work, final)  # the whole repository appears at once
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"Triton model repository written to {final}")
+    return final

@@ -1,0 +1,156 @@
+"""A real Triton Inference Server (PyTriton's bundled tritonserver) in front of any workbench backend.
+
+    python -m core.triton.serve --model random:wav2vec2-tiny --backend ort:fp32:cpu --http-port 8000
+
+Triton's dynamic batcher groups requests; the bound function pads them into one batch (with the attention
+mask, so padding does not change the result), runs backend.logits once, and hands each request back only
+the frames of its own audio. One inference callable (with its own backend) per Triton instance."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import sysconfig
+
+import numpy as np
+
+MODEL_NAME = "asr"
+
+
+def libpython_env(env: dict | None = None) -> dict:
+    """Environment whose LD_LIBRARY_PATH starts with this interpreter's LIBDIR: Triton's Python-backend
+    stub must load the same libpython as the running interpreter (pyenv builds otherwise pick up the
+    system's older libpython and the model fails to load with 'No module named numpy')."""
+    env = dict(os.environ if env is None else env)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+    if libdir and (not parts or parts[0] != libdir):
+        env["LD_LIBRARY_PATH"] = ":".join([libdir] + [p for p in parts if p != libdir])
+    return env
+
+
+def conv_frames(model_config, samples: int) -> int:
+    n = samples
+    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride):
+        n = (n - kernel) // stride + 1
+    return int(n)
+
+
+def make_infer(backend, loaded):
+    """The inference callable PyTriton binds: a list of requests in, a list of {'logits'} out."""
+    cfg = loaded.model.config
+    min_samples = next(n for n in range(1, 100_000) if conv_frames(cfg, n) >= 1)
+    use_mask = loaded.uses_attention_mask
+
+    def run(rows: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        values = np.zeros((len(rows), width), np.float32)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, (r, m) in enumerate(zip(rows, masks)):
+            values[i, :len(r)] = r
+            mask[i, :len(r)] = m
+        return backend.logits(values, mask if use_mask else None)
+
+    def infer(requests):
+        rows, masks, owners = [], [], []
+        for k, req in enumerate(requests):
+            x = np.asarray(req["input_values"], np.float32)
+            if x.shape[-1] < min_samples:
+                raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {min_samples} "
+                                 f"({min_samples / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
+            m = req.data.get("attention_mask")
+            m = np.ones(x.shape, np.int64) if m is None else np.asarray(m, np.int64)
+            if m.shape != x.shape:
+                raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
+            rows += list(x)
+            masks += list(m)
+            owners += [k] * x.shape[0]
+        # Models without an attention mask change their output when padded: run equal lengths together only.
+        groups = {0: list(range(len(rows)))} if use_mask else {}
+        if not use_mask:
+            for i, r in enumerate(rows):
+                groups.setdefault(len(r), []).append(i)
+        out: list = [None] * len(rows)
+        for idx in groups.values():
+            logits = run([rows[i] for i in idx], [masks[i] for i in idx])
+            for j, i in enumerate(idx):
+                out[i] = logits[j]
+        responses = []
+        for k, req in enumerate(requests):
+            frames = conv_frames(cfg, req["input_values"].shape[-1])  # each request gets its own length back
+            mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
+            responses.append({"logits": np.ascontiguousarray(np.stack(mine), np.float32)})
+        return responses
+
+    return infer
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt  # Triton.serve() treats it as "stop": server and workspace are cleaned up
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.triton.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None)
+    p.add_argument("--backend", default="ort:fp32:cpu", help="any workbench backend spec")
+    p.add_argument("--model-name", default=MODEL_NAME, help="name the model is served under")
+    p.add_argument("--address", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--preferred", type=int, nargs="*", default=[])
+    p.add_argument("--max-queue-delay-us", type=int, default=500)
+    p.add_argument("--instances", type=int, default=1, help="model instances (one backend each)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per ONNX Runtime instance")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.update(libpython_env())  # PyTriton passes os.environ on to tritonserver and the stub
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
+
+    from ..backends import make_backend
+    from ..errors import WorkbenchError
+    from ..models import load_model
+
+    if args.instances < 1 or args.max_batch < 1:
+        print("error: --instances and --max-batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_model(args.model)
+        options = {"threads": args.threads} if args.threads and args.backend.startswith("ort") else {}
+        backends = [make_backend(args.backend, loaded, **options).load() for _ in range(args.instances)]
+    except WorkbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    inputs = [Tensor(name="input_values", dtype=np.float32, shape=(-1,))]
+    if loaded.uses_attention_mask:
+        inputs.append(Tensor(name="attention_mask", dtype=np.int64, shape=(-1,), optional=True))
+    outputs = [Tensor(name="logits", dtype=np.float32, shape=(-1, int(loaded.model.config.vocab_size)))]
+    batcher = DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us,
+                             preferred_batch_size=sorted(set(args.preferred)) or None)
+    config = TritonConfig(http_address=args.address, grpc_address=args.address, metrics_address=args.address,
+                          http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                          exit_timeout_secs=5, log_verbose=0)
+    # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+    signal.signal(signal.SIGTERM, _interrupt)
+    with Triton(config=config, security_config=security) as triton:
+        triton.bind(model_name=args.model_name, infer_func=[make_infer(b, loaded) for b in backends],
+                    inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
+        print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
+              f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
+        triton.serve()
+    for b in backends:
+        b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Start, health-check and stop a local Triton server (core.triton.serve) as a background process.
+
+The server runs in its own process group (tritonserver and the Python-backend stubs are its children), so
+stopping it stops all of them. A state file per server (artifacts/triton/<name>.json) records pid and ports,
+so another shell (or the dashboard) can find or stop it."""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import WorkbenchError
+from ..paths import REPO_ROOT, artifacts_dir, write_json_atomic
+from .serve import MODEL_NAME, libpython_env
+
+
+class TritonServerError(WorkbenchError):
+    pass
+
+
+@dataclass
+class ServerInfo:
+    name: str
+    pid: int
+    address: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    model: str | None
+    backend: str
+    model_name: str
+    log: str
+    started: str
+
+    def url(self, protocol: str = "http") -> str:
+        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+        return f"{host}:{self.http_port if protocol == 'http' else self.grpc_port}"
+
+
+_CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started (so they are reaped, not zombies)
+
+
+def state_dir() -> Path:
+    d = artifacts_dir() / "triton"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not a server
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def log_tail(path: str | Path, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def read_state(name: str = "default") -> ServerInfo | None:
+    """The running server of this name, or None (a stale state file is removed)."""
+    path = state_dir() / f"{name}.json"
+    try:
+        info = ServerInfo(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+    if not alive(info.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return info
+
+
+def _ready(info: ServerInfo, timeout_s: float = 2.0) -> bool:
+    import tritonclient.http as http
+    try:
+        client = http.InferenceServerClient(info.url("http"), connection_timeout=timeout_s, network_timeout=timeout_s)
+        try:
+            return bool(client.is_server_ready() and client.is_model_ready(info.model_name))
+        finally:
+            client.close()
+    except Exception:  # refused, reset, timeout: not ready yet
+        return False
+
+
+def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
+    """Block until the server and its model are ready; a clear error (with the log tail) if it dies or stalls."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(info.pid):
+            code = _CHILDREN[info.pid].returncode if info.pid in _CHILDREN else "?"
+            raise TritonServerError(f"The Triton server exited (code {code}) before it was ready. Log tail "
+                                    f"({info.log}):\n{log_tail(info.log)}",
+                                    "Fix the cause shown in the log; ports in use and model load errors are usual.")
+        if _ready(info):
+            return info
+        time.sleep(0.5)
+    stop(info)
+    raise TritonServerError(f"The Triton server was not ready after {timeout_s:.0f} s; stopped it. Log tail:\n"
+                            f"{log_tail(info.log)}", "Large models load slowly: give a longer timeout.")
+
+
+def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "default", model_name: str = MODEL_NAME,
+          address: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
+          metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
+          instances: int = 1, threads: int | None = None, timeout_s: float = 300.0) -> ServerInfo:
+    """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`."""
+    running = read_state(name)
+    if running:
+        raise TritonServerError(f"A Triton server named '{name}' is already running (pid {running.pid}, "
+                                f"http {running.url('http')}).", "Stop it first: python -m core serve --stop")
+    ports = [http_port or free_port(), grpc_port or free_port(), metrics_port or free_port()]
+    if len(set(ports)) < 3:
+        raise TritonServerError(f"HTTP, gRPC and metrics ports must differ (got {ports}).", "Pick three ports.")
+    cmd = [sys.executable, "-m", "core.triton.serve", "--backend", backend, "--model-name", model_name,
+           "--address", address, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+           "--metrics-port", str(ports[2]), "--max-batch", str(max_batch), "--max-queue-delay-us",
+           str(max_queue_delay_us), "--instances", str(instances)]
+    cmd += ["--preferred", *map(str, preferred)] if preferred else []
+    cmd += ["--model", model] if model else []
+    cmd += ["--threads", str(threads)] if threads else []
+    log = state_dir() / f"{name}.log"
+    env = libpython_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=REPO_ROOT, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    info = ServerInfo(name, proc.pid, address, *ports, model, backend, model_name, str(log),
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(state_dir() / f"{name}.json", asdict(info))
+    try:
+        return wait_ready(info, timeout_s)
+    except BaseException:
+        stop(info)
+        raise
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the server is its own process-group leader (start_new_session)
+    except ProcessLookupError:
+        pass
+
+
+def stop(server: ServerInfo | str = "default", timeout_s: float = 20.0) -> bool:
+    """SIGTERM the server's process group, wait, then SIGKILL what is left. False if nothing was running."""
+    info = read_state(server) if isinstance(server, str) else server
+    if info is None:
+        return False
+    _signal_group(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_group(info.pid, signal.SIGKILL)  # stragglers (stubs, tritonserver) too
+    if info.pid in _CHILDREN:
+        _CHILDREN.pop(info.pid).wait(timeout=10)
+    for leftover in glob.glob(f"/dev/shm/pytrtion{info.pid}-*"):  # PyTriton's shared memory after a hard kill
+        try:
+            os.unlink(leftover)
+        except OSError:
+            pass
+    (state_dir() / f"{info.name}.json").unlink(missing_ok=True)
+    return True

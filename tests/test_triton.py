@@ -1,0 +1,172 @@
+"""Triton: a REAL local server (PyTriton's tritonserver) in front of the tiny model, HTTP and gRPC clients,
+load sweeps, model-repository configs, and the failure paths (down server, bad input, server killed)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+
+from core.audio import load_audio  # noqa: E402
+from core.backends import make_backend  # noqa: E402
+from core.errors import BackendUnavailableError, ExportError  # noqa: E402
+from core.transcribe import features, transcribe  # noqa: E402
+from core.triton import server  # noqa: E402
+
+TINY = "random:wav2vec2-tiny"
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tiny_onnx):
+    """One real Triton server for the module (ONNX Runtime CPU behind it), always stopped afterwards."""
+    info = server.start(TINY, "ort:fp32:cpu", name="test", max_batch=8, preferred=[4], max_queue_delay_us=2000,
+                        instances=1, threads=1, timeout_s=120)
+    yield info
+    server.stop(info)
+    assert not server.alive(info.pid)
+
+
+@pytest.fixture(scope="module")
+def speech(tiny, hindi_wav):
+    return load_audio(hindi_wav, tiny.sample_rate)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_transcript_through_triton_equals_in_process(served, tiny, speech, protocol):
+    with make_backend("ort:fp32:cpu", tiny) as local, \
+            make_backend(f"triton:fp32:{protocol}", tiny, url=served.url(protocol)) as remote:
+        assert transcribe(speech, remote, tiny).text == transcribe(speech, local, tiny).text
+        # a padded batch of two lengths: the server must hand back the same logits row by row
+        values, mask = features(tiny.processor, [speech.samples, speech.samples[: len(speech.samples) // 2]],
+                                tiny.sample_rate)
+        np.testing.assert_allclose(remote.logits(values, mask), local.logits(values, mask), atol=1e-4)
+
+
+def test_sweep_numbers_are_coherent(served, tiny, speech):
+    from core.results import rows as db_rows, save
+    from core.triton.loadtest import prepare_clips, sweep
+    with make_backend("ort:fp32:cpu", tiny) as ref:
+        clips = prepare_clips(tiny, [speech], seconds=2.0, reference=ref)
+    rows = sweep(tiny, clips, served.url("http"), "http", "asr", concurrency=(1, 2, 4), requests=60, seconds=3.0,
+                 timeout_s=10)
+    assert [r["concurrency"] for r in rows] == [1, 2, 4]
+    for r in rows:
+        assert r["errors"] == 0 and r["n"] > 5 and r["hung_clients"] == 0
+        assert r["consistency"] == 1.0                          # same transcripts as in-process
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        little = r["items_per_s"] * r["mean_ms"] / 1e3          # Little's law: L = λ·W in a closed loop
+        assert abs(little - r["concurrency"]) / r["concurrency"] < 0.35, (r["concurrency"], little)
+        assert r["audio_s_per_s"] == pytest.approx(r["items_per_s"] * 2.0, rel=1e-6)
+        assert r["server_stats"] and r["server_requests"] == r["n"]  # server saw exactly what clients counted
+        assert r["server_compute_ms"] > 0 and r["server_queue_ms"] >= 0
+    assert rows[2]["server_avg_batch"] > 1.2  # 4 clients, one instance: the dynamic batcher merges requests
+    run = save(rows, "load")
+    stored = db_rows(run, "load")
+    assert [r["concurrency"] for r in stored] == [1, 2, 4] and stored[0]["consistency"] == 1.0
+
+
+def test_cli_sweep_over_grpc_saves_load_rows(served, hindi_wav):
+    from core.cli import main
+    from core.results import rows as db_rows
+    rc = main(["sweep", "--model", TINY, "--url", served.url("grpc"), "--protocol", "grpc", "--model-name", "asr",
+               "--concurrency", "1", "2", "--requests", "6", "--seconds", "3", "--audio", str(hindi_wav),
+               "--reference-backend", "ort:fp32:cpu"])
+    assert rc == 0
+    latest = db_rows(kind="load")[:2]
+    assert sorted(r["concurrency"] for r in latest) == [1, 2]
+    assert all(r["backend"] == "triton:fp32:grpc" and r["errors"] == 0 and r["consistency"] == 1.0 for r in latest)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_down_server_is_not_reachable(tiny, protocol):
+    url = f"127.0.0.1:{server.free_port()}"
+    t = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as err:
+        make_backend(f"triton:fp32:{protocol}", tiny, url=url, timeout_s=3).load()
+    assert "not reachable" in err.value.message and url in err.value.message
+    assert "python -m core serve" in err.value.hint
+    assert time.monotonic() - t < 10
+
+
+def test_unknown_model_and_bad_input_give_clear_errors(served, tiny):
+    from core.backends.triton_backend import TritonRequestError
+    with pytest.raises(BackendUnavailableError, match="'nope' is not ready"):
+        make_backend("triton:fp32:http", tiny, url=served.url("http"), model_name="nope").load()
+    with make_backend("triton:fp32:grpc", tiny, url=served.url("grpc")) as remote:
+        with pytest.raises(TritonRequestError, match="at least 400"):          # our server-side check
+            remote.logits(np.zeros((1, 100), np.float32))
+        with pytest.raises(TritonRequestError, match="(?i)shape"):            # Triton's own shape check
+            remote.logits(np.zeros((1, 2, 800), np.float32), np.ones((1, 2, 800), np.int64))
+
+
+def test_server_killed_mid_sweep_ends_the_sweep(tiny, tiny_onnx, speech):
+    from core.triton.loadtest import prepare_clips, sweep
+    info = server.start(TINY, "ort:fp32:cpu", name="victim", max_batch=4, instances=1, threads=1, timeout_s=120)
+    try:
+        clips = prepare_clips(tiny, [speech], seconds=1.0)
+        out = {}
+        job = threading.Thread(target=lambda: out.setdefault("rows", sweep(
+            tiny, clips, info.url("http"), "http", "asr", concurrency=(2, 4, 8), requests=100000, seconds=8,
+            timeout_s=3)), daemon=True)
+        job.start()
+        time.sleep(2.0)
+        os.killpg(info.pid, signal.SIGKILL)  # a crash, not a clean stop
+        job.join(timeout=45)
+        assert not job.is_alive(), "the sweep hung after the server died"
+        rows = out["rows"]
+        assert len(rows) == 1 and rows[0]["concurrency"] == 2     # reported, then the sweep ended
+        assert rows[0]["errors"] > 0 and rows[0]["server_died"] and rows[0]["n"] > 0
+        assert rows[0]["hung_clients"] == 0
+    finally:
+        server.stop(info)
+    assert server.read_state("victim") is None
+
+
+def test_repository_config_parses_and_carries_batching(tiny, tiny_onnx):
+    from tritonclient.grpc import model_config_pb2 as pb
+    from core.triton.repo import RepoOptions, build_repo, parse_config
+    repo = build_repo(tiny, "ort:fp32:cuda", name="asr", log=lambda *_: None,
+                      opts=RepoOptions(max_batch=16, preferred=(8, 4), max_queue_delay_us=700, instances=2,
+                                       kind="gpu", trt_accelerator=True))
+    cfg = parse_config((repo / "asr" / "config.pbtxt").read_text())
+    assert cfg.name == "asr" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 16
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 700
+    assert cfg.instance_group[0].count == 2 and cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    inputs = {i.name: i for i in cfg.input}
+    assert list(inputs["input_values"].dims) == [-1] and inputs["input_values"].data_type == pb.TYPE_FP32
+    assert list(inputs["attention_mask"].dims) == [-1] and inputs["attention_mask"].data_type == pb.TYPE_INT64
+    assert list(cfg.output[0].dims) == [-1, tiny.model.config.vocab_size]
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
+    assert (repo / "asr" / "1" / "model.onnx").stat().st_size == tiny_onnx.path.stat().st_size
+    assert "docker run" in (repo / "README.md").read_text()
+    assert not [p for p in repo.parent.iterdir() if p.name.startswith(".repo-")]  # no half-written folders
+
+    cpu = build_repo(tiny, "ort:fp32:cpu", log=lambda *_: None)  # a CPU ONNX model gets CPU instances
+    assert parse_config((cpu / "asr" / "config.pbtxt").read_text()).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+
+
+def test_tensorrt_plan_config_and_container_table():
+    from core.triton.repo import RepoOptions, config_text, containers_for, model_config, parse_config
+    cfg = parse_config(config_text(model_config("asr", "tensorrt_plan", 70, False, "fp16", RepoOptions(max_batch=8))))
+    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+    assert [i.name for i in cfg.input] == ["input_values"] and not cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert containers_for("10.5.0.18") == ["nvcr.io/nvidia/tritonserver:24.10-py3"]
+    assert containers_for("7.0.0") == []
+
+
+def test_repository_rejects_bad_requests(tiny, tiny_onnx):
+    from core.triton.repo import RepoOptions, build_repo
+    with pytest.raises(ExportError, match="Preferred"):
+        build_repo(tiny, "ort:fp32:cpu", opts=RepoOptions(max_batch=4, preferred=(8,)), log=lambda *_: None)
+    with pytest.raises(ExportError, match="python -m core serve"):
+        build_repo(tiny, "torch:fp32:cpu", log=lambda *_: None)
+    with pytest.raises(ExportError, match="engine"):
+        build_repo(tiny, "trt:fp16:cuda", log=lambda *_: None)
