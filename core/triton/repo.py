@@ -134,7 +134,7 @@ python -m core transcribe clip.wav --backend triton:fp32:grpc   # url/model name
 ```
 
 Inputs: `input_values` FP32 [batch, samples] (processor-normalised 16 kHz audio){', `attention_mask` INT64 [batch, samples]' if meta.get('attention_mask') else ''};
-output `logits` FP32 [batch, frames, vocab]. Triton's dynamic batcher only merges requests whose shapes are equal, so
+output `logits` FP32 [batch, frames, vocab].{engine_range(meta)} Triton's dynamic batcher only merges requests whose shapes are equal, so
 clients that send fixed-length windows (e.g. 5 s or 20 s) batch best.
 
 ## TensorRT version -> Triton container
@@ -147,16 +147,37 @@ Check NVIDIA's Frameworks Support Matrix for newer releases.
 """
 
 
-def _engine_trt_version(engine: Path) -> str | None:
+def engine_range(meta: dict) -> str:
+    secs = meta.get("engine_seconds")
+    return (f" The engine's optimization profile accepts {secs[0]:g}-{secs[-1]:g} s of audio per item; longer audio "
+            "must be windowed by the client (the workbench does this)." if secs else "")
+
+
+def _engine_meta(engine: Path) -> dict:
+    """The sidecar core.tensorrt writes next to model.plan (empty if the engine came from elsewhere)."""
     for meta in (engine.parent / "meta.json", engine.with_suffix(".json")):
         try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
+            return json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        version = data.get("tensorrt") or (data.get("versions") or {}).get("tensorrt")
-        if version:
-            return str(version)
-    return None
+    return {}
+
+
+def _engine_trt_version(engine: Path) -> str | None:
+    data = _engine_meta(engine)
+    version = data.get("tensorrt") or (data.get("versions") or {}).get("tensorrt")
+    return str(version) if version else None
+
+
+def _built_engine(loaded, precision: str) -> Path | None:
+    """The newest finished engine of this precision in the TensorRT cache, if core.tensorrt built one."""
+    try:
+        from ..tensorrt import engines_dir
+    except ImportError:
+        return None
+    found = [m.parent / "model.plan" for m in engines_dir(loaded).glob("*/meta.json")
+             if _engine_meta(m.parent / "model.plan").get("precision") == precision and (m.parent / "model.plan").exists()]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -186,15 +207,22 @@ def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions 
             opts.kind = "cpu"
     elif spec.runtime == "trt":
         platform = "tensorrt_plan"
-        if engine is None:
-            raise ExportError("A tensorrt_plan model needs a built engine.",
-                              "Build one with the TensorRT commands (`python -m core trt-build ...`) and pass "
-                              "--engine path/to/model.plan.")
-        model_file = Path(engine)
+        model_file = Path(engine) if engine else _built_engine(loaded, spec.precision)
+        if model_file is None:
+            raise ExportError(f"A tensorrt_plan model needs a built {spec.precision} engine; none found.",
+                              f"Build one with `python -m core trt-build --model {loaded.source} ...` (on the GPU "
+                              "that will serve it), or pass --engine path/to/model.plan.")
         if not model_file.is_file():
             raise ExportError(f"No TensorRT engine at {model_file}.", "Check the --engine path.")
         files = [model_file]
         trt_version = _engine_trt_version(model_file)
+        engine_meta = _engine_meta(model_file)
+        if engine_meta.get("inputs"):
+            with_mask = "attention_mask" in engine_meta["inputs"]
+        profile_max = max((p.get("max", [0])[0] for p in engine_meta.get("profiles", [])), default=None)
+        if profile_max and opts.max_batch > profile_max:
+            raise ExportError(f"max_batch {opts.max_batch} exceeds the engine's optimization profile (max batch "
+                              f"{profile_max}).", f"Use --max-batch {profile_max} or rebuild the engine.")
         if opts.kind == "cpu":
             raise ExportError("TensorRT plans run on GPUs only.", "Use --kind gpu.")
     else:
@@ -205,6 +233,8 @@ def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions 
     meta = {"source": loaded.source, "label": loaded.label, "backend_spec": str(spec), "platform": platform,
             "attention_mask": with_mask, "vocab": vocab, "tensorrt": trt_version,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if platform == "tensorrt_plan":
+        meta["engine_seconds"] = next((p.get("seconds") for p in engine_meta.get("profiles", [])), None)
     cfg = model_config(model_name, platform, vocab, with_mask, spec.precision, opts)
     text = config_text(cfg)
     parse_config(text)  # round-trip: what we write is what Triton will read

@@ -1,0 +1,101 @@
+"""How much of the in-process GPU throughput survives Triton? Serve a model through a local Triton
+(PyTriton) on the fastest in-process backend, sweep client concurrency with fixed-length speech, and
+compare Triton's audio-seconds/s at concurrency 16 with in-process batch-8 / batch-16 throughput measured
+by core.bench in the same run, on the same GPU.
+
+    python bench/gpu_triton.py                              # H100: random:wav2vec2-large, torch:fp16:cuda
+    python bench/gpu_triton.py --model random:wav2vec2-tiny --backend ort:fp32:cpu --seconds 1 \\
+        --concurrency 1 2 --requests 10 --level-seconds 3 --batches 2 --repeats 3 --warmup 1   # CPU smoke run
+
+Writes $OUT/gpu_triton.json when OUT is set."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.backends import make_backend  # noqa: E402
+from core.bench import bench_backend  # noqa: E402
+from core.envinfo import environment  # noqa: E402
+from core.export import parity_audio  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.triton import server  # noqa: E402
+from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="random:wav2vec2-large")
+    p.add_argument("--backend", default="torch:fp16:cuda", help="in-process backend served by Triton")
+    p.add_argument("--seconds", type=float, default=5.0, help="audio per request")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--compare-at", type=int, default=16, help="concurrency compared with in-process batches")
+    p.add_argument("--requests", type=int, default=400, help="max requests per level")
+    p.add_argument("--level-seconds", type=float, default=20.0, help="max seconds per level")
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 16], help="in-process batch sizes")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--preferred", type=int, nargs="*", default=[8, 16])
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+
+    loaded = load_model(args.model)
+    audios = parity_audio(loaded, n=4)
+    print(f"model {loaded.label}; backend {args.backend}; {args.seconds:g} s per request; "
+          f"speech: {', '.join(a.name for a in audios)}", file=sys.stderr)
+    with make_backend(args.backend, loaded) as local:  # in-process first, then freed for the server
+        clips = prepare_clips(loaded, audios, args.seconds, reference=local)
+        inproc = bench_backend(local, loaded, [args.seconds], args.batches, args.warmup, args.repeats,
+                               source=audios[0].samples)
+    info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
+                        preferred=[b for b in args.preferred if b <= args.max_batch],
+                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, timeout_s=900)
+    try:
+        rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, args.concurrency,
+                     args.requests, args.level_seconds, args.timeout, served_backend=args.backend,
+                     progress=lambda r: print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, "
+                                              f"p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr))
+    finally:
+        server.stop(info)
+
+    at = max((r for r in rows if r["concurrency"] <= args.compare_at and r["n"]), key=lambda r: r["concurrency"],
+             default=None)
+    ratios = {f"batch_{r['batch']}": (at["audio_s_per_s"] / r["audio_s_per_s"] if at else None) for r in inproc}
+    env = environment()
+    print(f"\n# {loaded.label} | {env.get('gpu') or env.get('cpu')} | driver {env.get('driver')} | CUDA {env.get('cuda')} "
+          f"| torch {env.get('torch')} | pytriton {env.get('nvidia-pytriton')} | tritonclient {env.get('tritonclient')}")
+    print(f"{'in-process':<12}{'batch':>6}{'p50 ms':>10}{'audio-s/s':>12}")
+    for r in inproc:
+        print(f"{args.backend:<12}{r['batch']:>6}{r['p50_ms']:>10.1f}{r['audio_s_per_s']:>12.1f}")
+    print(f"\n{'triton c':>9}{'ok':>6}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50':>9}{'p90':>9}{'p99':>9}"
+          f"{'batch':>7}{'queue ms':>10}{'compute ms':>12}{'agree':>7}")
+    for r in rows:
+        f = lambda v, fmt: (format(v, fmt) if isinstance(v, (int, float)) else "-")  # noqa: E731
+        print(f"{r['concurrency']:>9}{r['n']:>6}{r['errors']:>5}{r['items_per_s']:>9.2f}{r['audio_s_per_s']:>11.1f}"
+              f"{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{f(r.get('server_avg_batch'), '.2f'):>7}"
+              f"{f(r.get('server_queue_ms'), '.2f'):>10}{f(r.get('server_compute_ms'), '.2f'):>12}"
+              f"{f(r.get('consistency'), '.2f'):>7}")
+    if at:
+        print(f"\nTriton at concurrency {at['concurrency']}: {at['audio_s_per_s']:.1f} audio-s/s = "
+              + ", ".join(f"{v:.0%} of in-process {k.replace('_', ' ')}" for k, v in ratios.items()))
+    result = {"model": loaded.source, "label": loaded.label, "backend": args.backend, "seconds": args.seconds,
+              "args": vars(args), "in_process": inproc, "triton": rows,
+              "compare_at": at["concurrency"] if at else None, "triton_over_in_process": ratios, "env": env}
+    if os.environ.get("OUT"):
+        out = Path(os.environ["OUT"]) / "gpu_triton.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0 if at else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
