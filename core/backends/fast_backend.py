@@ -1,0 +1,374 @@
+"""Fast GPU backend for wav2vec2-style CTC models: the same function as the Hugging Face model,
+rewritten for speed (runtime "fast").
+
+What it changes, each an exact reformulation (tests check them against the original on CPU):
+  * weight norm of the positional conv folded into a plain weight once at load time (the
+    parametrization recomputes the norm on every call);
+  * Q, K and V projections fused into one matrix product; SDPA attention;
+  * padding is expressed by per-row *lengths*, from which every mask is derived inside the graph,
+    so inputs padded to a fixed bucket give the same logits on the real frames as unpadded inputs.
+And the speed machinery on CUDA:
+  * FP16/BF16 weights (layer norms and attention softmax still accumulate in FP32);
+  * optional torch.compile (static shapes);
+  * one CUDA graph per (batch bucket, length bucket), captured lazily on first use, so a replay is
+    a single launch instead of hundreds. Inputs longer than the largest bucket, or larger batches
+    than the largest batch bucket, run eagerly (same code, no graph): any length works.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from .base import Backend
+
+SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
+BATCH_BUCKETS = (1, 2, 4, 8)
+
+
+def available(spec) -> tuple[bool, str]:
+    if spec.precision not in DTYPES:
+        return False, f"the fast backend runs fp16/bf16/fp32 only, not '{spec.precision}'"
+    if spec.device == "cpu":  # a reference mode for tests: the reformulated model, eager, no graphs
+        return (True, "") if spec.precision == "fp32" else (False, "on the CPU the fast backend runs fp32 only")
+    if spec.device != "cuda":
+        return False, f"the fast backend runs on 'cuda' (or 'cpu' for checks), not '{spec.device}'"
+    try:
+        import torch
+    except ImportError:
+        return False, "torch not installed: pip install torch"
+    if not torch.cuda.is_available():
+        return False, ("no CUDA GPU visible to PyTorch: CUDA graphs and FP16 kernels need an NVIDIA GPU "
+                       "and a CUDA build of torch")
+    if spec.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return False, "this GPU has no bf16 support: use fast:fp16:cuda"
+    return True, ""
+
+
+def make(spec, loaded, **options):
+    return FastBackend(spec, loaded, **options)
+
+
+# ---------------------------------------------------------------- bucketing (pure, CPU-testable)
+
+def choose_bucket(n: int, buckets) -> int | None:
+    """The smallest bucket that holds n, or None when n is larger than every bucket."""
+    fits = [b for b in sorted(buckets) if b >= n]
+    return fits[0] if fits else None
+
+
+def conv_out_length(n, config):
+    """Feature frames for n samples (ints or an integer tensor): the feature encoder's conv arithmetic."""
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        n = (n - kernel) // stride + 1
+    return n
+
+
+# ---------------------------------------------------------------- the reformulated model
+
+def _folded_conv_weight(conv):
+    """The effective weight of a (possibly weight-normed) conv as a plain tensor: weight norm folded once."""
+    import torch
+    with torch.no_grad():
+        return conv.weight.detach().clone()  # a parametrized module computes g * v / ||v|| here
+
+
+def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int = 0, out_len: int | None = None):
+    """Conv1d on channels-last x [B, T, Cin] as one (batched) matrix product over unfolded windows.
+    weight is the conv's [Cout, Cin/groups, K]. Same sums as the cuDNN conv, but without its layout
+    transposes and, for the grouped positional conv, without one launch per group (seen in the profile:
+    16 launches of ~130 us for W1)."""
+    import torch.nn.functional as F
+    b, _, cin = x.shape
+    cout, cg, k = weight.shape
+    if padding:
+        x = F.pad(x, (0, 0, padding, padding))
+    win = x.unfold(1, k, stride)                       # [B, Tout, Cin, K], a view
+    if out_len is not None:
+        win = win[:, :out_len]
+    tout = win.shape[1]
+    if groups == 1:
+        y = win.reshape(b, tout, cin * k) @ weight.reshape(cout, cin * k).t()
+    else:
+        win = win.reshape(b, tout, groups, cg * k).transpose(1, 2)               # [B, G, Tout, Cg*K]
+        w = weight.reshape(groups, cout // groups, cg * k).transpose(1, 2)       # [G, Cg*K, Cout/G]
+        y = (win @ w).transpose(1, 2).reshape(b, tout, cout)
+    return y if bias is None else y + bias
+
+
+def build_module(hf_model, conv: str = "gemm"):
+    """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
+    conv: "gemm" (convolutions as matrix products on channels-last tensors) or "cudnn" (F.conv1d)."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    cfg = hf_model.config
+    w2v = hf_model.wav2vec2
+    if getattr(w2v, "adapter", None) is not None or getattr(cfg, "adapter_attn_dim", None) is not None:
+        raise BackendUnavailableError("The fast backend does not support wav2vec2 adapters.",
+                                      "Use torch:fp16:cuda or an ONNX/TensorRT backend for this model.")
+    if cfg.model_type not in ("wav2vec2",):
+        raise BackendUnavailableError(f"The fast backend supports wav2vec2 CTC models, not '{cfg.model_type}'.",
+                                      "Use torch:fp16:cuda or an ONNX/TensorRT backend for this model.")
+
+    class FeatureEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = w2v.feature_extractor.conv_layers
+            self.convs = nn.ModuleList(copy.deepcopy(l.conv) for l in layers)
+            self.norm = cfg.feat_extract_norm  # "layer": LN per conv over channels; "group": first conv only
+            self.norms = nn.ModuleList(copy.deepcopy(l.layer_norm) for l in layers if hasattr(l, "layer_norm"))
+            self.act = layers[0].activation
+
+        def forward(self, x, lengths):
+            h = x[:, :, None]                                    # channels-last [B, T, C]
+            for i, c in enumerate(self.convs):
+                if conv == "gemm":
+                    h = conv_as_gemm(h, c.weight, c.bias, c.stride[0])
+                else:
+                    h = c(h.transpose(1, 2)).transpose(1, 2)
+                if self.norm == "layer":
+                    h = self.norms[i](h)
+                elif i == 0:
+                    h = self._masked_group_norm(h, lengths, c)
+                h = self.act(h)
+            return h  # [B, frames, C]
+
+        def _masked_group_norm(self, h, lengths, c):
+            # GroupNorm with one group per channel normalises over time: take the statistics over the
+            # frames of real audio only, so padding to a bucket does not change them.
+            gn = self.norms[0]
+            n = (lengths - c.kernel_size[0]) // c.stride[0] + 1
+            m = (torch.arange(h.shape[1], device=h.device)[None] < n[:, None]).to(torch.float32)[..., None]
+            hf = h.float()
+            count = m.sum(1, keepdim=True)
+            mean = (hf * m).sum(1, keepdim=True) / count
+            var = (((hf - mean) * m) ** 2).sum(1, keepdim=True) / count
+            out = (hf - mean) * torch.rsqrt(var + gn.eps)
+            return (out * gn.weight.float() + gn.bias.float()).to(h.dtype)
+
+    class Layer(nn.Module):
+        def __init__(self, hf_layer):
+            super().__init__()
+            a = hf_layer.attention
+            self.heads = a.num_heads
+            hidden = a.q_proj.in_features
+            self.qkv = nn.Linear(hidden, 3 * hidden)  # fused: one GEMM instead of three
+            with torch.no_grad():
+                self.qkv.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+                self.qkv.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+            self.out = copy.deepcopy(a.out_proj)
+            self.ln1 = copy.deepcopy(hf_layer.layer_norm)
+            self.ln2 = copy.deepcopy(hf_layer.final_layer_norm)
+            ff = hf_layer.feed_forward
+            self.ff1, self.ff2 = copy.deepcopy(ff.intermediate_dense), copy.deepcopy(ff.output_dense)
+            self.act = ff.intermediate_act_fn
+            self.stable = cfg.do_stable_layer_norm
+
+        def attention(self, x, mask):
+            b, t, h = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.out(o.transpose(1, 2).reshape(b, t, h))
+
+        def forward(self, x, mask):
+            if self.stable:
+                x = x + self.attention(self.ln1(x), mask)
+                return x + self.ff2(self.act(self.ff1(self.ln2(x))))
+            x = self.ln1(x + self.attention(x, mask))
+            return self.ln2(x + self.ff2(self.act(self.ff1(x))))
+
+    class FastWav2Vec2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = cfg
+            self.features = FeatureEncoder()
+            self.proj_ln = copy.deepcopy(w2v.feature_projection.layer_norm)
+            self.proj = copy.deepcopy(w2v.feature_projection.projection)
+            pc = w2v.encoder.pos_conv_embed.conv
+            self.pos_conv = nn.Conv1d(pc.in_channels, pc.out_channels, pc.kernel_size[0], padding=pc.padding[0],
+                                      groups=pc.groups)
+            with torch.no_grad():
+                self.pos_conv.weight.copy_(_folded_conv_weight(pc))
+                self.pos_conv.bias.copy_(pc.bias)
+            self.pos_act = w2v.encoder.pos_conv_embed.activation
+            self.enc_ln = copy.deepcopy(w2v.encoder.layer_norm)
+            self.layers = nn.ModuleList(Layer(l) for l in w2v.encoder.layers)
+            self.lm_head = copy.deepcopy(hf_model.lm_head)
+            self.stable = cfg.do_stable_layer_norm
+
+        def forward(self, input_values, lengths):
+            """input_values [B,T] (processor-normalised, zero padded), lengths [B] int64 samples of real audio
+            -> logits [B, frames(T), vocab]; frames beyond a row's length are not meaningful."""
+            h = self.features(input_values, lengths)
+            x = self.proj(self.proj_ln(h))
+            frames = conv_out_length(lengths, cfg).clamp(min=1)
+            keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
+            x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
+            pc, t = self.pos_conv, x.shape[1]
+            if conv == "gemm":
+                pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
+            else:
+                pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
+            x = x + self.pos_act(pos)
+            if not self.stable:
+                x = self.enc_ln(x)
+            mask = keep[:, None, None, :]                                 # keys of real frames only
+            for layer in self.layers:
+                x = layer(x, mask)
+            if self.stable:
+                x = self.enc_ln(x)
+            return self.lm_head(x)
+
+    return FastWav2Vec2().eval()
+
+
+# ---------------------------------------------------------------- the backend
+
+class FastBackend(Backend):
+    """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
+    for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
+    conv ("gemm" | "cudnn": how the convolutions run)."""
+    runtime = "fast"
+
+    def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
+                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "gemm"):
+        super().__init__(spec)
+        ok, why = available(spec)
+        if not ok:
+            raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
+        self.loaded = loaded
+        cuda = spec.device == "cuda"
+        self.compile_mode = compile if cuda else None
+        self.use_graphs = cuda if graphs is None else (graphs and cuda)
+        self.pad = self.use_graphs if pad is None else pad
+        rate = loaded.sample_rate
+        self.buckets = tuple(int(round(s * rate)) for s in sorted(buckets_s))
+        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.use_mask = loaded.uses_attention_mask
+        self.conv = conv
+        self.module = None
+        self.graphs: dict = {}
+        self.stats = {"graph": 0, "eager": 0}
+
+    def load(self):
+        import torch
+        self.dtype = getattr(torch, DTYPES[self.precision])
+        module = build_module(self.loaded.model, self.conv).to(device=self.device, dtype=self.dtype)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self.module = module
+        self.run = module
+        if self.compile_mode:
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            import torch._dynamo as dynamo
+            for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
+                if hasattr(dynamo.config, knob):
+                    setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
+            self.run = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
+        if self.device == "cuda" and self.precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        return self
+
+    def lengths_of(self, input_values, attention_mask):
+        """Per-row real samples: the mask's sum for models that take one, else the full (padded) width,
+        which is what the Hugging Face model sees when it is given no mask."""
+        b, t = input_values.shape
+        if attention_mask is None or not self.use_mask:
+            return np.full(b, t, np.int64)
+        return np.asarray(attention_mask).sum(-1).astype(np.int64)
+
+    def forward(self, values, lengths):
+        """Device tensors in (values [B,T] in the backend's dtype, lengths [B] int64), device logits
+        [B, frames(T), vocab] out. A graph's output buffer is reused by its next replay: copy it if kept."""
+        import torch
+        b, t = values.shape
+        with torch.inference_mode():
+            tb = choose_bucket(t, self.buckets) if self.pad else t
+            bb = choose_bucket(b, self.batch_buckets) if self.pad else b
+            if tb is None or bb is None:
+                if bb is None and b > self.batch_buckets[-1] and tb is not None:  # split big batches
+                    step = self.batch_buckets[-1]
+                    return torch.cat([self.forward(values[i:i + step], lengths[i:i + step])
+                                      for i in range(0, b, step)])
+                self.stats["eager"] += 1
+                return self.module(values, lengths)
+            frames = int(conv_out_length(t, self.loaded.model.config))
+            if not self.use_graphs:
+                x, n = self._padded(values, lengths, bb, tb)
+                self.stats["eager"] += 1
+                return self.run(x, n)[:b, :frames]
+            graph = self.graphs.get((bb, tb)) or self._capture(bb, tb)
+            g, x_static, n_static, out = graph
+            x_static.zero_()
+            x_static[:b, :t].copy_(values)
+            n_static.fill_(tb)
+            n_static[:b].copy_(lengths)
+            g.replay()
+            self.stats["graph"] += 1
+            return out[:b, :frames]
+
+    def _padded(self, values, lengths, bb, tb):
+        """Zero-pad to [bb, tb]; padded rows get the full length (dropped later; a full length keeps
+        their attention rows finite)."""
+        import torch
+        b, t = values.shape
+        if (b, t) == (bb, tb):
+            return values, lengths
+        x = torch.zeros((bb, tb), dtype=values.dtype, device=values.device)
+        x[:b, :t] = values
+        n = torch.full((bb,), tb, dtype=lengths.dtype, device=lengths.device)
+        n[:b] = lengths
+        return x, n
+
+    def _capture(self, bb, tb):
+        import torch
+        x = (0.1 * torch.randn((bb, tb), device=self.device)).to(self.dtype)  # never zeros
+        n = torch.full((bb,), tb, dtype=torch.int64, device=self.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # compiles (if torch.compile) and lets cuBLAS/cuDNN pick kernels
+                self.run(x, n)
+        torch.cuda.current_stream().wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            out = self.run(x, n)
+        self.graphs[(bb, tb)] = (g, x, n, out)
+        return self.graphs[(bb, tb)]
+
+    def capture(self, batch: int, seconds: float):
+        """Capture ahead of time the graph that a [batch, seconds] input will use (else it happens on first use)."""
+        tb = choose_bucket(int(round(seconds * self.loaded.sample_rate)), self.buckets)
+        bb = choose_bucket(batch, self.batch_buckets)
+        if self.use_graphs and tb and bb and (bb, tb) not in self.graphs:
+            self._capture(bb, tb)
+
+    def tensors(self, input_values, attention_mask=None):
+        """numpy -> the device tensors forward() takes."""
+        import torch
+        x = torch.from_numpy(np.ascontiguousarray(input_values, dtype=np.float32)).to(self.device, self.dtype)
+        n = torch.from_numpy(self.lengths_of(input_values, attention_mask)).to(self.device)
+        return x, n
+
+    def logits(self, input_values, attention_mask=None):
+        return self.forward(*self.tensors(input_values, attention_mask)).float().cpu().numpy()
+
+    def close(self):
+        self.graphs.clear()
+        self.module = self.run = None
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+__all__ = ["SPECS", "available", "make", "FastBackend", "build_module", "choose_bucket", "conv_as_gemm",
+           "conv_out_length"]

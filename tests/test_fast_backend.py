@@ -1,0 +1,141 @@
+"""The fast backend's reformulated model and bucketing, checked on the CPU against the Hugging Face model.
+(Its CUDA graphs and FP16/BF16 kernels are measured by bench/gpu_w1.py on a GPU.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.backends import availability, make_backend
+from core.backends.fast_backend import FastBackend, build_module, choose_bucket, conv_as_gemm, conv_out_length
+from core.models import build_random
+from core.transcribe import features, frame_lengths
+
+
+def hf_logits(model, values, mask=None):
+    with torch.inference_mode():
+        m = None if mask is None else torch.from_numpy(mask)
+        return model(torch.from_numpy(values), attention_mask=m).logits.numpy()
+
+
+def noise(*seconds, rate=16000, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(s * rate))).astype(np.float32) for s in seconds]
+
+
+def test_choose_bucket():
+    assert choose_bucket(16000, (16000, 32000)) == 16000          # exact fit
+    assert choose_bucket(16001, (32000, 16000)) == 32000          # next one up, order-independent
+    assert choose_bucket(1, (16000, 32000)) == 16000
+    assert choose_bucket(32001, (16000, 32000)) is None           # too long: eager fallback
+
+
+def test_conv_out_length_matches_transformers(tiny):
+    cfg = tiny.model.config
+    for n in (400, 16000, 16001, 80000, 123457):
+        assert conv_out_length(n, cfg) == int(tiny.model._get_feat_extract_output_lengths(n))
+
+
+@pytest.mark.parametrize("groups,stride,padding,kernel", [(1, 5, 0, 10), (1, 2, 0, 3), (4, 1, 8, 16), (4, 1, 7, 15)])
+def test_conv_as_gemm_equals_conv1d(groups, stride, padding, kernel):
+    torch.manual_seed(groups + stride + kernel)
+    cin = 1 if kernel == 10 else 8
+    x = torch.randn(3, 50, cin, dtype=torch.float64)
+    w = torch.randn(8, cin // groups, kernel, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, stride=stride, padding=padding, groups=groups)
+    ref = ref[..., :50 if padding else None].transpose(1, 2)      # same-length output for the padded (pos) conv
+    out = conv_as_gemm(x, w, b, stride, groups, padding, out_len=50 if padding else None)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", ["gemm", "cudnn"])
+def test_reformulated_model_matches_hf(tiny, conv):
+    """Folded weight norm, fused QKV, convs as GEMMs, in-graph masks: same logits as the original, to 1e-5."""
+    module = build_module(tiny.model, conv)
+    # weight norm folded into a plain parameter, equal to what the parametrization computes
+    pc = tiny.model.wav2vec2.encoder.pos_conv_embed.conv
+    assert not hasattr(module.pos_conv, "parametrizations")
+    torch.testing.assert_close(module.pos_conv.weight, pc.weight, rtol=0, atol=1e-7)
+    values, mask = features(tiny.processor, noise(1.3, 0.7), tiny.sample_rate)
+    ref = hf_logits(tiny.model, values, mask)
+    with torch.inference_mode():
+        out = module(torch.from_numpy(values), torch.from_numpy(mask.sum(-1))).numpy()
+    for i, n in enumerate(frame_lengths(tiny.model.config, mask)):
+        np.testing.assert_allclose(out[i, :n], ref[i, :n], atol=1e-5, rtol=0)
+
+
+def test_group_norm_model_matches_hf_and_ignores_padding():
+    """wav2vec2-base style (group-norm feature encoder, post-LN encoder, no attention mask): the masked
+    group norm makes a bucket-padded input give the unpadded model's logits."""
+    from core.models import ARCHITECTURES
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(vocab_size=12, feat_extract_norm="group", do_stable_layer_norm=False,
+                         **ARCHITECTURES["wav2vec2-tiny"])
+    model = Wav2Vec2ForCTC(cfg).eval()
+    x = noise(0.9)[0][None]
+    ref = hf_logits(model, x)
+    module = build_module(model)
+    padded = np.zeros((1, 16000), np.float32)
+    padded[:, :x.shape[1]] = x
+    with torch.inference_mode():
+        out = module(torch.from_numpy(padded), torch.tensor([x.shape[1]])).numpy()
+    np.testing.assert_allclose(out[:, :ref.shape[1]], ref, atol=1e-5, rtol=0)
+
+
+def test_bucketed_backend_matches_unpadded_any_length(tiny):
+    """CPU mode with padding to buckets: each length (inside a bucket, exactly a bucket, past the largest
+    bucket -> eager fallback, and a batch larger than the largest batch bucket) gives the unpadded logits,
+    trimmed to the true frame count."""
+    backend = FastBackend(BackendSpecFor("fast:fp32:cpu"), tiny, buckets_s=(0.5, 1), batch_buckets=(1, 2),
+                          pad=True).load()
+    for seconds in [(0.3,), (0.5,), (0.8, 0.41), (1.7,), (0.6, 0.9, 0.4)]:
+        values, mask = features(tiny.processor, noise(*seconds), tiny.sample_rate)
+        ref = hf_logits(tiny.model, values, mask)
+        out = backend.logits(values, mask)
+        assert out.shape == ref.shape, seconds  # trimmed to the unpadded input's frames
+        for i, n in enumerate(frame_lengths(tiny.model.config, mask)):
+            np.testing.assert_allclose(out[i, :n], ref[i, :n], atol=1e-5, rtol=0, err_msg=str(seconds))
+    assert backend.stats["eager"] >= 1  # the 1.7 s input ran past the largest bucket
+    backend.close()
+
+
+def BackendSpecFor(text):
+    from core.backends import BackendSpec
+    return BackendSpec.parse(text)
+
+
+def test_registry_and_availability_say_why(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the no-CUDA message cannot be checked here")
+    ok, why = availability("fast:fp16:cuda")
+    assert not ok and "CUDA" in why
+    assert availability("fast:fp32:cpu") == (True, "")
+    assert not availability("fast:int8:cuda")[0]
+    backend = make_backend("fast:fp32:cpu", tiny)
+    values, mask = features(tiny.processor, noise(0.6), tiny.sample_rate)
+    with backend:
+        np.testing.assert_allclose(backend.logits(values, mask), hf_logits(tiny.model, values, mask), atol=1e-5)
+
+
+def test_gpu_w1_script_runs_on_cpu(tiny, tmp_path, monkeypatch, capsys):
+    """bench/gpu_w1.py's CPU smoke mode: the table, parity columns, results DB and $OUT JSON all come out
+    (a GPU figure only comes from a CUDA run; this keeps the script from rotting in CI)."""
+    import json
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["gpu_w1.py"])
+    import gpu_w1
+    gpu_w1.main(["--device", "cpu", "--model", "random:wav2vec2-tiny", "--seconds", "1", "--w2-batch", "2",
+                 "--repeats", "50", "--warmup", "1", "--variants", "fast:fp32:graphs,fast:fp16:graphs"])
+    out = capsys.readouterr().out
+    assert "fast:fp16:graphs             skipped: on the CPU the fast backend runs fp32 only" in out
+    data = json.loads((tmp_path / "gpu_w1.json").read_text())
+    fast = [r for r in data["rows"] if r["backend"] == "fast:fp32:graphs"]
+    assert {r["workload"] for r in fast} == {"W1", "W2"}
+    assert all(r["parity"]["agree"] == r["parity"]["total"] == 8 for r in fast)
+    assert all(r["parity"]["max_abs_logit_diff"] < 1e-4 for r in fast)
