@@ -19,6 +19,12 @@ PAGES = [
     st.Page("pages/profile.py", title="Profile", icon=":material/troubleshoot:"),
 ]
 page = st.navigation(PAGES)
+st.html("""<style>
+.transcript {font-size: 1.1rem; line-height: 1.7; padding: .6rem .8rem; border-radius: .5rem;
+             background: #f7f8f5; border: 1px solid #e6e8e1; min-height: 3rem; word-break: break-word;}
+.transcript ins, .transcript del {padding: 0 .15rem; border-radius: .2rem;}
+[data-testid="stMetricValue"] {font-size: 1.9rem;}
+</style>""")
 
 with st.sidebar:
     st.markdown("### :material/graphic_eq: ASR backend workbench")

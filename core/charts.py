@@ -8,8 +8,10 @@ import html
 import pandas as pd
 import plotly.graph_objects as go
 
+# NVIDIA green first, then a colour-blind-safe qualitative palette
+COLORWAY = ["#76b900", "#3366cc", "#ff9900", "#8e44ad", "#dc3912", "#0099c6", "#666666", "#b82e2e"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), legend_title_text="",
-              font=dict(size=13))
+              font=dict(size=13), colorway=COLORWAY, height=380)
 
 
 def _fig(title: str, **layout) -> go.Figure:
@@ -216,7 +218,7 @@ def queue_compute(rows) -> go.Figure:
     title = "Server-side time per request: queue vs compute"
     parts = [("queue", ("queue_ms", "server_queue_ms")),
              ("compute input", ("compute_input_ms", "server_compute_input_ms")),
-             ("compute", ("compute_ms", "compute_infer_ms", "server_compute_infer_ms")),
+             ("compute", ("compute_ms", "compute_infer_ms", "server_compute_infer_ms", "server_compute_ms")),
              ("compute output", ("compute_output_ms", "server_compute_output_ms"))]
     rows = sorted([r for r in rows if r.get("concurrency") is not None], key=lambda r: r["concurrency"])
     if not rows or all(_pick(r, *keys) is None for r in rows for _, keys in parts):

@@ -59,8 +59,14 @@ def default_backends(n: int = 2) -> list[str]:
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _backend(source: str, spec: str, _loaded):
+    import numpy as np
+
     from core.backends import make_backend
-    return make_backend(spec, _loaded).load()
+    be = make_backend(spec, _loaded).load()
+    # one throw-away pass: first calls pay for kernel selection and allocator growth, which is not the
+    # latency a user of a warm service sees
+    be.logits(np.zeros((1, _loaded.sample_rate), np.float32), np.ones((1, _loaded.sample_rate), np.int64))
+    return be
 
 
 def backend(loaded, spec: str):

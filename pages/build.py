@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import jobs
-from core.backends import availability
+from core.backends import availability, known
 from core.cli import parser
 from pages._shared import active_model, guarded, model_badge, optional
 
@@ -28,7 +28,8 @@ def start(args: list[str], label: str) -> None:
              icon=":material/rocket_launch:")
 
 
-def action(col, label: str, args: list[str], help_: str, enabled: bool = True, why: str = "") -> None:
+def action(col, label: str, args: list[str], help_: str, enabled: bool = True, why: str = "",
+           show_why: bool = True) -> None:
     """A build button; when it cannot run here, the reason is shown instead of a dead button."""
     with col:
         if enabled:
@@ -36,7 +37,8 @@ def action(col, label: str, args: list[str], help_: str, enabled: bool = True, w
                 start(args, label)
         else:
             st.button(label, key="build-" + "-".join(args), disabled=True, width="stretch", help=why)
-            st.caption(f":gray[{why}]")
+            if show_why:
+                st.caption(f":gray[{why}]")
 
 
 with st.container(border=True):
@@ -50,43 +52,58 @@ with st.container(border=True):
 with st.container(border=True):
     st.markdown("#### :material/tune: Precision variants (ONNX Runtime)")
     variants = optional("core.variants")
-    if variants is None:
+    if variants is None or "variants" not in COMMANDS:
         st.info("Precision variants (FP16, mixed, INT8) are not in this build (core.variants is missing).",
                 icon=":material/info:")
     else:
-        cmd = next((c for c in ("variant", "variants", "build-variant", "quantize") if c in COMMANDS), None)
-        precisions = getattr(variants, "PRECISIONS", ("fp16", "mixed", "int8"))
-        c = st.columns(max(len(precisions), 4))
+        st.caption("Derived from the FP32 export: FP16, mixed (numerically sensitive ops kept FP32), INT8 (static, "
+                   "calibrated on the labelled set) — each with parity and WER/CER against FP32.")
+        precisions = getattr(variants, "VARIANTS", ("fp16", "mixed", "int8"))
+        c = st.columns(4)
         for i, p in enumerate(precisions):
-            action(c[i], f"Build {p.upper()}", [cmd or "variant", p] if cmd else [p], f"python -m core {cmd} {p}",
-                   enabled=cmd is not None, why="core.variants has no CLI command yet")
-        if hasattr(variants, "variant_status"):
-            with guarded():
-                st.dataframe(pd.DataFrame(variants.variant_status(loaded)), hide_index=True, width="stretch")
+            action(c[i], f"Build {p.upper()}", ["variants", "--precision", p], f"python -m core variants --precision {p}")
+        with guarded():
+            rows = [{"variant": r["variant"], "built": r["built"], "stale": r.get("stale", False),
+                     **({k: v for k, v in variants.summary_row(r["meta"]).items() if k != "variant"}
+                        if r["built"] and hasattr(variants, "summary_row") else {})}
+                    for r in variants.variant_status(loaded)]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 with st.container(border=True):
     st.markdown("#### :material/bolt: TensorRT engines")
     trt = optional("core.tensorrt")
-    ok, why = availability("trt:fp16:cuda")
-    if trt is None:
+    if trt is None or "trt-build" not in COMMANDS:
         st.info("TensorRT engine builds are not in this build (core.tensorrt is missing).", icon=":material/info:")
     else:
-        cmd = next((c for c in ("trt", "tensorrt", "engine", "build-engine") if c in COMMANDS), None)
+        ok, why = availability("trt:fp16:cuda")
+        st.caption("Engines with optimisation profiles over batch × audio length and a persisted timing cache; an "
+                   "engine only runs on the GPU and TensorRT version it was built with.")
         c = st.columns(4)
-        for i, p in enumerate(getattr(trt, "PRECISIONS", ("fp32", "fp16", "int8"))):
-            action(c[i], f"Engine {p.upper()}", [cmd or "trt", "--precision", p], f"python -m core {cmd} --precision {p}",
-                   enabled=ok and cmd is not None, why=why or "core.tensorrt has no CLI command yet")
+        for i, p in enumerate(getattr(trt, "PRECISIONS", ("fp32", "fp16", "mixed", "int8"))):
+            action(c[i], f"Engine {p.upper()}", ["trt-build", "--precision", p],
+                   f"python -m core trt-build --precision {p}", enabled=ok, why=why, show_why=False)
+        if not ok:
+            st.caption(f":material/block: Not on this machine: {why}.")
+        with guarded():
+            engines = trt.engine_status(loaded)
+            if engines:
+                st.dataframe(pd.DataFrame(engines).drop(columns=["meta"], errors="ignore"), hide_index=True,
+                             width="stretch")
 
 with st.container(border=True):
     st.markdown("#### :material/dns: Triton model repository")
-    triton = optional("core.triton")
-    if triton is None:
+    if optional("core.triton") is None or "triton-repo" not in COMMANDS:
         st.info("Triton serving is not in this build (core.triton is missing).", icon=":material/info:")
     else:
-        cmd = next((c for c in ("triton-repo", "triton-repository", "repo") if c in COMMANDS), None)
-        c = st.columns(4)
-        action(c[0], "Write repository", [cmd or "triton-repo"], f"python -m core {cmd}",
-               enabled=cmd is not None, why="core.triton has no repository command yet")
+        st.caption("A model repository for the Triton container (config.pbtxt with dynamic batching + the model "
+                   "file). Any ONNX Runtime or TensorRT backend; the instance kind follows its device.")
+        specs = [s for s in known() if s.split(":")[0] in ("ort", "trt")]
+        c = st.columns([2, 1, 1])
+        spec = c[0].selectbox("Backend served", specs, index=specs.index("ort:fp32:cpu") if "ort:fp32:cpu" in specs else 0,
+                              key="repo_backend")
+        kind = "cpu" if spec.endswith(":cpu") else "gpu"
+        action(c[1], "Write repository", ["triton-repo", "--backend", spec, "--kind", kind],
+               f"python -m core triton-repo --backend {spec} --kind {kind}")
 
 st.subheader("Jobs")
 

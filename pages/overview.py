@@ -15,8 +15,7 @@ model_badge(loaded)
 info = loaded.describe()
 
 c = st.columns(5)
-c[0].metric("Parameters", f"{info['parameters'] / 1e6:.1f} M", f"{info['size_mb_fp32']:.0f} MB FP32",
-            delta_color="off")
+c[0].metric("Parameters", f"{info['parameters'] / 1e6:.1f} M", help=f"{info['size_mb_fp32']:,.1f} MB in FP32")
 c[1].metric("Device", device_label().split(" (")[0])
 c[2].metric("Backends available", f"{len(available_backends())} / {len(catalogue())}")
 arts = finished_artifacts()
@@ -32,9 +31,10 @@ with left, guarded():
         st.subheader(f"Latest comparison — run {latest['id']}")
         st.caption(f"{latest['created']} · {latest['note'] or latest['kind']}")
         st.plotly_chart(charts.latency_bars(data), width="stretch")
-        sp = charts.speedup_table(data)
-        if not sp.empty:
+        if not charts.speedup_table(data).empty:
             st.plotly_chart(charts.speedup(data), width="stretch")
+        if not charts.accuracy_vs_latency(data).empty:
+            st.plotly_chart(charts.wer_vs_latency(data), width="stretch")
     else:
         st.subheader("No measurements yet")
         st.info("Run a benchmark to compare backends on this machine.", icon=":material/speed:")

@@ -2,7 +2,7 @@
 import plotly.express as px
 import streamlit as st
 
-from core import profiling
+from core import charts, profiling
 from core.export import export_onnx, onnx_dir, read_meta
 from pages._shared import active_model, guarded, model_badge
 
@@ -25,6 +25,7 @@ with t1:
     if df is not None:
         key = "self_cuda_ms" if "self_cuda_ms" in df else "self_cpu_ms"
         fig = px.bar(df.head(15)[::-1], x=key, y="operator", orientation="h", template="plotly_white",
+                     color_discrete_sequence=charts.COLORWAY,
                      title="Self time by operator")
         st.plotly_chart(fig, width="stretch")
         st.dataframe(df, hide_index=True, width="stretch",
@@ -52,6 +53,7 @@ with t2:
                          value_name="nodes")
         long = long[long["nodes"] > 0]
         fig = px.bar(long, x="op_type", y="nodes", color="graph", barmode="group", template="plotly_white",
+                     color_discrete_sequence=charts.COLORWAY,
                      title="Operator histogram")
         st.plotly_chart(fig, width="stretch")
         st.dataframe(hist, hide_index=True, width="stretch")

@@ -1,11 +1,10 @@
-"""Serving: a local Triton server (PyTriton) or any Triton URL, its health and models, and a load sweep."""
-import inspect
-
+"""Serving: a local Triton server (PyTriton) or any Triton URL, its health and models, and a load sweep
+(core.triton.server / core.triton.loadtest; the CLI equivalents are `serve` and `sweep`)."""
 import pandas as pd
 import streamlit as st
 
 from core import charts
-from pages._shared import active_model, guarded, model_badge, optional
+from pages._shared import active_model, available_backends, guarded, model_badge, optional
 
 st.title("Serving")
 loaded = active_model()
@@ -13,66 +12,99 @@ model_badge(loaded)
 
 server = optional("core.triton.server")
 loadtest = optional("core.triton.loadtest")
-
-
-def call(fn, **kwargs):
-    """Call a core.triton function with the keyword arguments it accepts (their APIs are still settling)."""
-    params = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
+if server is None:
+    st.info("Serving is not in this build (core.triton is missing). You can still check a running server below.",
+            icon=":material/info:")
 
 c1, c2 = st.columns(2, gap="large")
 with c1, st.container(border=True):
-    st.markdown("#### :material/play_circle: Local server")
-    if server is None:
-        st.info("Starting a local Triton server is not in this build (core.triton.server is missing). "
-                "You can still connect to a running server on the right.", icon=":material/info:")
-    else:
-        ok, why = getattr(server, "available", lambda: (True, ""))()
-        if not ok:
-            st.info(f"A local server cannot start here: {why}", icon=":material/info:")
+    st.markdown("#### :material/play_circle: Local Triton server (PyTriton)")
+    if server is not None:
+        info = server.read_state("default")
+        if info:
+            st.success(f"Running: model **{info.model_name}** ({info.backend}, {info.model or 'default model'}) · "
+                       f"http `{info.url('http')}` · grpc `{info.url('grpc')}` · pid {info.pid}",
+                       icon=":material/check_circle:")
+            if st.button("Stop server", icon=":material/stop:"):
+                with guarded(), st.spinner("Stopping …"):
+                    server.stop(info)
+                    st.rerun()
+            with st.expander("Server log"):
+                st.code(server.log_tail(info.log, 40) or "(empty)", language="text")
         else:
-            b1, b2 = st.columns(2)
-            if b1.button("Start server", type="primary", icon=":material/play_arrow:", width="stretch"):
-                with guarded(), st.spinner("Starting Triton …"):
-                    st.session_state["triton_url"] = str(call(server.start, loaded=loaded, model=loaded.source))
-            if b2.button("Stop server", icon=":material/stop:", width="stretch"):
-                with guarded():
-                    call(server.stop)
+            specs = [s for s in available_backends() if s.split(":")[0] in ("ort", "torch", "trt")]
+            spec = st.selectbox("Backend inside the server", specs, key="serve_backend")
+            c = st.columns(2)
+            max_batch = c[0].number_input("Max batch (dynamic batching)", 1, 256, 8)
+            delay = c[1].number_input("Max queue delay (µs)", 0, 100000, 500)
+            if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
+                with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
+                    started = server.start(loaded.source, spec, max_batch=int(max_batch),
+                                           max_queue_delay_us=int(delay))
+                    st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
+                    st.rerun()
+            st.caption("Same as `python -m core serve --backend …`; the server keeps running when you leave the page.")
+
 with c2, st.container(border=True):
     st.markdown("#### :material/link: Connect")
-    url = st.text_input("Triton HTTP URL", value=st.session_state.get("triton_url", "localhost:8000"), key="url_in")
+    local = server.read_state("default") if server is not None else None
+    st.session_state.setdefault("triton_url", local.url("http") if local else "localhost:8000")
+    url = st.text_input("Triton HTTP URL (host:port)", key="triton_url")
     with guarded():
         import tritonclient.http as http
-        client = http.InferenceServerClient(url.removeprefix("http://"), connection_timeout=2.0, network_timeout=5.0)
+        live = ready = False
         try:
+            client = http.InferenceServerClient(url.removeprefix("http://"), connection_timeout=2.0,
+                                                network_timeout=5.0)
             live, ready = client.is_server_live(), client.is_server_ready()
-        except Exception as err:  # noqa: BLE001 — connection refused / DNS / timeout: all mean "not reachable"
-            live = ready = False
+        except Exception as err:  # noqa: BLE001 — refused / DNS / timeout all mean "not reachable"
             st.caption(f":gray[No server at {url}: {type(err).__name__}]")
-        st.markdown(("🟢 live" if live else "🔴 not live") + " · " + ("🟢 ready" if ready else "🔴 not ready"))
+        st.markdown((":green-badge[live]" if live else ":red-badge[not live]") + " "
+                    + (":green-badge[ready]" if ready else ":red-badge[not ready]"))
         if ready:
-            st.dataframe(pd.DataFrame(client.get_model_repository_index()), hide_index=True, width="stretch")
+            try:
+                st.dataframe(pd.DataFrame(client.get_model_repository_index()), hide_index=True, width="stretch")
+            except Exception as err:  # noqa: BLE001 — PyTriton restricts the repository API
+                st.caption(f":gray[The server does not list its models ({str(err)[:80]}).]")
 
 st.subheader("Load sweep")
 if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
 else:
     with st.form("sweep"):
-        c = st.columns(3)
+        c = st.columns(5)
         conc = c[0].multiselect("Concurrency", [1, 2, 4, 8, 16, 32, 64], default=[1, 2, 4, 8])
         secs = c[1].number_input("Audio seconds per request", 1.0, 60.0, 5.0)
-        dur = c[2].number_input("Seconds per level", 2.0, 120.0, 5.0)
-        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
+        per_level = c[2].number_input("Max seconds per level", 1.0, 300.0, 10.0)
+        requests = c[3].number_input("Max requests per level", 1, 100000, 200)
+        model_name = c[4].text_input("Model name", value=local.model_name if local else "asr")
+        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not conc)
     if go:
-        with guarded(), st.status("Sweeping concurrency …") as s:
-            rows = call(loadtest.sweep, url=url, loaded=loaded, concurrency=sorted(conc), concurrencies=sorted(conc),
-                        audio_s=secs, seconds=secs, duration_s=dur, duration=dur)
-            st.session_state["sweep"] = rows
-            s.update(label=f"{len(rows)} levels measured", state="complete")
-    rows = st.session_state.get("sweep") or []
+        from core.backends import make_backend
+        from core.export import parity_audio
+        from core.results import save
+        with guarded(), st.status("Sweeping concurrency …", expanded=True) as status:
+            bar = st.progress(0.0)
+            with make_backend("torch:fp32:cpu", loaded) as ref:  # in-process transcripts to check answers against
+                clips = loadtest.prepare_clips(loaded, parity_audio(loaded, n=4), secs, ref)
+            levels = sorted(conc)
+
+            def tick(row):
+                bar.progress(levels.index(row["concurrency"]) / len(levels) + 1 / len(levels),
+                             text=f"c={row['concurrency']}: {row['items_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms")
+            rows = loadtest.sweep(loaded, clips, url, "http", model_name, levels, int(requests), float(per_level),
+                                  served_backend=local.backend if local else None, progress=tick)
+            run_id = save(rows, "load", note=f"dashboard sweep {url} {levels}")
+            st.session_state["sweep_rows"] = rows
+            status.update(label=f"{len(rows)} levels measured — saved as run {run_id}", state="complete")
+    rows = st.session_state.get("sweep_rows") or []
     if rows:
+        if any(r.get("errors") for r in rows):
+            st.warning("Some requests failed: see the errors column.", icon=":material/warning:")
         c = st.columns(2)
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")
         c[1].plotly_chart(charts.queue_compute(rows), width="stretch")
-        st.dataframe(pd.DataFrame(rows).drop(columns=["env"], errors="ignore"), hide_index=True, width="stretch")
+        cols = ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
+                "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms"]
+        df = pd.DataFrame(rows)
+        st.dataframe(df[[c for c in cols if c in df]], hide_index=True, width="stretch")

@@ -122,9 +122,36 @@ def test_profile_page_operator_table(app):
     assert table["self_cpu_ms"].is_monotonic_decreasing and len(table) > 3
 
 
+def test_serving_start_sweep_stop_a_real_triton_server():
+    """PyTriton's real Triton server on the tiny model (ONNX Runtime CPU), a two-level sweep, then stop."""
+    from core.triton import server
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.run()
+    page(at, "pages/serving.py")
+    try:
+        at.selectbox(key="serve_backend").set_value("ort:fp32:cpu")
+        next(b for b in at.button if b.label == "Start server").click().run()
+        assert not at.error, [e.value for e in at.error]
+        assert server.read_state("default") is not None
+        assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
+        at.multiselect[0].set_value([1, 2])
+        at.number_input[1].set_value(2.0)  # seconds per level
+        next(b for b in at.button if b.label == "Run sweep").click().run()
+        assert not at.error, [e.value for e in at.error]
+        rows = at.session_state["sweep_rows"]
+        assert [r["concurrency"] for r in rows] == [1, 2]
+        assert all(r["n"] > 0 and r["errors"] == 0 and r["server_stats"] for r in rows)
+        assert len(at.get("plotly_chart")) == 2
+        next(b for b in at.button if b.label == "Stop server").click().run()
+        assert server.read_state("default") is None
+        assert any(b.label == "Start server" for b in at.button)
+    finally:
+        server.stop("default")
+
+
 def test_serving_page_reports_no_server():
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
     page(at, "pages/serving.py")
-    at.text_input[0].set_value("localhost:1").run()
+    at.text_input(key="triton_url").set_value("localhost:1").run()
     assert "not live" in " ".join(m.value for m in at.markdown)
