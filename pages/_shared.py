@@ -24,10 +24,24 @@ def load(source: str | None):
     return _load(source)
 
 
+def _through_app() -> None:
+    """Streamlit runs a pages/*.py script directly (its legacy pages-folder mode) when a server's first request is
+    a deep link such as /benchmark, so navigation and the sidebar would be missing. Switch that mode off and rerun:
+    the rerun goes through app.py's st.navigation, which then opens the same page."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without it has no legacy mode to leave
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def active_model():
     """The LoadedModel every page works on. Default: $WORKBENCH_DEFAULT_MODEL, else load_model(None)
     (reference model, offline: the demo model); if even the demo model is missing, the tiny random model,
     with a warning saying so."""
+    _through_app()
     source = st.session_state.get("model_source") or os.environ.get(DEFAULT_ENV) or None
     try:
         loaded = _load(source)

@@ -23,6 +23,24 @@ def tiny_default():
         os.environ["WORKBENCH_DEFAULT_MODEL"] = old
 
 
+@pytest.fixture(scope="module", autouse=True)
+def navigation_mode():
+    """AppTest puts Streamlit back into its legacy pages-folder mode at every run() (because pages/ exists); a real
+    server leaves that mode for good at the first st.navigation call. Model the server: leave it after each
+    reset, or every widget interaction would be replayed through the deep-link handover (a rerun) and lost.
+    The handover itself is tested in a real browser (test_browser.py)."""
+    from streamlit.runtime.pages_manager import PagesManager
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+    mp = pytest.MonkeyPatch()
+    mp.setattr(PagesManager, "__init__", init)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def app():
     at = AppTest.from_file("../app.py", default_timeout=120)
@@ -44,10 +62,10 @@ def test_sidebar_shows_model_device_runtimes(app):
 
 
 def test_every_page_renders(app):
-    # AppTest runs a switched-to page directly (its pages/-folder mode), so the sidebar is checked above
     for path in PAGES:
         page(app, path)
         assert app.title, path
+        assert "wav2vec2-tiny" in " ".join(m.value for m in app.sidebar.markdown), path
 
 
 def test_models_page_shows_the_model_and_switches(app):
@@ -99,6 +117,13 @@ def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path):
     assert sum(r["kind"] == "accuracy" for r in got) == 2
     assert len(app.get("plotly_chart")) >= 5
     assert [d.label for d in app.get("download_button")] == ["CSV", "JSON"]
+    app.button[0].click().run()  # a second run: the two can be compared
+    assert len(runs()) == before + 2
+    assert [s.label for s in app.selectbox] == ["Run A", "Run B"]
+    compare = app.get("plotly_chart")[-1].proto.spec
+    assert "p50 latency" in compare and "torch:fp32:cpu" in compare
+    page(app, "pages/overview.py")  # the overview shows the latest comparison
+    assert any("Latest comparison" in h.value for h in app.subheader) and app.get("plotly_chart")
 
 
 def test_build_page_starts_an_export_job(app):
@@ -155,3 +180,36 @@ def test_serving_page_reports_no_server():
     page(at, "pages/serving.py")
     at.text_input(key="triton_url").set_value("localhost:1").run()
     assert "not live" in " ".join(m.value for m in at.markdown)
+
+
+def test_real_default_is_load_model_none_with_visible_fallback(monkeypatch):
+    """No WORKBENCH_DEFAULT_MODEL: load_model(None) (Hub offline here -> demo model); without the demo model the
+    app falls back to the tiny random model and says so."""
+    from core.paths import DEMO_MODEL_DIR
+    monkeypatch.delenv("WORKBENCH_DEFAULT_MODEL")
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    assert not at.exception
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    if (DEMO_MODEL_DIR / "config.json").exists():
+        assert "synthetic-speech demo model" in side
+    else:
+        assert "wav2vec2-tiny" in side
+        assert any("No default model could be loaded" in w.value for w in at.sidebar.warning)
+
+
+def test_transcribe_a_shipped_sample_in_one_click(app):
+    from core.paths import DEMO_TESTSET
+    from core.wer import load_manifest
+    if not DEMO_TESTSET.exists():
+        pytest.skip(f"{DEMO_TESTSET} is not in this checkout")
+    path, text = load_manifest(DEMO_TESTSET)[0]
+    page(app, "pages/transcribe.py")
+    app.file_uploader(key="uploads").set_value(None).run()
+    app.get("button_group")[0].set_value(path.name).run()
+    assert app.text_input(key="reference").value == text  # the reference text comes with the sample
+    app.multiselect(key="transcribe_backends").set_value(["ort:fp32:cpu"]).run()
+    next(b for b in app.button if b.label == "Transcribe").click().run()
+    assert not app.error, [e.value for e in app.error]
+    [row] = app.session_state["transcripts"]
+    assert row["audio"] == path.name and "wer" in row

@@ -75,6 +75,12 @@ def page(server, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     pg = browser.new_page(viewport={"width": 1440, "height": 1700})
     pg.set_default_timeout(60_000)
+    # the server's very first request is a deep link: it must still get navigation and the sidebar
+    pg.goto(server + "/benchmark")
+    pg.get_by_role("heading", name="Benchmark", exact=True).wait_for()
+    pg.get_by_test_id("stSidebar").get_by_text("random weights").wait_for()
+    nav = pg.get_by_test_id("stSidebarNav").inner_text().split()[1::2]  # icon ligature, title, ...
+    assert nav == ["Overview", "Models", "Build", "Transcribe", "Benchmark", "Serving", "Profile"], nav
     pg.goto(server)
     pg.get_by_role("heading", name="ASR inference-backend workbench").wait_for()
     return pg
