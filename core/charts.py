@@ -116,14 +116,15 @@ def accuracy_vs_latency(rows) -> pd.DataFrame:
 
 
 def wer_vs_latency(rows) -> go.Figure:
-    title = "WER vs latency (Pareto frontier: nothing is both faster and more accurate)"
+    title = "WER vs latency, Pareto frontier circled"
     df = accuracy_vs_latency(rows)
     if df.empty:
         return _empty(title, "needs latency and WER rows for the same backends")
     front = pareto_front(list(zip(df["p50_ms"], df["wer"])))
-    fig = _fig(title + f" — {df['config'].iloc[0]}", xaxis_title="p50 latency (ms)", yaxis_title="WER")
+    # the frontier: backends nothing else beats on both speed and accuracy
+    fig = _fig(title + f" ({df['config'].iloc[0]})", xaxis_title="p50 latency (ms)", yaxis_title="WER")
     fig.add_scatter(x=df["p50_ms"], y=df["wer"], mode="markers+text", text=df["backend"], textposition="top center",
-                    marker=dict(size=12), name="backends",
+                    marker=dict(size=12), name="backends", cliponaxis=False,
                     hovertemplate="%{text}<br>%{x:.2f} ms<br>WER %{y:.3f}<extra></extra>")
     f = df.iloc[front]
     fig.add_scatter(x=f["p50_ms"], y=f["wer"], mode="lines+markers", name="Pareto frontier",

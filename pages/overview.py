@@ -41,12 +41,14 @@ with left, guarded():
         st.page_link("pages/benchmark.py", label="Open Benchmark", icon=":material/speed:")
 with right:
     st.subheader("Get started")
-    st.page_link("pages/models.py", label="Pick a model (Hub id, folder, demo, architecture)", icon=":material/neurology:")
-    st.page_link("pages/build.py", label="Build ONNX / precision variants / TensorRT engines", icon=":material/construction:")
-    st.page_link("pages/transcribe.py", label="Transcribe audio on several backends at once", icon=":material/record_voice_over:")
-    st.page_link("pages/benchmark.py", label="Benchmark latency, throughput and WER", icon=":material/speed:")
-    st.page_link("pages/serving.py", label="Serve with Triton and load-test it", icon=":material/dns:")
-    st.page_link("pages/profile.py", label="Profile operators and graph fusions", icon=":material/troubleshoot:")
+    for path, label, icon in [
+            ("models", "Pick a model (Hub id, folder, demo, architecture)", "neurology"),
+            ("build", "Build ONNX / precision variants / TensorRT engines", "construction"),
+            ("transcribe", "Transcribe audio on several backends at once", "record_voice_over"),
+            ("benchmark", "Benchmark latency, throughput and WER", "speed"),
+            ("serving", "Serve with Triton and load-test it", "dns"),
+            ("profile", "Profile operators and graph fusions", "troubleshoot")]:
+        st.page_link(f"pages/{path}.py", label=label, icon=f":material/{icon}:")
     st.subheader("Recent jobs")
     jobs = list_jobs()[:5]
     if jobs:

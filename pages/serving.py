@@ -16,6 +16,7 @@ if server is None:
     st.info("Serving is not in this build (core.triton is missing). You can still check a running server below.",
             icon=":material/info:")
 
+live = ready = False
 c1, c2 = st.columns(2, gap="large")
 with c1, st.container(border=True):
     st.markdown("#### :material/play_circle: Local Triton server (PyTriton)")
@@ -33,7 +34,8 @@ with c1, st.container(border=True):
                 st.code(server.log_tail(info.log, 40) or "(empty)", language="text")
         else:
             specs = [s for s in available_backends() if s.split(":")[0] in ("ort", "torch", "trt")]
-            spec = st.selectbox("Backend inside the server", specs, key="serve_backend")
+            spec = st.selectbox("Backend inside the server", specs, key="serve_backend",
+                                index=specs.index("ort:fp32:cpu") if "ort:fp32:cpu" in specs else 0)
             c = st.columns(2)
             max_batch = c[0].number_input("Max batch (dynamic batching)", 1, 256, 8)
             delay = c[1].number_input("Max queue delay (µs)", 0, 100000, 500)
@@ -52,7 +54,6 @@ with c2, st.container(border=True):
     url = st.text_input("Triton HTTP URL (host:port)", key="triton_url")
     with guarded():
         import tritonclient.http as http
-        live = ready = False
         try:
             client = http.InferenceServerClient(url.removeprefix("http://"), connection_timeout=2.0,
                                                 network_timeout=5.0)
@@ -72,13 +73,15 @@ if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
 else:
     with st.form("sweep"):
-        c = st.columns(5)
+        c = st.columns([2, 1, 1, 1, 1])
         conc = c[0].multiselect("Concurrency", [1, 2, 4, 8, 16, 32, 64], default=[1, 2, 4, 8])
         secs = c[1].number_input("Audio seconds per request", 1.0, 60.0, 5.0)
         per_level = c[2].number_input("Max seconds per level", 1.0, 300.0, 10.0)
         requests = c[3].number_input("Max requests per level", 1, 100000, 200)
         model_name = c[4].text_input("Model name", value=local.model_name if local else "asr")
-        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not conc)
+        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not (conc and ready))
+        if not ready:
+            st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
     if go:
         from core.backends import make_backend
         from core.export import parity_audio
