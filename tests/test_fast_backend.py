@@ -49,7 +49,7 @@ def test_conv_as_gemm_equals_conv1d(groups, stride, padding, kernel):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv", ["gemm", "cudnn"])
+@pytest.mark.parametrize("conv", ["hybrid", "gemm", "cudnn"])
 def test_reformulated_model_matches_hf(tiny, conv):
     """Folded weight norm, fused QKV, convs as GEMMs, in-graph masks: same logits as the original, to 1e-5."""
     module = build_module(tiny.model, conv)

@@ -99,9 +99,13 @@ def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int
     return y if bias is None else y + bias
 
 
-def build_module(hf_model, conv: str = "gemm"):
+def build_module(hf_model, conv: str = "hybrid"):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
-    conv: "gemm" (convolutions as matrix products on channels-last tensors) or "cudnn" (F.conv1d)."""
+    conv: how the convolutions run: "gemm" (all as matrix products on channels-last tensors), "cudnn"
+    (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv as a GEMM:
+    on an H100 the unfolded windows of the feature encoder cost more than cuDNN's convs, see bench/NOTES.md)."""
+    if conv not in ("gemm", "cudnn", "hybrid"):
+        raise ValueError(f"conv must be gemm, cudnn or hybrid, not {conv!r}")
     import torch
     from torch import nn
     import torch.nn.functional as F
@@ -210,7 +214,7 @@ def build_module(hf_model, conv: str = "gemm"):
             keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
             x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
             pc, t = self.pos_conv, x.shape[1]
-            if conv == "gemm":
+            if conv in ("gemm", "hybrid"):
                 pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
             else:
                 pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
@@ -232,11 +236,11 @@ def build_module(hf_model, conv: str = "gemm"):
 class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
-    conv ("gemm" | "cudnn": how the convolutions run)."""
+    conv ("hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
-                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "gemm"):
+                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "hybrid"):
         super().__init__(spec)
         ok, why = available(spec)
         if not ok:
