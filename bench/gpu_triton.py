@@ -3,7 +3,7 @@
 compare Triton's audio-seconds/s at concurrency 16 with in-process batch-8 / batch-16 throughput measured
 by core.bench in the same run, on the same GPU.
 
-    python bench/gpu_triton.py                              # H100: random:wav2vec2-large, torch:fp16:cuda
+    python bench/gpu_triton.py                              # H100: random:wav2vec2-large, fast:fp16:cuda
     python bench/gpu_triton.py --model random:wav2vec2-tiny --backend ort:fp32:cpu --seconds 1 \\
         --concurrency 1 2 --requests 10 --level-seconds 3 --batches 2 --repeats 3 --warmup 1   # CPU smoke run
 
@@ -30,7 +30,7 @@ from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random:wav2vec2-large")
-    p.add_argument("--backend", default="torch:fp16:cuda", help="in-process backend served by Triton")
+    p.add_argument("--backend", default="fast:fp16:cuda", help="in-process backend served by Triton (default: the fastest, W2)")
     p.add_argument("--seconds", type=float, default=5.0, help="audio per request")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--compare-at", type=int, default=16, help="concurrency compared with in-process batches")
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
                                source=audios[0].samples)
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
-                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, timeout_s=900)
+                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+                        warmup_s=args.seconds, timeout_s=900)
     try:
         rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, args.concurrency,
                      args.requests, args.level_seconds, args.timeout, served_backend=args.backend,

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ TINY = "random:wav2vec2-tiny"
 def served(tiny, tiny_onnx):
     """One real Triton server for the module (ONNX Runtime CPU behind it), always stopped afterwards."""
     info = server.start(TINY, "ort:fp32:cpu", name="test", max_batch=8, preferred=[4], max_queue_delay_us=2000,
-                        instances=1, threads=1, timeout_s=120)
+                        instances=1, threads=1, warmup_s=1.0, timeout_s=120)
     yield info
     server.stop(info)
     assert not server.alive(info.pid)
@@ -35,6 +36,19 @@ def served(tiny, tiny_onnx):
 @pytest.fixture(scope="module")
 def speech(tiny, hindi_wav):
     return load_audio(hindi_wav, tiny.sample_rate)
+
+
+def test_preflight_refuses_numpy_2_with_the_fix():
+    server.preflight()  # this environment (numpy<2, PyTriton installed) can serve
+    with pytest.raises(server.TritonServerError) as err:
+        server.preflight(numpy_version="2.3.5")
+    assert "numpy 2.3.5" in str(err.value) and 'numpy<2' in err.value.hint
+
+
+def test_server_warmed_every_batch_size_before_serving(served):
+    log = Path(served.log).read_text()
+    assert "WARMED batch sizes [1, 2, 4, 8] at 1 s" in log
+    assert log.index("WARMED") < log.index("SERVING")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

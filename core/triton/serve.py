@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import sysconfig
+import time
 
 import numpy as np
 
@@ -105,7 +106,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=500)
     p.add_argument("--instances", type=int, default=1, help="model instances (one backend each)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per ONNX Runtime instance")
+    p.add_argument("--warmup-seconds", type=float, default=None,
+                   help="before serving, run every batch size up to --max-batch at this audio length once "
+                        "(compiles/captures GPU graphs so the first requests do not time out)")
+    p.add_argument("--stub-pythonpath", default=None,
+                   help="folder put first on the path of Triton's Python-backend stub only, e.g. one holding "
+                        "numpy<2 when this environment has NumPy 2 (PyTriton's stub is built for NumPy 1)")
     return p
+
+
+def warm_up(backend, loaded, seconds: float, max_batch: int) -> list[int]:
+    """One forward per power-of-two batch size (and max_batch) at `seconds` of audio; returns the sizes run."""
+    rng = np.random.default_rng(0)
+    n = max(1, int(seconds * loaded.sample_rate))
+    sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
+    for b in sizes:
+        x = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
+        backend.logits(x, np.ones((b, n), np.int64) if loaded.uses_attention_mask else None)
+    return sizes
 
 
 def main(argv=None) -> int:
@@ -126,6 +144,11 @@ def main(argv=None) -> int:
         loaded = load_model(args.model)
         options = {"threads": args.threads} if args.threads and args.backend.startswith("ort") else {}
         backends = [make_backend(args.backend, loaded, **options).load() for _ in range(args.instances)]
+        for b in backends if args.warmup_seconds else []:
+            t0 = time.perf_counter()
+            sizes = warm_up(b, loaded, args.warmup_seconds, args.max_batch)
+            print(f"WARMED batch sizes {sizes} at {args.warmup_seconds:g} s in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -140,6 +163,8 @@ def main(argv=None) -> int:
                           exit_timeout_secs=5, log_verbose=0)
     # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+    if args.stub_pythonpath:  # inherited by tritonserver and its stub; this process keeps the NumPy it loaded
+        os.environ["PYTHONPATH"] = os.pathsep.join([args.stub_pythonpath] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     signal.signal(signal.SIGTERM, _interrupt)
     with Triton(config=config, security_config=security) as triton:
         triton.bind(model_name=args.model_name, infer_func=[make_infer(b, loaded) for b in backends],
