@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 install_system() {  # espeak-ng synthesises test speech; chromium drives the browser tests
   local want=(espeak-ng libsndfile1)
-  [ "$1" = test ] && want+=(chromium chromium-driver)
+  [ "$1" = test ] && want+=(chromium chromium-driver fonts-lohit-deva)  # Devanagari in the screenshots
   local missing=()
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return

@@ -43,6 +43,12 @@ def environment() -> dict:
         pass
     for lib in LIBRARIES:
         env[lib] = _version(lib)
+    try:  # with both onnxruntime and onnxruntime-gpu installed, one module is imported: record that one
+        import onnxruntime
+        env["onnxruntime"] = onnxruntime.__version__
+        env["onnxruntime_providers"] = ",".join(onnxruntime.get_available_providers())
+    except ImportError:
+        pass
     return env
 
 

@@ -80,3 +80,40 @@ def test_heldout_wer_within_recorded_figure(demo, testset):
     assert wer <= info["heldout_wer"] + MARGIN, (wer, info["heldout_wer"])
     assert cer <= info["heldout_cer"] + MARGIN, (cer, info["heldout_cer"])
     assert wer < 0.25 and cer < 0.10
+
+
+# ---- the same model through the project's own path: core.models, backends, core.transcribe, core.wer
+
+BACKENDS = ("torch:fp32:cpu", "ort:fp32:cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded_demo():
+    from core.models import load_model
+    loaded = load_model("demo")
+    assert loaded.kind == "demo" and "synthetic-speech demo model" in loaded.label
+    return loaded
+
+
+@pytest.mark.parametrize("spec", BACKENDS)
+def test_two_heldout_clips_exactly_on_each_backend(loaded_demo, spec):
+    from core.audio import load_audio
+    from core.backends import make_backend
+    from core.transcribe import transcribe as run
+    from core.wer import load_manifest, normalize
+    items = load_manifest(TESTSET)[:2]
+    with make_backend(spec, loaded_demo) as backend:
+        hyps = [run(load_audio(path, loaded_demo.sample_rate), backend, loaded_demo).text for path, _ in items]
+    assert [normalize(h) for h in hyps] == [normalize(ref) for _, ref in items]
+
+
+@pytest.mark.parametrize("spec", BACKENDS)
+def test_heldout_wer_through_the_project_wer_path(loaded_demo, spec):
+    from core.backends import make_backend
+    from core.wer import evaluate
+    info = json.loads((MODEL_DIR / "training.json").read_text(encoding="utf-8"))
+    with make_backend(spec, loaded_demo) as backend:
+        res = evaluate(backend, loaded_demo, TESTSET)
+    assert res["n"] == len(res["utterances"]) >= 30
+    assert res["wer"] <= info["heldout_wer"] + MARGIN, (spec, res["wer"], info["heldout_wer"])
+    assert res["cer"] <= info["heldout_cer"] + MARGIN, (spec, res["cer"], info["heldout_cer"])
