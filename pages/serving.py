@@ -33,16 +33,19 @@ with c1, st.container(border=True):
             with st.expander("Server log"):
                 st.code(server.log_tail(info.log, 40) or "(empty)", language="text")
         else:
-            specs = [s for s in available_backends() if s.split(":")[0] in ("ort", "torch", "trt")]
+            specs = [s for s in available_backends() if s.split(":")[0] in ("ort", "torch", "trt", "fast")]
             spec = st.selectbox("Backend inside the server", specs, key="serve_backend",
                                 index=specs.index("ort:fp32:cpu") if "ort:fp32:cpu" in specs else 0)
-            c = st.columns(2)
+            c = st.columns(3)
             max_batch = c[0].number_input("Max batch (dynamic batching)", 1, 256, 8)
             delay = c[1].number_input("Max queue delay (µs)", 0, 100000, 500)
+            warmup = c[2].number_input("Warm-up audio (s)", 0.0, 30.0, 0.0, help="Run every batch size once at this "
+                                       "length before serving: GPU backends that compile or capture CUDA graphs per "
+                                       "shape (fast:…) would otherwise time out their first requests.", key="serve_warmup")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch),
-                                           max_queue_delay_us=int(delay))
+                                           max_queue_delay_us=int(delay), warmup_s=float(warmup) or None)
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
             st.caption("Same as `python -m core serve --backend …`; the server keeps running when you leave the page.")

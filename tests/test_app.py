@@ -1,6 +1,7 @@
 """Every dashboard page through Streamlit's AppTest on the tiny model: renders, key widgets, and the real
 UI paths of a transcription, a small benchmark, a background build and a profile."""
 import os
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -155,9 +156,11 @@ def test_serving_start_sweep_stop_a_real_triton_server():
     page(at, "pages/serving.py")
     try:
         at.selectbox(key="serve_backend").set_value("ort:fp32:cpu")
+        at.number_input(key="serve_warmup").set_value(1.0)
         next(b for b in at.button if b.label == "Start server").click().run()
         assert not at.error, [e.value for e in at.error]
         assert server.read_state("default") is not None
+        assert "WARMED batch sizes [1, 2, 4, 8] at 1 s" in Path(server.read_state("default").log).read_text()
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
         at.multiselect[0].set_value([1, 2])
         at.number_input[1].set_value(2.0)  # seconds per level
