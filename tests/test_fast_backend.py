@@ -57,12 +57,14 @@ def test_reformulated_model_matches_hf(tiny, conv):
     pc = tiny.model.wav2vec2.encoder.pos_conv_embed.conv
     assert not hasattr(module.pos_conv, "parametrizations")
     torch.testing.assert_close(module.pos_conv.weight, pc.weight, rtol=0, atol=1e-7)
-    values, mask = features(tiny.processor, noise(1.3, 0.7), tiny.sample_rate)
-    ref = hf_logits(tiny.model, values, mask)
-    with torch.inference_mode():
-        out = module(torch.from_numpy(values), torch.from_numpy(mask.sum(-1))).numpy()
-    for i, n in enumerate(frame_lengths(tiny.model.config, mask)):
-        np.testing.assert_allclose(out[i, :n], ref[i, :n], atol=1e-5, rtol=0)
+    # a batch of 2 and one of 3: "hybrid" runs the positional conv as a GEMM for the first, cuDNN for the second
+    for clips in ((1.3, 0.7), (1.3, 0.7, 2.1)):
+        values, mask = features(tiny.processor, noise(*clips), tiny.sample_rate)
+        ref = hf_logits(tiny.model, values, mask)
+        with torch.inference_mode():
+            out = module(torch.from_numpy(values), torch.from_numpy(mask.sum(-1))).numpy()
+        for i, n in enumerate(frame_lengths(tiny.model.config, mask)):
+            np.testing.assert_allclose(out[i, :n], ref[i, :n], atol=1e-5, rtol=0)
 
 
 def test_group_norm_model_matches_hf_and_ignores_padding():

@@ -27,6 +27,10 @@ SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
 BATCH_BUCKETS = (1, 2, 4, 8)
+# "hybrid" runs the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
+# GEMM's unfolded windows grow with the batch (H100, bench/NOTES.md run 6: W1 1.77 ms GEMM vs 1.96 cuDNN;
+# W2 6.15 ms GEMM vs 5.65 cuDNN).
+POS_GEMM_MAX_BATCH = 2
 
 
 def available(spec) -> tuple[bool, str]:
@@ -102,8 +106,9 @@ def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int
 def build_module(hf_model, conv: str = "hybrid"):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
     conv: how the convolutions run: "gemm" (all as matrix products on channels-last tensors), "cudnn"
-    (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv as a GEMM:
-    on an H100 the unfolded windows of the feature encoder cost more than cuDNN's convs, see bench/NOTES.md)."""
+    (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv as a GEMM for
+    batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more than cuDNN's
+    convs for the feature encoder and for large batches, see bench/NOTES.md)."""
     if conv not in ("gemm", "cudnn", "hybrid"):
         raise ValueError(f"conv must be gemm, cudnn or hybrid, not {conv!r}")
     import torch
@@ -214,7 +219,7 @@ def build_module(hf_model, conv: str = "hybrid"):
             keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
             x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
             pc, t = self.pos_conv, x.shape[1]
-            if conv in ("gemm", "hybrid"):
+            if conv == "gemm" or (conv == "hybrid" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
                 pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
             else:
                 pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
