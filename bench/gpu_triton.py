@@ -30,7 +30,8 @@ from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random:wav2vec2-large")
-    p.add_argument("--backend", default="fast:fp16:cuda", help="in-process backend served by Triton (default: the fastest, W2)")
+    p.add_argument("--backend", default="fast:fp16:cuda",
+                   help="in-process backend served by Triton (default: the fastest on W2)")
     p.add_argument("--seconds", type=float, default=5.0, help="audio per request")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--compare-at", type=int, default=16, help="concurrency compared with in-process batches")

@@ -39,9 +39,10 @@ with c1, st.container(border=True):
             c = st.columns(3)
             max_batch = c[0].number_input("Max batch (dynamic batching)", 1, 256, 8)
             delay = c[1].number_input("Max queue delay (µs)", 0, 100000, 500)
-            warmup = c[2].number_input("Warm-up audio (s)", 0.0, 30.0, 0.0, help="Run every batch size once at this "
-                                       "length before serving: GPU backends that compile or capture CUDA graphs per "
-                                       "shape (fast:…) would otherwise time out their first requests.", key="serve_warmup")
+            warmup = c[2].number_input("Warm-up audio (s)", 0.0, 30.0, 0.0, key="serve_warmup",
+                                       help="Run every batch size once at this length before serving: GPU backends "
+                                            "that compile or capture CUDA graphs per shape (fast:…) would otherwise "
+                                            "time out their first requests.")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch),

@@ -42,7 +42,7 @@ def test_preflight_refuses_numpy_2_with_the_fix():
     server.preflight()  # this environment (numpy<2, PyTriton installed) can serve
     with pytest.raises(server.TritonServerError) as err:
         server.preflight(numpy_version="2.3.5")
-    assert "numpy 2.3.5" in str(err.value) and 'numpy<2' in err.value.hint
+    assert "numpy 2.3.5" in str(err.value) and '"numpy<2"' in err.value.hint
 
 
 def test_server_warmed_every_batch_size_before_serving(served):

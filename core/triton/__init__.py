@@ -31,7 +31,7 @@ def cmd_serve(args):
                         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
-                        stub_pythonpath=args.stub_pythonpath, timeout_s=args.timeout)
+                        timeout_s=args.timeout)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -96,8 +96,6 @@ def add_cli(add):
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
                    "serving (GPU backends that compile or capture graphs per shape)")
-    s.add_argument("--stub-pythonpath", help="a folder with numpy<2 for Triton's Python-backend stub when this "
-                   "environment has NumPy 2 (or set WORKBENCH_TRITON_STUB_PYTHONPATH)")
     s.add_argument("--stop", action="store_true", help="stop the running server")
     s.add_argument("--status", action="store_true", help="show the running server")
     _batching(s)

@@ -109,9 +109,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
-    p.add_argument("--stub-pythonpath", default=None,
-                   help="folder put first on the path of Triton's Python-backend stub only, e.g. one holding "
-                        "numpy<2 when this environment has NumPy 2 (PyTriton's stub is built for NumPy 1)")
     return p
 
 
@@ -163,8 +160,6 @@ def main(argv=None) -> int:
                           exit_timeout_secs=5, log_verbose=0)
     # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
-    if args.stub_pythonpath:  # inherited by tritonserver and its stub; this process keeps the NumPy it loaded
-        os.environ["PYTHONPATH"] = os.pathsep.join([args.stub_pythonpath] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     signal.signal(signal.SIGTERM, _interrupt)
     with Triton(config=config, security_config=security) as triton:
         triton.bind(model_name=args.model_name, infer_func=[make_infer(b, loaded) for b in backends],

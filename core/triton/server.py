@@ -27,25 +27,24 @@ class TritonServerError(WorkbenchError):
     pass
 
 
-STUB_PATH_ENV = "WORKBENCH_TRITON_STUB_PYTHONPATH"
-
-
-def preflight(numpy_version: str | None = None, stub_pythonpath: str | None = None) -> None:
-    """Refuse to start a server that cannot answer: PyTriton missing, or NumPy 2 with no numpy<2 for the stub.
+def preflight(numpy_version: str | None = None) -> None:
+    """Refuse to start a server that cannot answer: PyTriton missing, or NumPy 2.
 
     PyTriton 0.7 pins numpy<2: its bundled Python-backend stub is built for NumPy 1, and under NumPy 2 the server
-    answers every request with empty outputs (seen on the GPU machine). Where the serving environment needs
-    NumPy 2 (e.g. its SciPy), a folder holding numpy<2 can be put on the stub's path alone (`stub_pythonpath`)."""
+    answers every request with empty outputs (seen on the GPU machine, reproduced on the CPU). The stub imports
+    from the environment of the interpreter that starts the server (sys.exec_prefix), not from PYTHONPATH, so
+    that environment itself needs numpy<2."""
     if importlib.util.find_spec("pytriton") is None:
         raise TritonServerError("PyTriton is not installed, so no local Triton server can start.",
                                 "pip install nvidia-pytriton==0.7.0 (bundles Triton's server binary).")
     import numpy
     version = numpy_version or numpy.__version__
-    if int(version.split(".")[0]) >= 2 and not stub_pythonpath:
+    if int(version.split(".")[0]) >= 2:
         raise TritonServerError(f"PyTriton 0.7 needs numpy<2 but this interpreter has numpy {version}: its server "
                                 "would return empty outputs for every request.",
-                                'pip install "numpy<2" here, or install numpy<2 into a folder '
-                                f"(pip install --target DIR 'numpy<2') and set {STUB_PATH_ENV}=DIR.")
+                                'pip install "numpy<2" in the environment that runs the server; where other '
+                                "packages there need NumPy 2, a venv over it with numpy<2 first works "
+                                "(bench/device_numpy1_env.sh builds one).")
 
 
 @dataclass
@@ -152,10 +151,9 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           address: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
-          stub_pythonpath: str | None = None, timeout_s: float = 300.0) -> ServerInfo:
+          timeout_s: float = 300.0) -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`."""
-    stub_pythonpath = stub_pythonpath or os.environ.get(STUB_PATH_ENV)
-    preflight(stub_pythonpath=stub_pythonpath)
+    preflight()
     running = read_state(name)
     if running:
         raise TritonServerError(f"A Triton server named '{name}' is already running (pid {running.pid}, "
@@ -171,7 +169,6 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     cmd += ["--model", model] if model else []
     cmd += ["--threads", str(threads)] if threads else []
     cmd += ["--warmup-seconds", str(warmup_s)] if warmup_s else []
-    cmd += ["--stub-pythonpath", stub_pythonpath] if stub_pythonpath else []
     log = state_dir() / f"{name}.log"
     env = libpython_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
