@@ -37,7 +37,7 @@ with c1, st.container(border=True):
             spec = st.selectbox("Backend inside the server", specs, key="serve_backend",
                                 index=specs.index("ort:fp32:cpu") if "ort:fp32:cpu" in specs else 0)
             c = st.columns(3)
-            max_batch = c[0].number_input("Max batch (dynamic batching)", 1, 256, 8)
+            max_batch = c[0].number_input("Max batch", 1, 256, 8, help="Largest batch Triton's dynamic batcher forms")
             delay = c[1].number_input("Max queue delay (µs)", 0, 100000, 500)
             warmup = c[2].number_input("Warm-up audio (s)", 0.0, 30.0, 0.0, key="serve_warmup",
                                        help="Run every batch size once at this length before serving: GPU backends "
