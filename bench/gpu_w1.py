@@ -49,6 +49,10 @@ VARIANTS = {
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),
     "fast:fp16:gemm-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "gemm"}),
+    "fast:fp16:masked+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "mask_free": False}),
+    "fast:fp16:flat+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "flat"}),
+    "fast:bf16:flat+compile+graphs": ("fast:bf16:cuda", {"compile": "default", "conv": "flat"}),
+    "fast:fp8:flat+compile+graphs": ("fast:fp8:cuda", {"compile": "default", "conv": "flat"}),
 }
 ODD_LENGTHS_S = (1.3, 3.7, 26.0)   # a 2 s bucket, the 5 s bucket, past the largest bucket (eager)
 ODD_BATCH_S = (4.6, 2.2)           # a padded batch of two
@@ -113,8 +117,8 @@ def parity_inputs(loaded, workloads) -> dict:
     return inputs
 
 
-def eval_demo(log) -> list[dict]:
-    """WER of torch:fp32:cuda and the fast backend on the demo model's labelled set."""
+def eval_demo(log, names) -> list[dict]:
+    """WER of torch:fp32:cuda and of each fast variant in `names` on the demo model's labelled set."""
     from core.models import load_model
     from core.paths import DEMO_TESTSET
     from core.wer import evaluate
@@ -127,14 +131,16 @@ def eval_demo(log) -> list[dict]:
         log(f"demo eval skipped: {err}")
         return []
     rows = []
-    for spec, opts in (("torch:fp32:cuda", {}), ("fast:fp16:cuda", {"compile": "default"}),
-                       ("fast:bf16:cuda", {"compile": "default"})):
+    for name in [BASELINE] + [n for n in names if VARIANTS[n][0].startswith("fast:")]:
+        spec, opts = VARIANTS[name]
+        if not availability(spec)[0]:
+            continue
         backend = make_backend(spec, demo, **opts).load()
         t = time.perf_counter()
         res = evaluate(backend, demo, DEMO_TESTSET)
-        log(f"demo WER {spec}: wer {res['wer'] * 100:.2f}%  cer {res['cer'] * 100:.2f}%  n {res['n']}  "
+        log(f"demo WER {name}: wer {res['wer'] * 100:.2f}%  cer {res['cer'] * 100:.2f}%  n {res['n']}  "
             f"({time.perf_counter() - t:.0f} s)")
-        rows.append({"kind": "wer", "model": demo.source, "model_label": demo.label, "backend": spec,
+        rows.append({"kind": "wer", "model": demo.source, "model_label": demo.label, "backend": name, "spec": spec,
                      "runtime": backend.spec.runtime, "precision": backend.precision, "device": "cuda",
                      "wer": res["wer"], "cer": res["cer"], "n": res["n"], "env": environment(),
                      "hypotheses": [u["hypothesis"] for u in res["utterances"]]})
@@ -230,7 +236,7 @@ def main(argv=None):
     base = {r["workload"]: r["p50_ms"] for r in rows if r["backend"] == BASELINE}
     for r in rows:
         r["speedup_vs_fp32_eager"] = base[r["workload"]] / r["p50_ms"]
-    wer_rows = eval_demo(log) if args.eval_demo else []
+    wer_rows = eval_demo(log, [n for n in names if n not in dict(skipped)]) if args.eval_demo else []
 
     print(f"\nW1 = {args.seconds:g} s x 1, W2 = {args.seconds:g} s x {args.w2_batch}; {loaded.label}; "
           f"{env['gpu']}; {args.repeats} repeats after {args.warmup} warm-up; "
@@ -247,7 +253,7 @@ def main(argv=None):
     for name, why in skipped:
         print(f"{name:28} skipped: {why}")
     for r in wer_rows:
-        print(f"WER {r['backend']:24} {100 * r['wer']:6.2f}%  (n={r['n']})")
+        print(f"WER {r['backend']:32} {100 * r['wer']:6.2f}%  (n={r['n']})")
 
     run_id = results.save(rows + [{k: v for k, v in r.items() if k != "hypotheses"} for r in wer_rows],
                           kind="gpu_w1", note=f"bench/gpu_w1.py {' '.join(sys.argv[1:])}")

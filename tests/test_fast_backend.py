@@ -49,7 +49,7 @@ def test_conv_as_gemm_equals_conv1d(groups, stride, padding, kernel):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv", ["hybrid", "gemm", "cudnn"])
+@pytest.mark.parametrize("conv", ["hybrid", "flat", "gemm", "cudnn"])
 def test_reformulated_model_matches_hf(tiny, conv):
     """Folded weight norm, fused QKV, convs as GEMMs, in-graph masks: same logits as the original, to 1e-5."""
     module = build_module(tiny.model, conv)
@@ -67,7 +67,8 @@ def test_reformulated_model_matches_hf(tiny, conv):
             np.testing.assert_allclose(out[i, :n], ref[i, :n], atol=1e-5, rtol=0)
 
 
-def test_group_norm_model_matches_hf_and_ignores_padding():
+@pytest.mark.parametrize("conv", ["hybrid", "flat"])
+def test_group_norm_model_matches_hf_and_ignores_padding(conv):
     """wav2vec2-base style (group-norm feature encoder, post-LN encoder, no attention mask): the masked
     group norm makes a bucket-padded input give the unpadded model's logits."""
     from core.models import ARCHITECTURES
@@ -78,7 +79,7 @@ def test_group_norm_model_matches_hf_and_ignores_padding():
     model = Wav2Vec2ForCTC(cfg).eval()
     x = noise(0.9)[0][None]
     ref = hf_logits(model, x)
-    module = build_module(model)
+    module = build_module(model, conv)
     padded = np.zeros((1, 16000), np.float32)
     padded[:, :x.shape[1]] = x
     with torch.inference_mode():
@@ -141,3 +142,63 @@ def test_gpu_w1_script_runs_on_cpu(tiny, tmp_path, monkeypatch, capsys):
     assert {r["workload"] for r in fast} == {"W1", "W2"}
     assert all(r["parity"]["agree"] == r["parity"]["total"] == 8 for r in fast)
     assert all(r["parity"]["max_abs_logit_diff"] < 1e-4 for r in fast)
+
+
+def test_flat_first_conv_compiled_form_matches_hf(tiny, monkeypatch):
+    """Under torch.compile the first conv is written as sums of products (fused with its norm); the same
+    code run eagerly, by pretending to compile, gives the original logits."""
+    module = build_module(tiny.model, "flat")
+    values, mask = features(tiny.processor, noise(1.1), tiny.sample_rate)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.inference_mode():
+        out = module(torch.from_numpy(values), torch.from_numpy(mask.sum(-1))).numpy()
+    np.testing.assert_allclose(out, hf_logits(tiny.model, values, mask), atol=1e-5, rtol=0)
+
+
+def test_conv_flat_equals_conv1d_over_each_item():
+    """conv_flat over a batch laid end to end, each item with spare rows: the valid rows equal conv1d per item."""
+    from core.backends.fast_backend import conv_chunks, conv_flat
+    torch.manual_seed(3)
+    for kernel, stride in ((3, 2), (2, 2), (5, 2), (4, 4)):
+        x = torch.randn(3, 24, 8, dtype=torch.float64)   # 24 rows per item: a multiple of every stride here
+        w = torch.randn(6, 8, kernel, dtype=torch.float64)
+        b = torch.randn(6, dtype=torch.float64)
+        out = conv_flat(x.reshape(-1, 8), conv_chunks(w, stride), b, stride).view(3, 24 // stride, 6)
+        ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, stride=stride).transpose(1, 2)
+        torch.testing.assert_close(out[:, :ref.shape[1]], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mask_free_variant_equals_masked_when_the_input_fills_the_bucket(tiny):
+    module = build_module(tiny.model, "flat")
+    values, mask = features(tiny.processor, noise(0.5, 0.5), tiny.sample_rate)
+    n = torch.from_numpy(mask.sum(-1))
+    with torch.inference_mode():
+        masked = module(torch.from_numpy(values), n)
+        free = module(torch.from_numpy(values), n, full=True)
+    torch.testing.assert_close(free, masked, rtol=0, atol=1e-6)
+
+
+def test_fp8_linear_maps_match_their_dequantised_weights(tiny):
+    """quantize_fp8 swaps the 4 linear maps of every encoder layer; each computes x @ W^T + b with W and the
+    row-scaled x rounded to float8_e4m3 (checked against that arithmetic done in FP32), and the whole model
+    stays close to the FP32 logits."""
+    from core.backends.fast_backend import FP8_MAX, quantize_fp8
+    module = build_module(tiny.model, "flat").to(torch.bfloat16)
+    ref_lin = module.layers[0].ff1
+    w, bias = ref_lin.weight.float(), ref_lin.bias.float()
+    quantize_fp8(module)
+    assert {type(getattr(module.layers[-1], n)).__name__ for n in ("qkv", "out", "ff1", "ff2")} == {"Fp8Linear"}
+    lin = module.layers[0].ff1
+    assert lin.weight.dtype == torch.float8_e4m3fn
+    x = torch.randn(2, 7, w.shape[1]).to(torch.bfloat16)
+    sx = x.float().abs().amax(-1, keepdim=True) / FP8_MAX
+    xq = (x.float() / sx).to(torch.float8_e4m3fn).float() * sx
+    wq = lin.weight.float() * lin.scale.t()
+    torch.testing.assert_close(wq, w, rtol=0.07, atol=1e-6)          # e4m3: 3 mantissa bits
+    expect = xq @ wq.t() + bias
+    torch.testing.assert_close(lin(x).float(), expect, rtol=0.02, atol=0.02)
+    values, mask = features(tiny.processor, noise(0.9), tiny.sample_rate)
+    with torch.inference_mode():
+        out = module(torch.from_numpy(values).to(torch.bfloat16), torch.from_numpy(mask.sum(-1))).float().numpy()
+    ref = hf_logits(tiny.model, values, mask)
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()

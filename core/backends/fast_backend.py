@@ -5,26 +5,32 @@ What it changes, each an exact reformulation (tests check them against the origi
   * weight norm of the positional conv folded into a plain weight once at load time (the
     parametrization recomputes the norm on every call);
   * Q, K and V projections fused into one matrix product; SDPA attention;
+  * the feature encoder's convolutions channels-last, over the batch laid end to end (conv_flat);
   * padding is expressed by per-row *lengths*, from which every mask is derived inside the graph,
-    so inputs padded to a fixed bucket give the same logits on the real frames as unpadded inputs.
+    so inputs padded to a fixed bucket give the same logits on the real frames as unpadded inputs;
+    inputs that fill their bucket exactly run a mask-free variant (attention's mask-free kernels).
 And the speed machinery on CUDA:
-  * FP16/BF16 weights (layer norms and attention softmax still accumulate in FP32);
+  * FP16/BF16 weights (layer norms and attention softmax still accumulate in FP32), or FP8 linear maps
+    (quantize_fp8) with the rest in BF16;
   * optional torch.compile (static shapes);
-  * one CUDA graph per (batch bucket, length bucket), captured lazily on first use, so a replay is
+  * one CUDA graph per (batch bucket, length bucket, masked/mask-free), captured lazily on first use, so a replay is
     a single launch instead of hundreds. Inputs longer than the largest bucket, or larger batches
     than the largest batch bucket, run eagerly (same code, no graph): any length works.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
 from ..errors import BackendUnavailableError
 from .base import Backend
 
-SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp8:cuda", "fast:fp32:cuda"]
+# the dtype of weights and activations; fp8 runs the encoder layers' linear maps in FP8 and the rest in bf16
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "bfloat16"}
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn value
 BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
 BATCH_BUCKETS = (1, 2, 4, 8)
 # "hybrid" runs the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
@@ -35,7 +41,7 @@ POS_GEMM_MAX_BATCH = 2
 
 def available(spec) -> tuple[bool, str]:
     if spec.precision not in DTYPES:
-        return False, f"the fast backend runs fp16/bf16/fp32 only, not '{spec.precision}'"
+        return False, f"the fast backend runs fp16/bf16/fp8/fp32 only, not '{spec.precision}'"
     if spec.device == "cpu":  # a reference mode for tests: the reformulated model, eager, no graphs
         return (True, "") if spec.precision == "fp32" else (False, "on the CPU the fast backend runs fp32 only")
     if spec.device != "cuda":
@@ -49,6 +55,8 @@ def available(spec) -> tuple[bool, str]:
                        "and a CUDA build of torch")
     if spec.precision == "bf16" and not torch.cuda.is_bf16_supported():
         return False, "this GPU has no bf16 support: use fast:fp16:cuda"
+    if spec.precision == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        return False, "FP8 matrix products need an Ada or Hopper GPU (compute capability 8.9+): use fast:fp16:cuda"
     return True, ""
 
 
@@ -103,14 +111,43 @@ def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int
     return y if bias is None else y + bias
 
 
+def conv_chunks(weight, stride: int):
+    """A conv's [Cout, Cin, K] weight as the [taps*Cin, Cout] matrices conv_flat multiplies: the kernel's taps
+    in runs of `stride` (the last run may be shorter), rows ordered (tap, channel) like the input rows."""
+    cout, cin, k = weight.shape
+    return [weight[:, :, j:j + stride].permute(2, 1, 0).reshape(-1, cout).contiguous() for j in range(0, k, stride)]
+
+
+def conv_flat(x, chunks, bias, stride: int):
+    """Conv1d over a whole batch laid end to end: x [N, Cin] (contiguous; N = B * rows per item, rows per item
+    a multiple of stride) -> [N / stride, Cout], one output row per `stride` input rows. Each run of taps is a
+    *view* of x (x as [N / stride, stride*Cin] rows, shifted by the run's index, the columns of its taps: no
+    copy) times its weight, so there are no unfolded windows and no layout transposes. Rows whose window
+    crosses into the next item are computed and left unused (each item has spare rows at its end, see
+    FeatureEncoder.forward); the shifted runs lack the last rows, which are zero-padded."""
+    import torch.nn.functional as F
+    n, cin = x.shape
+    u = n // stride
+    rows = x.contiguous().view(u, stride * cin)   # row r: input rows r*stride .. r*stride + stride - 1
+    y = None
+    for j, w in enumerate(chunks):                # taps j*stride ..: row r + j of `rows`, its first taps*cin columns
+        p = rows[j:, :w.shape[0]] @ w
+        if j:
+            p = F.pad(p, (0, 0, 0, j))
+        y = p if y is None else y + p
+    return y if bias is None else y + bias
+
+
 def build_module(hf_model, conv: str = "hybrid"):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
-    conv: how the convolutions run: "gemm" (all as matrix products on channels-last tensors), "cudnn"
-    (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv as a GEMM for
-    batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more than cuDNN's
-    convs for the feature encoder and for large batches, see bench/NOTES.md)."""
-    if conv not in ("gemm", "cudnn", "hybrid"):
-        raise ValueError(f"conv must be gemm, cudnn or hybrid, not {conv!r}")
+    conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
+    tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
+    as a GEMM for batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more
+    than cuDNN's convs for the feature encoder and for large batches, see bench/NOTES.md), "flat" (feature
+    encoder channels-last through conv_flat, the first conv fused with its norm when compiled; positional
+    conv as in "hybrid")."""
+    if conv not in ("gemm", "cudnn", "hybrid", "flat"):
+        raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
     import torch
     from torch import nn
     import torch.nn.functional as F
@@ -132,20 +169,56 @@ def build_module(hf_model, conv: str = "hybrid"):
             self.norm = cfg.feat_extract_norm  # "layer": LN per conv over channels; "group": first conv only
             self.norms = nn.ModuleList(copy.deepcopy(l.layer_norm) for l in layers if hasattr(l, "layer_norm"))
             self.act = layers[0].activation
+            self.geometry = [(c.kernel_size[0], c.stride[0]) for c in self.convs]   # plain ints: static when compiled
+            self.later_stride = math.prod(s for _, s in self.geometry[1:])
+            if conv == "flat":
+                for i, c in enumerate(self.convs[1:], 1):
+                    for j, w in enumerate(conv_chunks(c.weight.detach(), c.stride[0])):
+                        self.register_buffer(f"chunk{i}_{j}", w)
 
         def forward(self, x, lengths):
+            if conv == "flat":
+                return self._forward_flat(x, lengths)
             h = x[:, :, None]                                    # channels-last [B, T, C]
             for i, c in enumerate(self.convs):
                 if conv == "gemm":
                     h = conv_as_gemm(h, c.weight, c.bias, c.stride[0])
                 else:
                     h = c(h.transpose(1, 2)).transpose(1, 2)
-                if self.norm == "layer":
-                    h = self.norms[i](h)
-                elif i == 0:
-                    h = self._masked_group_norm(h, lengths, c)
-                h = self.act(h)
+                h = self._norm_act(i, h, lengths)
             return h  # [B, frames, C]
+
+        def _norm_act(self, i, h, lengths):
+            if self.norm == "layer":
+                h = self.norms[i](h)
+            elif i == 0:
+                h = self._masked_group_norm(h, lengths, self.convs[0])
+            return self.act(h)
+
+        def _forward_flat(self, x, lengths):
+            # Each item gets `rows` frames after the first conv, rounded up to a multiple of every later
+            # stride, so the later convs can run over the batch laid end to end (conv_flat); the spare
+            # frames are computed from zero-padded audio and dropped at the end (valid frames never read them).
+            b = x.shape[0]
+            c0 = self.convs[0]
+            (k0, s0), later = self.geometry[0], self.geometry[1:]
+            t = (x.shape[1] - k0) // s0 + 1
+            rows = -(-t // self.later_stride) * self.later_stride
+            win = F.pad(x, (0, s0 * (rows - 1) + k0 - x.shape[1])).unfold(1, k0, s0)     # [B, rows, K0] view
+            w0 = c0.weight[:, 0, :]                                                     # [C, K0]
+            if torch.compiler.is_compiling():  # as sums of products, fused with the norm into one kernel
+                h = sum(win[..., j, None] * w0[:, j] for j in range(k0))
+            else:
+                h = win @ w0.t()
+            h = h if c0.bias is None else h + c0.bias
+            h = self._norm_act(0, h, lengths)
+            for i, (k, s) in enumerate(later, 1):
+                chunks = [getattr(self, f"chunk{i}_{j}") for j in range(-(-k // s))]
+                h = conv_flat(h.reshape(b * rows, -1), chunks, self.convs[i].bias, s).view(b, rows // s, -1)
+                rows //= s
+                t = (t - k) // s + 1
+                h = self._norm_act(i, h, lengths)
+            return h[:, :t]
 
         def _masked_group_norm(self, h, lengths, c):
             # GroupNorm with one group per channel normalises over time: take the statistics over the
@@ -210,23 +283,27 @@ def build_module(hf_model, conv: str = "hybrid"):
             self.lm_head = copy.deepcopy(hf_model.lm_head)
             self.stable = cfg.do_stable_layer_norm
 
-        def forward(self, input_values, lengths):
+        def forward(self, input_values, lengths, full: bool = False):
             """input_values [B,T] (processor-normalised, zero padded), lengths [B] int64 samples of real audio
-            -> logits [B, frames(T), vocab]; frames beyond a row's length are not meaningful."""
+            -> logits [B, frames(T), vocab]; frames beyond a row's length are not meaningful. full=True says
+            every row is real audio to the end (lengths == T): then nothing is masked, which lets attention
+            take its mask-free kernels; the caller must know it (a static choice per captured graph)."""
             h = self.features(input_values, lengths)
             x = self.proj(self.proj_ln(h))
-            frames = conv_out_length(lengths, cfg).clamp(min=1)
-            keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
-            x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
+            keep = None
+            if not full:
+                frames = conv_out_length(lengths, cfg).clamp(min=1)
+                keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
+                x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
             pc, t = self.pos_conv, x.shape[1]
-            if conv == "gemm" or (conv == "hybrid" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
+            if conv == "gemm" or (conv != "cudnn" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
                 pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
             else:
                 pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
             x = x + self.pos_act(pos)
             if not self.stable:
                 x = self.enc_ln(x)
-            mask = keep[:, None, None, :]                                 # keys of real frames only
+            mask = None if full else keep[:, None, None, :]              # keys of real frames only
             for layer in self.layers:
                 x = layer(x, mask)
             if self.stable:
@@ -236,16 +313,51 @@ def build_module(hf_model, conv: str = "hybrid"):
     return FastWav2Vec2().eval()
 
 
+def quantize_fp8(module):
+    """Swap the encoder layers' linear maps (QKV, output, both feed-forward: ~96 % of the FLOPs) for FP8 ones,
+    in place: weights in float8_e4m3 with one scale per output channel, activations scaled per row on the fly
+    (the scaling fuses into the preceding kernel when compiled), products on the FP8 tensor cores with the
+    scales and bias applied in the epilogue (torch._scaled_mm). The feature projection and CTC head stay as
+    they are. Call after the module is on its device and dtype (bf16: row-wise scaled FP8 products return it)."""
+    import torch
+    from torch import nn
+
+    class Fp8Linear(nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            w = lin.weight.detach().float()
+            scale = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / FP8_MAX           # [N, 1]
+            self.register_buffer("weight", (w / scale).to(torch.float8_e4m3fn))       # [N, K]
+            self.register_buffer("scale", scale.t().contiguous())                     # [1, N] float32
+            self.register_buffer("bias", lin.bias.detach().clone())
+
+        def forward(self, x):
+            shape = x.shape
+            x = x.reshape(-1, shape[-1])
+            sx = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX    # [M, 1]
+            xq = (x.float() / sx).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            y = torch._scaled_mm(xq, self.weight.t(), scale_a=sx, scale_b=self.scale, bias=self.bias,
+                                 out_dtype=self.bias.dtype)
+            return y.reshape(*shape[:-1], y.shape[-1])
+
+    for layer in module.layers:
+        for name in ("qkv", "out", "ff1", "ff2"):
+            setattr(layer, name, Fp8Linear(getattr(layer, name)))
+    return module
+
+
 # ---------------------------------------------------------------- the backend
 
 class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
-    conv ("hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module)."""
+    conv ("hybrid" | "flat" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
+    that fill their bucket run the mask-free variant; False forces masks, for comparison)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
-                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "hybrid"):
+                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "hybrid",
+                 mask_free: bool = True):
         super().__init__(spec)
         ok, why = available(spec)
         if not ok:
@@ -260,6 +372,7 @@ class FastBackend(Backend):
         self.batch_buckets = tuple(sorted(batch_buckets))
         self.use_mask = loaded.uses_attention_mask
         self.conv = conv
+        self.mask_free = mask_free
         self.module = None
         self.graphs: dict = {}
         self.stats = {"graph": 0, "eager": 0}
@@ -268,6 +381,8 @@ class FastBackend(Backend):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
         module = build_module(self.loaded.model, self.conv).to(device=self.device, dtype=self.dtype)
+        if self.precision == "fp8":
+            quantize_fp8(module)
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
@@ -293,10 +408,12 @@ class FastBackend(Backend):
         return np.asarray(attention_mask).sum(-1).astype(np.int64)
 
     def forward(self, values, lengths):
-        """Device tensors in (values [B,T] in the backend's dtype, lengths [B] int64), device logits
-        [B, frames(T), vocab] out. A graph's output buffer is reused by its next replay: copy it if kept."""
+        """values [B,T] (a device tensor in the backend's dtype) and lengths [B] (int64 samples of real audio,
+        a host numpy array: known on the host, the mask-free graph is picked without a device sync) -> device
+        logits [B, frames(T), vocab]. A graph's output buffer is reused by its next replay: copy it if kept."""
         import torch
         b, t = values.shape
+        lengths = np.asarray(lengths, dtype=np.int64)
         with torch.inference_mode():
             tb = choose_bucket(t, self.buckets) if self.pad else t
             bb = choose_bucket(b, self.batch_buckets) if self.pad else b
@@ -306,36 +423,34 @@ class FastBackend(Backend):
                     return torch.cat([self.forward(values[i:i + step], lengths[i:i + step])
                                       for i in range(0, b, step)])
                 self.stats["eager"] += 1
-                return self.module(values, lengths)
+                full = self.mask_free and bool((lengths == t).all())
+                return self.module(values, self._device(lengths), full=full)
             frames = int(conv_out_length(t, self.loaded.model.config))
+            padded = np.full(bb, tb, np.int64)   # padded rows get the full length: finite, and dropped below
+            padded[:b] = lengths
+            full = self.mask_free and bool((padded == tb).all())    # every row real audio to the end
             if not self.use_graphs:
-                x, n = self._padded(values, lengths, bb, tb)
+                x = values
+                if (b, t) != (bb, tb):
+                    x = torch.zeros((bb, tb), dtype=values.dtype, device=values.device)
+                    x[:b, :t] = values
                 self.stats["eager"] += 1
-                return self.run(x, n)[:b, :frames]
-            graph = self.graphs.get((bb, tb)) or self._capture(bb, tb)
-            g, x_static, n_static, out = graph
-            x_static.zero_()
+                return self.run(x, self._device(padded), full=full)[:b, :frames]
+            g, x_static, n_static, out = self.graphs.get((bb, tb, full)) or self._capture(bb, tb, full)
+            if (b, t) != (bb, tb):
+                x_static.zero_()
             x_static[:b, :t].copy_(values)
-            n_static.fill_(tb)
-            n_static[:b].copy_(lengths)
+            if not full:  # a full graph was captured with every length at tb
+                n_static.copy_(torch.from_numpy(padded))
             g.replay()
             self.stats["graph"] += 1
             return out[:b, :frames]
 
-    def _padded(self, values, lengths, bb, tb):
-        """Zero-pad to [bb, tb]; padded rows get the full length (dropped later; a full length keeps
-        their attention rows finite)."""
+    def _device(self, lengths):
         import torch
-        b, t = values.shape
-        if (b, t) == (bb, tb):
-            return values, lengths
-        x = torch.zeros((bb, tb), dtype=values.dtype, device=values.device)
-        x[:b, :t] = values
-        n = torch.full((bb,), tb, dtype=lengths.dtype, device=lengths.device)
-        n[:b] = lengths
-        return x, n
+        return torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
 
-    def _capture(self, bb, tb):
+    def _capture(self, bb, tb, full):
         import torch
         x = (0.1 * torch.randn((bb, tb), device=self.device)).to(self.dtype)  # never zeros
         n = torch.full((bb,), tb, dtype=torch.int64, device=self.device)
@@ -343,27 +458,28 @@ class FastBackend(Backend):
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # compiles (if torch.compile) and lets cuBLAS/cuDNN pick kernels
-                self.run(x, n)
+                self.run(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.pool):
-            out = self.run(x, n)
-        self.graphs[(bb, tb)] = (g, x, n, out)
-        return self.graphs[(bb, tb)]
+            out = self.run(x, n, full=full)
+        self.graphs[(bb, tb, full)] = (g, x, n, out)
+        return self.graphs[(bb, tb, full)]
 
     def capture(self, batch: int, seconds: float):
-        """Capture ahead of time the graph that a [batch, seconds] input will use (else it happens on first use)."""
+        """Capture ahead of time the graphs that a [batch, seconds] input will use (else it happens on first
+        use): the masked one, and the mask-free one for inputs that fill the bucket exactly."""
         tb = choose_bucket(int(round(seconds * self.loaded.sample_rate)), self.buckets)
         bb = choose_bucket(batch, self.batch_buckets)
-        if self.use_graphs and tb and bb and (bb, tb) not in self.graphs:
-            self._capture(bb, tb)
+        for full in (False, True) if self.mask_free else (False,):
+            if self.use_graphs and tb and bb and (bb, tb, full) not in self.graphs:
+                self._capture(bb, tb, full)
 
     def tensors(self, input_values, attention_mask=None):
-        """numpy -> the device tensors forward() takes."""
+        """numpy -> what forward() takes: the values as a device tensor, the lengths on the host."""
         import torch
         x = torch.from_numpy(np.ascontiguousarray(input_values, dtype=np.float32)).to(self.device, self.dtype)
-        n = torch.from_numpy(self.lengths_of(input_values, attention_mask)).to(self.device)
-        return x, n
+        return x, self.lengths_of(input_values, attention_mask)
 
     def logits(self, input_values, attention_mask=None):
         return self.forward(*self.tensors(input_values, attention_mask)).float().cpu().numpy()
@@ -380,4 +496,4 @@ class FastBackend(Backend):
 
 
 __all__ = ["SPECS", "available", "make", "FastBackend", "build_module", "choose_bucket", "conv_as_gemm",
-           "conv_out_length"]
+           "conv_chunks", "conv_flat", "conv_out_length"]

@@ -21,6 +21,9 @@ SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:
 
 
 def available(spec) -> tuple[bool, str]:
+    from ..variants import VARIANTS
+    if spec.precision not in ("fp32", *VARIANTS):
+        return False, f"ONNX variants are fp32, {', '.join(VARIANTS)}, not '{spec.precision}'"
     return ort_available(spec.device)
 
 
