@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "mixed", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "mixed", "int8")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ What it changes, each an exact reformulation (tests check them against the origi
     so inputs padded to a fixed bucket give the same logits on the real frames as unpadded inputs;
     inputs that fill their bucket exactly run a mask-free variant (attention's mask-free kernels).
 And the speed machinery on CUDA:
-  * FP16/BF16 weights (layer norms and attention softmax still accumulate in FP32), or FP8 linear maps
-    (quantize_fp8) with the rest in BF16;
+  * FP16/BF16 weights (layer norms and attention softmax still accumulate in FP32);
   * optional torch.compile (static shapes);
   * one CUDA graph per (batch bucket, length bucket, masked/mask-free), captured lazily on first use, so a replay is
     a single launch instead of hundreds. Inputs longer than the largest bucket, or larger batches
@@ -27,13 +26,11 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from .base import Backend
 
-SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp8:cuda", "fast:fp32:cuda"]
-# the dtype of weights and activations; fp8 runs the encoder layers' linear maps in FP8 and the rest in bf16
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "bfloat16"}
-FP8_MAX = 448.0  # the largest finite float8_e4m3fn value
+SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
 BATCH_BUCKETS = (1, 2, 4, 8)
-# "hybrid" runs the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
+# "hybrid" and "flat" run the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
 # GEMM's unfolded windows grow with the batch (H100, bench/NOTES.md run 6: W1 1.77 ms GEMM vs 1.96 cuDNN;
 # W2 6.15 ms GEMM vs 5.65 cuDNN).
 POS_GEMM_MAX_BATCH = 2
@@ -41,7 +38,7 @@ POS_GEMM_MAX_BATCH = 2
 
 def available(spec) -> tuple[bool, str]:
     if spec.precision not in DTYPES:
-        return False, f"the fast backend runs fp16/bf16/fp8/fp32 only, not '{spec.precision}'"
+        return False, f"the fast backend runs fp16/bf16/fp32 only, not '{spec.precision}'"
     if spec.device == "cpu":  # a reference mode for tests: the reformulated model, eager, no graphs
         return (True, "") if spec.precision == "fp32" else (False, "on the CPU the fast backend runs fp32 only")
     if spec.device != "cuda":
@@ -55,8 +52,6 @@ def available(spec) -> tuple[bool, str]:
                        "and a CUDA build of torch")
     if spec.precision == "bf16" and not torch.cuda.is_bf16_supported():
         return False, "this GPU has no bf16 support: use fast:fp16:cuda"
-    if spec.precision == "fp8" and torch.cuda.get_device_capability() < (8, 9):
-        return False, "FP8 matrix products need an Ada or Hopper GPU (compute capability 8.9+): use fast:fp16:cuda"
     return True, ""
 
 
@@ -138,14 +133,14 @@ def conv_flat(x, chunks, bias, stride: int):
     return y if bias is None else y + bias
 
 
-def build_module(hf_model, conv: str = "hybrid"):
+def build_module(hf_model, conv: str = "flat"):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
     conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
     tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
     as a GEMM for batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more
     than cuDNN's convs for the feature encoder and for large batches, see bench/NOTES.md), "flat" (feature
     encoder channels-last through conv_flat, the first conv fused with its norm when compiled; positional
-    conv as in "hybrid")."""
+    conv as in "hybrid"; the default: fastest on an H200, bench/NOTES.md run 8)."""
     if conv not in ("gemm", "cudnn", "hybrid", "flat"):
         raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
     import torch
@@ -313,50 +308,17 @@ def build_module(hf_model, conv: str = "hybrid"):
     return FastWav2Vec2().eval()
 
 
-def quantize_fp8(module):
-    """Swap the encoder layers' linear maps (QKV, output, both feed-forward: ~96 % of the FLOPs) for FP8 ones,
-    in place: weights in float8_e4m3 with one scale per output channel, activations scaled per row on the fly
-    (the scaling fuses into the preceding kernel when compiled), products on the FP8 tensor cores with the
-    scales and bias applied in the epilogue (torch._scaled_mm). The feature projection and CTC head stay as
-    they are. Call after the module is on its device and dtype (bf16: row-wise scaled FP8 products return it)."""
-    import torch
-    from torch import nn
-
-    class Fp8Linear(nn.Module):
-        def __init__(self, lin):
-            super().__init__()
-            w = lin.weight.detach().float()
-            scale = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / FP8_MAX           # [N, 1]
-            self.register_buffer("weight", (w / scale).to(torch.float8_e4m3fn))       # [N, K]
-            self.register_buffer("scale", scale.t().contiguous())                     # [1, N] float32
-            self.register_buffer("bias", lin.bias.detach().clone())
-
-        def forward(self, x):
-            shape = x.shape
-            x = x.reshape(-1, shape[-1])
-            sx = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX    # [M, 1]
-            xq = (x.float() / sx).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            y = torch._scaled_mm(xq, self.weight.t(), scale_a=sx, scale_b=self.scale, bias=self.bias,
-                                 out_dtype=self.bias.dtype)
-            return y.reshape(*shape[:-1], y.shape[-1])
-
-    for layer in module.layers:
-        for name in ("qkv", "out", "ff1", "ff2"):
-            setattr(layer, name, Fp8Linear(getattr(layer, name)))
-    return module
-
-
 # ---------------------------------------------------------------- the backend
 
 class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
-    conv ("hybrid" | "flat" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
+    conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
     that fill their bucket run the mask-free variant; False forces masks, for comparison)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
-                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "hybrid",
+                 buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
                  mask_free: bool = True):
         super().__init__(spec)
         ok, why = available(spec)
@@ -381,8 +343,6 @@ class FastBackend(Backend):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
         module = build_module(self.loaded.model, self.conv).to(device=self.device, dtype=self.dtype)
-        if self.precision == "fp8":
-            quantize_fp8(module)
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
