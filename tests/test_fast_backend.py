@@ -144,17 +144,6 @@ def test_gpu_w1_script_runs_on_cpu(tiny, tmp_path, monkeypatch, capsys):
     assert all(r["parity"]["max_abs_logit_diff"] < 1e-4 for r in fast)
 
 
-def test_flat_first_conv_compiled_form_matches_hf(tiny, monkeypatch):
-    """Under torch.compile the first conv is written as sums of products (fused with its norm); the same
-    code run eagerly, by pretending to compile, gives the original logits."""
-    module = build_module(tiny.model, "flat")
-    values, mask = features(tiny.processor, noise(1.1), tiny.sample_rate)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    with torch.inference_mode():
-        out = module(torch.from_numpy(values), torch.from_numpy(mask.sum(-1))).numpy()
-    np.testing.assert_allclose(out, hf_logits(tiny.model, values, mask), atol=1e-5, rtol=0)
-
-
 def test_conv_flat_equals_conv1d_over_each_item():
     """conv_flat over a batch laid end to end, each item with spare rows: the valid rows equal conv1d per item."""
     from core.backends.fast_backend import conv_chunks, conv_flat
@@ -177,3 +166,16 @@ def test_mask_free_variant_equals_masked_when_the_input_fills_the_bucket(tiny):
         free = module(torch.from_numpy(values), n, full=True)
     torch.testing.assert_close(free, masked, rtol=0, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("groups,kernel,padding,taps", [(4, 16, 8, 4), (4, 15, 7, 4), (2, 12, 6, 16), (1, 8, 4, 3)])
+def test_grouped_conv_runs_equals_conv1d(groups, kernel, padding, taps):
+    """The positional conv as summed runs of taps over the batch laid end to end = conv1d with SamePad."""
+    from core.backends.fast_backend import grouped_conv_runs, pos_conv_runs
+    torch.manual_seed(kernel + taps)
+    x = torch.randn(3, 21, 8, dtype=torch.float64)
+    w = torch.randn(8, 8 // groups, kernel, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, padding=padding, groups=groups)[..., :21].transpose(1, 2)
+    out = grouped_conv_runs(x, pos_conv_runs(w, groups, taps), b, groups, padding, kernel, 21, taps)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -30,7 +30,7 @@ SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
 BATCH_BUCKETS = (1, 2, 4, 8)
-# "hybrid" and "flat" run the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
+# "hybrid" runs the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
 # GEMM's unfolded windows grow with the batch (H100, bench/NOTES.md run 6: W1 1.77 ms GEMM vs 1.96 cuDNN;
 # W2 6.15 ms GEMM vs 5.65 cuDNN).
 POS_GEMM_MAX_BATCH = 2
@@ -133,14 +133,50 @@ def conv_flat(x, chunks, bias, stride: int):
     return y if bias is None else y + bias
 
 
+POS_TAPS = 16  # taps per run of the positional conv in grouped_conv_runs
+
+
+def pos_conv_runs(weight, groups: int, taps: int = POS_TAPS):
+    """A grouped conv's [Cout, Cin/G, K] weight as grouped_conv_runs' [G, taps*Cin/G, Cout/G] matrices, one per
+    run of `taps` consecutive taps (the last may be shorter), rows ordered (tap, channel)."""
+    cout, cg, k = weight.shape
+    w = weight.reshape(groups, cout // groups, cg, k)
+    return [w[..., m:m + taps].permute(0, 3, 2, 1).reshape(groups, -1, cout // groups).contiguous()
+            for m in range(0, k, taps)]
+
+
+def grouped_conv_runs(x, runs, bias, groups: int, padding: int, kernel: int, out_len: int, taps: int = POS_TAPS):
+    """The grouped positional conv on channels-last x [B, T, C] -> [B, out_len, C], as batched GEMMs over the
+    groups. The padded items are laid end to end; one copy holds, for every row, the next `taps` rows of
+    its group's channels ([G, rows, taps*C/G], taps/K of the fully unfolded windows); run m's product reads
+    that copy shifted by m*taps rows (a view) and the runs are summed. Windows that cross into the next
+    item give rows that are dropped. cuDNN ran this conv one group at a time with a generic kernel (H200
+    profile, batch 8: 16 x 145 us per forward)."""
+    import torch
+    import torch.nn.functional as F
+    b, _, c = x.shape
+    span = x.shape[1] + 2 * padding                                   # rows per padded item
+    flat = F.pad(x, (0, 0, padding, padding)).reshape(b * span, groups, c // groups)
+    flat = F.pad(flat, (0, 0, 0, 0, 0, taps - 1))                    # so a short last run has rows too
+    win = flat.unfold(0, taps, 1).permute(1, 0, 3, 2).reshape(groups, b * span, -1)   # the copy
+    r = b * span - kernel + 1                                         # rows whose window stays in the data
+    y = None
+    for m, w in enumerate(runs):
+        p = torch.bmm(win[:, m * taps:m * taps + r, :w.shape[1]], w)  # [G, r, C/G]
+        y = p if y is None else y + p
+    y = F.pad(y, (0, 0, 0, b * span - r)).view(groups, b, span, -1)[:, :, :out_len]
+    y = y.permute(1, 2, 0, 3).reshape(b, out_len, c)
+    return y if bias is None else y + bias
+
+
 def build_module(hf_model, conv: str = "flat"):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
     conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
     tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
     as a GEMM for batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more
     than cuDNN's convs for the feature encoder and for large batches, see bench/NOTES.md), "flat" (feature
-    encoder channels-last through conv_flat, the first conv fused with its norm when compiled; positional
-    conv as in "hybrid"; the default: fastest on an H200, bench/NOTES.md run 8)."""
+    encoder channels-last through conv_flat, positional conv through grouped_conv_runs; the default: fastest
+    on an H200, bench/NOTES.md runs 8-10)."""
     if conv not in ("gemm", "cudnn", "hybrid", "flat"):
         raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
     import torch
@@ -167,6 +203,8 @@ def build_module(hf_model, conv: str = "flat"):
             self.geometry = [(c.kernel_size[0], c.stride[0]) for c in self.convs]   # plain ints: static when compiled
             self.later_stride = math.prod(s for _, s in self.geometry[1:])
             if conv == "flat":
+                w0 = self.convs[0].weight.detach()[:, 0, :]                              # [C, K0]
+                self.register_buffer("w0", F.pad(w0, (0, -w0.shape[1] % 8)).t().contiguous())  # [K0 -> x8, C]
                 for i, c in enumerate(self.convs[1:], 1):
                     for j, w in enumerate(conv_chunks(c.weight.detach(), c.stride[0])):
                         self.register_buffer(f"chunk{i}_{j}", w)
@@ -200,11 +238,9 @@ def build_module(hf_model, conv: str = "flat"):
             t = (x.shape[1] - k0) // s0 + 1
             rows = -(-t // self.later_stride) * self.later_stride
             win = F.pad(x, (0, s0 * (rows - 1) + k0 - x.shape[1])).unfold(1, k0, s0)     # [B, rows, K0] view
-            w0 = c0.weight[:, 0, :]                                                     # [C, K0]
-            if torch.compiler.is_compiling():  # as sums of products, fused with the norm into one kernel
-                h = sum(win[..., j, None] * w0[:, j] for j in range(k0))
-            else:
-                h = win @ w0.t()
+            # the first conv (one input channel) as a GEMM over its windows, zero-padded to 8k taps so the rows
+            # are aligned for the tensor cores (H200 profile: as fused sums of products it took 0.48 ms at W2)
+            h = F.pad(win, (0, self.w0.shape[0] - k0)) @ self.w0
             h = h if c0.bias is None else h + c0.bias
             h = self._norm_act(0, h, lengths)
             for i, (k, s) in enumerate(later, 1):
@@ -272,11 +308,18 @@ def build_module(hf_model, conv: str = "flat"):
             with torch.no_grad():
                 self.pos_conv.weight.copy_(_folded_conv_weight(pc))
                 self.pos_conv.bias.copy_(pc.bias)
+            if conv == "flat":
+                for m, w in enumerate(pos_conv_runs(self.pos_conv.weight.detach(), self.pos_conv.groups)):
+                    self.register_buffer(f"pos_run{m}", w)
             self.pos_act = w2v.encoder.pos_conv_embed.activation
             self.enc_ln = copy.deepcopy(w2v.encoder.layer_norm)
             self.layers = nn.ModuleList(Layer(l) for l in w2v.encoder.layers)
             self.lm_head = copy.deepcopy(hf_model.lm_head)
             self.stable = cfg.do_stable_layer_norm
+
+        @property
+        def pos_runs(self):
+            return [getattr(self, f"pos_run{m}") for m in range(-(-self.pos_conv.kernel_size[0] // POS_TAPS))]
 
         def forward(self, input_values, lengths, full: bool = False):
             """input_values [B,T] (processor-normalised, zero padded), lengths [B] int64 samples of real audio
@@ -291,7 +334,9 @@ def build_module(hf_model, conv: str = "flat"):
                 keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
                 x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
             pc, t = self.pos_conv, x.shape[1]
-            if conv == "gemm" or (conv != "cudnn" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
+            if conv == "flat":
+                pos = grouped_conv_runs(x, self.pos_runs, pc.bias, pc.groups, pc.padding[0], pc.kernel_size[0], t)
+            elif conv == "gemm" or (conv == "hybrid" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
                 pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
             else:
                 pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
@@ -456,4 +501,4 @@ class FastBackend(Backend):
 
 
 __all__ = ["SPECS", "available", "make", "FastBackend", "build_module", "choose_bucket", "conv_as_gemm",
-           "conv_chunks", "conv_flat", "conv_out_length"]
+           "conv_chunks", "conv_flat", "conv_out_length", "grouped_conv_runs", "pos_conv_runs"]
