@@ -453,7 +453,7 @@ class FastBackend(Backend):
 
     def _device(self, lengths):
         import torch
-        return torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+        return torch.from_numpy(lengths).to(self.device)
 
     def _capture(self, bb, tb, full):
         import torch
@@ -470,15 +470,6 @@ class FastBackend(Backend):
             out = self.run(x, n, full=full)
         self.graphs[(bb, tb, full)] = (g, x, n, out)
         return self.graphs[(bb, tb, full)]
-
-    def capture(self, batch: int, seconds: float):
-        """Capture ahead of time the graphs that a [batch, seconds] input will use (else it happens on first
-        use): the masked one, and the mask-free one for inputs that fill the bucket exactly."""
-        tb = choose_bucket(int(round(seconds * self.loaded.sample_rate)), self.buckets)
-        bb = choose_bucket(batch, self.batch_buckets)
-        for full in (False, True) if self.mask_free else (False,):
-            if self.use_graphs and tb and bb and (bb, tb, full) not in self.graphs:
-                self._capture(bb, tb, full)
 
     def tensors(self, input_values, attention_mask=None):
         """numpy -> what forward() takes: the values as a device tensor, the lengths on the host."""
