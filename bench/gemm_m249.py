@@ -48,6 +48,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=249)
     args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("No CUDA GPU: this script times GPU matrix products (see bench/NOTES.md).")
     torch.manual_seed(0)
     dev = "cuda"
     m = args.rows
