@@ -146,13 +146,13 @@ def test_gpu_w1_script_runs_on_cpu(tiny, tmp_path, monkeypatch, capsys):
 
 def test_conv_flat_equals_conv1d_over_each_item():
     """conv_flat over a batch laid end to end, each item with spare rows: the valid rows equal conv1d per item."""
-    from core.backends.fast_backend import conv_chunks, conv_flat
+    from core.backends.fast_backend import conv_flat, tap_runs
     torch.manual_seed(3)
     for kernel, stride in ((3, 2), (2, 2), (5, 2), (4, 4)):
         x = torch.randn(3, 24, 8, dtype=torch.float64)   # 24 rows per item: a multiple of every stride here
         w = torch.randn(6, 8, kernel, dtype=torch.float64)
         b = torch.randn(6, dtype=torch.float64)
-        out = conv_flat(x.reshape(-1, 8), conv_chunks(w, stride), b, stride).view(3, 24 // stride, 6)
+        out = conv_flat(x.reshape(-1, 8), [r[0] for r in tap_runs(w, stride)], b, stride).view(3, 24 // stride, 6)
         ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, stride=stride).transpose(1, 2)
         torch.testing.assert_close(out[:, :ref.shape[1]], ref, rtol=1e-12, atol=1e-12)
 
@@ -171,11 +171,11 @@ def test_mask_free_variant_equals_masked_when_the_input_fills_the_bucket(tiny):
 @pytest.mark.parametrize("groups,kernel,padding,taps", [(4, 16, 8, 4), (4, 15, 7, 4), (2, 12, 6, 16), (1, 8, 4, 3)])
 def test_grouped_conv_runs_equals_conv1d(groups, kernel, padding, taps):
     """The positional conv as summed runs of taps over the batch laid end to end = conv1d with SamePad."""
-    from core.backends.fast_backend import grouped_conv_runs, pos_conv_runs
+    from core.backends.fast_backend import grouped_conv_runs, tap_runs
     torch.manual_seed(kernel + taps)
     x = torch.randn(3, 21, 8, dtype=torch.float64)
     w = torch.randn(8, 8 // groups, kernel, dtype=torch.float64)
     b = torch.randn(8, dtype=torch.float64)
     ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, padding=padding, groups=groups)[..., :21].transpose(1, 2)
-    out = grouped_conv_runs(x, pos_conv_runs(w, groups, taps), b, groups, padding, kernel, 21, taps)
+    out = grouped_conv_runs(x, tap_runs(w, taps, groups), b, groups, padding, kernel, 21, taps)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

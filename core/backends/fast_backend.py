@@ -106,16 +106,10 @@ def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int
     return y if bias is None else y + bias
 
 
-def conv_chunks(weight, stride: int):
-    """A conv's [Cout, Cin, K] weight as the [taps*Cin, Cout] matrices conv_flat multiplies: the kernel's taps
-    in runs of `stride` (the last run may be shorter), rows ordered (tap, channel) like the input rows."""
-    cout, cin, k = weight.shape
-    return [weight[:, :, j:j + stride].permute(2, 1, 0).reshape(-1, cout).contiguous() for j in range(0, k, stride)]
-
-
 def conv_flat(x, chunks, bias, stride: int):
     """Conv1d over a whole batch laid end to end: x [N, Cin] (contiguous; N = B * rows per item, rows per item
-    a multiple of stride) -> [N / stride, Cout], one output row per `stride` input rows. Each run of taps is a
+    a multiple of stride), chunks the [taps*Cin, Cout] matrices of tap_runs(weight, stride) with G=1
+    -> [N / stride, Cout], one output row per `stride` input rows. Each run of taps is a
     *view* of x (x as [N / stride, stride*Cin] rows, shifted by the run's index, the columns of its taps: no
     copy) times its weight, so there are no unfolded windows and no layout transposes. Rows whose window
     crosses into the next item are computed and left unused (each item has spare rows at its end, see
@@ -136,9 +130,10 @@ def conv_flat(x, chunks, bias, stride: int):
 POS_TAPS = 16  # taps per run of the positional conv in grouped_conv_runs
 
 
-def pos_conv_runs(weight, groups: int, taps: int = POS_TAPS):
-    """A grouped conv's [Cout, Cin/G, K] weight as grouped_conv_runs' [G, taps*Cin/G, Cout/G] matrices, one per
-    run of `taps` consecutive taps (the last may be shorter), rows ordered (tap, channel)."""
+def tap_runs(weight, taps: int, groups: int = 1):
+    """A (grouped) conv's [Cout, Cin/G, K] weight as [G, taps*Cin/G, Cout/G] matrices, one per run of `taps`
+    consecutive taps (the last may be shorter), rows ordered (tap, channel) like the rows they multiply:
+    what conv_flat (G=1, a run per stride) and grouped_conv_runs multiply."""
     cout, cg, k = weight.shape
     w = weight.reshape(groups, cout // groups, cg, k)
     return [w[..., m:m + taps].permute(0, 3, 2, 1).reshape(groups, -1, cout // groups).contiguous()
@@ -206,8 +201,8 @@ def build_module(hf_model, conv: str = "flat"):
                 w0 = self.convs[0].weight.detach()[:, 0, :]                              # [C, K0]
                 self.register_buffer("w0", F.pad(w0, (0, -w0.shape[1] % 8)).t().contiguous())  # [K0 -> x8, C]
                 for i, c in enumerate(self.convs[1:], 1):
-                    for j, w in enumerate(conv_chunks(c.weight.detach(), c.stride[0])):
-                        self.register_buffer(f"chunk{i}_{j}", w)
+                    for j, w in enumerate(tap_runs(c.weight.detach(), c.stride[0])):
+                        self.register_buffer(f"chunk{i}_{j}", w[0])
 
         def forward(self, x, lengths):
             if conv == "flat":
@@ -309,7 +304,7 @@ def build_module(hf_model, conv: str = "flat"):
                 self.pos_conv.weight.copy_(_folded_conv_weight(pc))
                 self.pos_conv.bias.copy_(pc.bias)
             if conv == "flat":
-                for m, w in enumerate(pos_conv_runs(self.pos_conv.weight.detach(), self.pos_conv.groups)):
+                for m, w in enumerate(tap_runs(self.pos_conv.weight.detach(), POS_TAPS, self.pos_conv.groups)):
                     self.register_buffer(f"pos_run{m}", w)
             self.pos_act = w2v.encoder.pos_conv_embed.activation
             self.enc_ln = copy.deepcopy(w2v.encoder.layer_norm)
@@ -492,4 +487,4 @@ class FastBackend(Backend):
 
 
 __all__ = ["SPECS", "available", "make", "FastBackend", "build_module", "choose_bucket", "conv_as_gemm",
-           "conv_chunks", "conv_flat", "conv_out_length", "grouped_conv_runs", "pos_conv_runs"]
+           "conv_flat", "conv_out_length", "grouped_conv_runs", "tap_runs"]
