@@ -46,7 +46,10 @@ def test_preflight_refuses_numpy_2_with_the_fix():
 
 
 def test_server_warmed_every_batch_size_before_serving(served):
-    log = Path(served.log).read_text()
+    # the model turns ready inside triton.bind(), a moment before serve.py prints its SERVING line
+    deadline = time.monotonic() + 10
+    while "SERVING" not in (log := Path(served.log).read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "WARMED batch sizes [1, 2, 4, 8] at 1 s" in log
     assert log.index("WARMED") < log.index("SERVING")
 
