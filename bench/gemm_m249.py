@@ -5,9 +5,14 @@ Each form runs the 24 layers' 4 GEMMs (QKV 1024->3072, out 1024->1024, FF1 1024-
 with bias) back to back inside one CUDA graph; the graph is replayed with CUDA events around it (10 warm-up,
 50 timed replays, p50). Forms: cuBLAS through F.linear in FP16 and BF16; rows padded to 256; split-K
 (K cut in 2 or 4, one batched GEMM, partial sums added in FP32); FP8 weights and activations with
-torch._scaled_mm (row-wise scales, BF16 out; quantisation of the activations not included).
+torch._scaled_mm (row-wise scales, BF16 out; quantisation of the activations not included); the project's
+Triton split-K kernel (bench/triton_splitk.py, an experiment: slower than cuBLAS, bench/NOTES.md) with its default configs, with the layers' epilogues
+fused (out and FF2 + residual, FF1 + GELU) against cuBLAS with the same epilogues as separate kernels.
 
-    python3 bench/gemm_m249.py [--rows 249]
+--sweep also times every candidate Triton config per GEMM shape (24 launches on 24 different weights in one
+graph, so the weights stream from HBM as in the model) and prints the best per shape.
+
+    python3 bench/gemm_m249.py [--rows 249] [--sweep]
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import statistics
 
 SHAPES = [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024)]   # (K, N) of each layer's four GEMMs
+EPILOGUES = [(False, False), (False, True), (True, False), (False, True)]   # (GELU, residual) per GEMM
 LAYERS = 24
 
 
@@ -47,6 +53,7 @@ def main(argv=None):
     import torch.nn.functional as F
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=249)
+    p.add_argument("--sweep", action="store_true", help="time every candidate Triton config per shape")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("No CUDA GPU: this script times GPU matrix products (see bench/NOTES.md).")
@@ -83,8 +90,28 @@ def main(argv=None):
         return lambda: [torch._scaled_mm(x, w.t(), scale_a=sa, scale_b=sb, bias=b, out_dtype=torch.bfloat16)
                         for x, w, sa, sb, b in out]
 
+    def with_epilogues(ws, run):
+        """The four GEMMs of each layer with their epilogues, run(x, w, b, residual, gelu) computing one."""
+        xs = {k: torch.randn(m, k, device=dev, dtype=torch.float16) for k, _ in SHAPES}
+        res = {n: torch.randn(m, n, device=dev, dtype=torch.float16) for _, n in SHAPES}
+        return lambda: [run(xs[w.shape[1]], w, b, res[w.shape[0]] if r else None, g)
+                        for layer in ws for (w, b), (g, r) in zip(layer, EPILOGUES)]
+
+    def cublas_epilogue(x, w, b, residual, gelu):
+        y = F.linear(x, w, b)
+        y = F.gelu(y) if gelu else y
+        return y if residual is None else residual + y
+
     forms = {}
     w16 = weights(torch.float16)
+    import triton_splitk as small_gemm   # beside this script, on sys.path when it runs as a script
+    if small_gemm.triton is not None:
+        ws, cnt = small_gemm.scratch(dev)
+        if args.sweep:
+            sweep(small_gemm, w16, m, ws, cnt)
+        forms["cuBLAS fp16 + epilogue kernels"] = with_epilogues(w16, cublas_epilogue)
+        forms["Triton split-K fp16, fused epilogues"] = with_epilogues(
+            w16, lambda x, w, b, r, g: small_gemm.linear(x, w, b, ws, cnt, residual=r, gelu=g))
     forms["cuBLAS fp16 (F.linear)"] = linear_chain(w16, m, torch.float16)
     forms["cuBLAS bf16 (F.linear)"] = linear_chain(weights(torch.bfloat16), m, torch.bfloat16)
     forms["cuBLAS fp16, rows padded to 256"] = linear_chain(w16, -(-m // 256) * 256, torch.float16)
@@ -99,6 +126,58 @@ def main(argv=None):
             print(f"{name:40} failed: {str(err).splitlines()[0][:80]}")
             continue
         print(f"{name:40} {ms:8.3f} {1e3 * ms / (len(SHAPES) * LAYERS):8.2f} {flops / ms / 1e9:8.0f}")
+
+
+def candidates(small_gemm, m, n, k):
+    """Block shapes x K slices that make between 16 and ~4 waves of programs on 132 multiprocessors."""
+    out = []
+    for bm in (64, 128):
+        for bn in (64, 128, 256):
+            for bk in (64, 128):
+                for split in (1, 2, 4, 8):
+                    warps = 4 if bm * bn <= 64 * 128 else 8
+                    stages = max(2, min(5, 160 * 1024 // ((bm + bn) * bk * 2)))
+                    cfg = small_gemm.Config(bm, bn, bk, split, warps, stages)
+                    if small_gemm.fits(m, n, k, cfg) and 16 <= small_gemm.tiles(m, n, cfg) * split <= 600:
+                        out.append(cfg)
+    return out
+
+
+def sweep(small_gemm, ws16, m, ws, cnt):
+    import torch
+    dev = "cuda"
+    print(f"sweep: each line one config, 24 launches on 24 weights in one graph; us per GEMM (p50)")
+    for i, ((k, n), (gelu, res)) in enumerate(zip(SHAPES, EPILOGUES)):
+        x = torch.randn(m, k, device=dev, dtype=torch.float16)
+        r = torch.randn(m, n, device=dev, dtype=torch.float16) if res else None
+        layers = [layer[i] for layer in ws16]
+        ref = graph_ms(lambda: [torch.nn.functional.linear(x, w, b) for w, b in layers]) * 1e3 / LAYERS
+        w0, b0 = layers[0]
+        want = torch.nn.functional.linear(x.float(), w0.float(), b0.float())
+        want = torch.nn.functional.gelu(want) if gelu else want
+        want = want if r is None else want + r.float()
+        rows = []
+        for cfg in candidates(small_gemm, m, n, k):
+            try:
+                for _ in range(2):  # twice: the second launch checks that the first left the counters at zero
+                    got = small_gemm.linear(x, w0, b0, ws, cnt, residual=r, gelu=gelu, cfg=cfg)
+                err = (got.float() - want).abs().max().item()
+                if not err < 0.05:
+                    print(f"  K={k} N={n} {cfg} WRONG: max abs error {err:.3g}")
+                    continue
+                us = graph_ms(lambda: [small_gemm.linear(x, w, b, ws, cnt, residual=r, gelu=gelu, cfg=cfg)
+                                       for w, b in layers]) * 1e3 / LAYERS
+            except Exception as err:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+                print(f"  K={k} N={n} {cfg} failed: {str(err).splitlines()[0][:60]}")
+                continue
+            rows.append((us, cfg))
+        rows.sort(key=lambda t: t[0])
+        tf = 2 * m * n * k / 1e6
+        print(f"K={k} N={n} gelu={gelu} residual={res}: cuBLAS (bias only) {ref:.2f} us ({tf / ref:.0f} TFLOP/s); "
+              f"default {small_gemm.default_config(m, n, k)}")
+        for us, cfg in rows[:8]:
+            print(f"  {us:7.2f} us {tf / us:5.0f} TFLOP/s  {cfg}")
+        print(f"  ... {len(rows)} configs, slowest {rows[-1][0]:.2f} us" if rows else "  no config ran")
 
 
 if __name__ == "__main__":

@@ -49,10 +49,13 @@ def test_conv_as_gemm_equals_conv1d(groups, stride, padding, kernel):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv", ["hybrid", "flat", "gemm", "cudnn"])
-def test_reformulated_model_matches_hf(tiny, conv):
-    """Folded weight norm, fused QKV, convs as GEMMs, in-graph masks: same logits as the original, to 1e-5."""
-    module = build_module(tiny.model, conv)
+@pytest.mark.parametrize("conv,gelu_epilogue", [("hybrid", False), ("flat", False), ("gemm", False), ("cudnn", False),
+                                                ("flat", True)])
+def test_reformulated_model_matches_hf(tiny, conv, gelu_epilogue):
+    """Folded weight norm, fused QKV, convs as GEMMs, in-graph masks, GELU in the GEMM's epilogue (exact on the
+    CPU): same logits as the original, to 1e-5."""
+    module = build_module(tiny.model, conv, gelu_epilogue)
+    assert all(layer.gelu_epilogue == gelu_epilogue for layer in module.layers)
     # weight norm folded into a plain parameter, equal to what the parametrization computes
     pc = tiny.model.wav2vec2.encoder.pos_conv_embed.conv
     assert not hasattr(module.pos_conv, "parametrizations")

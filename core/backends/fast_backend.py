@@ -164,14 +164,16 @@ def grouped_conv_runs(x, runs, bias, groups: int, padding: int, kernel: int, out
     return y if bias is None else y + bias
 
 
-def build_module(hf_model, conv: str = "flat"):
+def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
     conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
     tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
     as a GEMM for batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more
     than cuDNN's convs for the feature encoder and for large batches, see bench/NOTES.md), "flat" (feature
     encoder channels-last through conv_flat, positional conv through grouped_conv_runs; the default: fastest
-    on an H200, bench/NOTES.md runs 8-10)."""
+    on an H200, bench/NOTES.md runs 8-10). gelu_epilogue: the first feed-forward GEMM applies its bias and GELU
+    in cuBLASLt's epilogue (torch._addmm_activation) instead of a separate pass over its output; on CUDA that
+    GELU is the tanh approximation (exact on the CPU), so it is an approximation, checked by bench/gpu_w1.py."""
     if conv not in ("gemm", "cudnn", "hybrid", "flat"):
         raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
     import torch
@@ -275,6 +277,7 @@ def build_module(hf_model, conv: str = "flat"):
             ff = hf_layer.feed_forward
             self.ff1, self.ff2 = copy.deepcopy(ff.intermediate_dense), copy.deepcopy(ff.output_dense)
             self.act = ff.intermediate_act_fn
+            self.gelu_epilogue = gelu_epilogue and cfg.hidden_act == "gelu"
             self.stable = cfg.do_stable_layer_norm
 
         def attention(self, x, mask):
@@ -283,12 +286,19 @@ def build_module(hf_model, conv: str = "flat"):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             return self.out(o.transpose(1, 2).reshape(b, t, h))
 
+        def feed_forward(self, x):
+            if not self.gelu_epilogue:
+                return self.ff2(self.act(self.ff1(x)))
+            b, t, h = x.shape
+            y = torch._addmm_activation(self.ff1.bias, x.reshape(b * t, h), self.ff1.weight.t(), use_gelu=True)
+            return self.ff2(y.view(b, t, -1))
+
         def forward(self, x, mask):
             if self.stable:
                 x = x + self.attention(self.ln1(x), mask)
-                return x + self.ff2(self.act(self.ff1(self.ln2(x))))
+                return x + self.feed_forward(self.ln2(x))
             x = self.ln1(x + self.attention(x, mask))
-            return self.ln2(x + self.ff2(self.act(self.ff1(x))))
+            return self.ln2(x + self.feed_forward(x))
 
     class FastWav2Vec2(nn.Module):
         def __init__(self):
@@ -354,12 +364,13 @@ class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
     conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
-    that fill their bucket run the mask-free variant; False forces masks, for comparison)."""
+    that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
+    build_module)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
-                 mask_free: bool = True):
+                 mask_free: bool = True, gelu_epilogue: bool = False):
         super().__init__(spec)
         ok, why = available(spec)
         if not ok:
@@ -375,6 +386,7 @@ class FastBackend(Backend):
         self.use_mask = loaded.uses_attention_mask
         self.conv = conv
         self.mask_free = mask_free
+        self.gelu_epilogue = gelu_epilogue
         self.module = None
         self.graphs: dict = {}
         self.stats = {"graph": 0, "eager": 0}
@@ -382,7 +394,7 @@ class FastBackend(Backend):
     def load(self):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
-        module = build_module(self.loaded.model, self.conv).to(device=self.device, dtype=self.dtype)
+        module = build_module(self.loaded.model, self.conv, self.gelu_epilogue).to(device=self.device, dtype=self.dtype)
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
