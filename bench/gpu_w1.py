@@ -53,8 +53,6 @@ VARIANTS = {
     "fast:fp16:hybrid-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "hybrid"}),
     "fast:fp16:gelu-epilogue+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": True}),
     "fast:fp16:gelu-separate+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": False}),
-    "fast:fp16:flash-attn+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "attention": "flash"}),
-    "fast:fp16:efficient-attn+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "attention": "efficient"}),
     "fast:bf16:gelu-epilogue+compile+graphs": ("fast:bf16:cuda", {"compile": "default", "gelu_epilogue": True}),
 }
 ODD_LENGTHS_S = (1.3, 3.7, 26.0)   # a 2 s bucket, the 5 s bucket, past the largest bucket (eager)

@@ -166,7 +166,7 @@ def grouped_conv_runs(x, runs, bias, groups: int, padding: int, kernel: int, out
     return y if bias is None else y + bias
 
 
-def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False, attention: str | None = None):
+def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
     """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
     conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
     tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
@@ -175,9 +175,7 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False, atte
     encoder channels-last through conv_flat, positional conv through grouped_conv_runs; the default: fastest
     on an H200, bench/NOTES.md runs 8-10). gelu_epilogue: the first feed-forward GEMM applies its bias and GELU
     in cuBLASLt's epilogue (torch._addmm_activation) instead of a separate pass over its output; on CUDA that
-    GELU is the tanh approximation (exact on the CPU), so it is an approximation, checked by bench/gpu_w1.py.
-    attention: None lets PyTorch pick SDPA's kernel; "flash" or "efficient" asks for that one where no mask is
-    needed (mask-free graphs; masked attention keeps PyTorch's pick)."""
+    GELU is the tanh approximation (exact on the CPU), so it is an approximation, checked by bench/gpu_w1.py."""
     if conv not in ("gemm", "cudnn", "hybrid", "flat"):
         raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
     import torch
@@ -287,13 +285,7 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False, atte
         def attention(self, x, mask):
             b, t, h = x.shape
             q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-            if mask is None and attention:
-                from torch.nn.attention import SDPBackend, sdpa_kernel
-                kind = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}[attention]
-                with sdpa_kernel(kind):
-                    o = F.scaled_dot_product_attention(q, k, v)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             return self.out(o.transpose(1, 2).reshape(b, t, h))
 
         def feed_forward(self, x):
@@ -376,13 +368,12 @@ class FastBackend(Backend):
     conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
     that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
     build_module; None: on for fp16 only. H200 run 12, bench/NOTES.md: fp16 W2 3.88 -> 3.70 ms with all 36 demo
-    transcripts unchanged; bf16 with it changed one transcript, +0.51 WER points, past the 0.5 limit), attention
-    (SDPA kernel for mask-free graphs, see build_module)."""
+    transcripts unchanged; bf16 with it changed one transcript, +0.51 WER points, past the 0.5 limit)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
-                 mask_free: bool = True, gelu_epilogue: bool | None = None, attention: str | None = None):
+                 mask_free: bool = True, gelu_epilogue: bool | None = None):
         super().__init__(spec)
         ok, why = available(spec)
         if not ok:
@@ -399,7 +390,6 @@ class FastBackend(Backend):
         self.conv = conv
         self.mask_free = mask_free
         self.gelu_epilogue = spec.precision == "fp16" if gelu_epilogue is None else gelu_epilogue
-        self.attention = attention
         self.module = None
         self.graphs: dict = {}
         self.stats = {"graph": 0, "eager": 0}
@@ -407,8 +397,7 @@ class FastBackend(Backend):
     def load(self):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
-        module = build_module(self.loaded.model, self.conv, self.gelu_epilogue, self.attention)
-        module = module.to(device=self.device, dtype=self.dtype)
+        module = build_module(self.loaded.model, self.conv, self.gelu_epilogue).to(device=self.device, dtype=self.dtype)
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
