@@ -22,6 +22,9 @@ import statistics
 SHAPES = [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024)]   # (K, N) of each layer's four GEMMs
 EPILOGUES = [(False, False), (False, True), (True, False), (False, True)]   # (GELU, residual) per GEMM
 LAYERS = 24
+# the fastest Triton config (block m, n, k, split, warps, stages) per shape in the H200 sweep, M=249
+# (bench/results/2026-11-29-s2/gemm_sweep.log)
+BEST_M249 = [(64, 128, 64, 1, 4, 5), (64, 64, 128, 1, 4, 5), (64, 64, 64, 1, 4, 5), (64, 64, 128, 2, 4, 5)]
 
 
 def graph_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
@@ -112,6 +115,13 @@ def main(argv=None):
         forms["cuBLAS fp16 + epilogue kernels"] = with_epilogues(w16, cublas_epilogue)
         forms["Triton split-K fp16, fused epilogues"] = with_epilogues(
             w16, lambda x, w, b, r, g: small_gemm.linear(x, w, b, ws, cnt, residual=r, gelu=g))
+        best = {shape: small_gemm.Config(*c) for shape, c in zip(SHAPES, BEST_M249)} if m == 249 else {}
+        for pdl, label in ((0, ""), (1, " + PDL"), (2, " + PDL + L2 weight prefetch")):
+            def run(x, w, b, r, g, pdl=pdl):
+                cfg = best.get((w.shape[1], w.shape[0]))   # (K, N); None: the default config
+                return small_gemm.linear(x, w, b, ws, cnt, residual=r, gelu=g, cfg=cfg, pdl=pdl)
+            if check(w16, m, run):
+                forms[f"Triton sweep-best configs, fused{label}"] = with_epilogues(w16, run)
     forms["cuBLAS fp16 (F.linear)"] = linear_chain(w16, m, torch.float16)
     forms["cuBLAS bf16 (F.linear)"] = linear_chain(weights(torch.bfloat16), m, torch.bfloat16)
     forms["cuBLAS fp16, rows padded to 256"] = linear_chain(w16, -(-m // 256) * 256, torch.float16)
@@ -126,6 +136,24 @@ def main(argv=None):
             print(f"{name:40} failed: {str(err).splitlines()[0][:80]}")
             continue
         print(f"{name:40} {ms:8.3f} {1e3 * ms / (len(SHAPES) * LAYERS):8.2f} {flops / ms / 1e9:8.0f}")
+
+
+def check(ws16, m, run) -> bool:
+    """run(x, w, b, residual, gelu) against FP32 math on each shape's first layer; prints what is wrong."""
+    import torch
+    import torch.nn.functional as F
+    ok = True
+    for (w, b), (gelu, res) in zip(ws16[0], EPILOGUES):
+        x = torch.randn(m, w.shape[1], device="cuda", dtype=torch.float16)
+        r = torch.randn(m, w.shape[0], device="cuda", dtype=torch.float16) if res else None
+        want = F.linear(x.float(), w.float(), b.float())
+        want = F.gelu(want) if gelu else want
+        want = want if r is None else want + r.float()
+        err = (run(x, w, b, r, gelu).float() - want).abs().max().item()
+        if not err < 0.05:
+            print(f"  WRONG: K={w.shape[1]} N={w.shape[0]} max abs error {err:.3g}")
+            ok = False
+    return ok
 
 
 def candidates(small_gemm, m, n, k):

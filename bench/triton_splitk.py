@@ -20,10 +20,10 @@ from dataclasses import dataclass
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # bench/gemm_m249.py then skips the Triton forms
     triton = None
 
-MAX_ROWS = 512            # more rows fill the GPU with cuBLAS's own tiles (W2: 1,992 rows at ~625 TFLOP/s)
 WORKSPACE_FLOATS = 1 << 22  # 16 MiB of FP32 partial tiles
 MAX_TILES = 4096
 
@@ -60,11 +60,12 @@ def default_config(m: int, n: int, k: int, sms: int = 132) -> Config:
     return Config(split_k=split)
 
 
-def supported(m: int, n: int, k: int) -> bool:
-    return triton is not None and 0 < m <= MAX_ROWS and fits(m, n, k, default_config(m, n, k))
-
-
 if triton is not None:
+    @triton.jit
+    def _prefetch_l2(ptrs):
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs.to(tl.int64)], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
     @triton.jit
     def _epilogue(acc, rm, rn, M, N, b_ptr, r_ptr, y_ptr, stride_r, stride_y,
                   GELU: tl.constexpr, RESIDUAL: tl.constexpr):
@@ -80,7 +81,7 @@ if triton is not None:
     def _linear_kernel(x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
                        stride_x, stride_w, stride_r, stride_y,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       SPLIT_K: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
+                       SPLIT_K: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr):
         tile = tl.program_id(0)
         piece = tl.program_id(1)
         tiles_m = tl.cdiv(M, BLOCK_M)
@@ -88,6 +89,14 @@ if triton is not None:
         rm = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = piece * (K // SPLIT_K) + tl.arange(0, BLOCK_K)
+        # programmatic dependent launch: this grid may start while the previous kernel still runs; PDL=2 first
+        # pulls this program's weights (which no kernel writes) into L2, one 128-byte line per row and step
+        if PDL == 2:
+            rows = w_ptr + tl.minimum(rn, N - 1) * stride_w + piece * (K // SPLIT_K)
+            for kk in range(0, K // SPLIT_K, 64):
+                _prefetch_l2(rows + kk)
+        if PDL > 0:
+            gdc_wait()   # the previous kernel's writes (this kernel's input) are visible after this
         # rows/columns past the edge read the last real one (no masks in the loop); they are never stored
         x_ptrs = x_ptr + tl.minimum(rm, M - 1)[:, None] * stride_x + rk[None, :]
         w_ptrs = w_ptr + tl.minimum(rn, N - 1)[:, None] * stride_w + rk[None, :]
@@ -96,6 +105,8 @@ if triton is not None:
             acc = tl.dot(tl.load(x_ptrs), tl.trans(tl.load(w_ptrs)), acc)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
+        if PDL > 0:
+            gdc_launch_dependents()
         if SPLIT_K == 1:
             _epilogue(acc, rm, rn, M, N, b_ptr, r_ptr, y_ptr, stride_r, stride_y, GELU, RESIDUAL)
         else:
@@ -121,9 +132,11 @@ def scratch(device):
             torch.zeros(MAX_TILES, dtype=torch.int32, device=device))
 
 
-def linear(x, weight, bias, workspace, counters, residual=None, gelu: bool = False, cfg: Config | None = None):
+def linear(x, weight, bias, workspace, counters, residual=None, gelu: bool = False, cfg: Config | None = None,
+           pdl: int = 0):
     """y = [residual +] [gelu](x @ weight.T + bias) for x [M, K], weight [N, K] (nn.Linear's layout),
-    bias [N], residual [M, N]; y in x's dtype. FP32 accumulation, one rounding at the end."""
+    bias [N], residual [M, N]; y in x's dtype. FP32 accumulation, one rounding at the end. pdl: 0 off, 1
+    programmatic dependent launch, 2 that plus an L2 prefetch of the weights before waiting (Hopper)."""
     import torch
     m, k = x.shape
     n = weight.shape[0]
@@ -137,7 +150,8 @@ def linear(x, weight, bias, workspace, counters, residual=None, gelu: bool = Fal
     _linear_kernel[(tiles(m, n, cfg), cfg.split_k)](
         x, weight, bias, r, y, workspace, counters, m, n, k, x.stride(0), weight.stride(0), r.stride(0), y.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-        GELU=gelu, RESIDUAL=residual is not None, num_warps=cfg.warps, num_stages=cfg.stages)
+        GELU=gelu, RESIDUAL=residual is not None, PDL=pdl, num_warps=cfg.warps, num_stages=cfg.stages,
+        launch_pdl=pdl > 0)
     return y
 
 
