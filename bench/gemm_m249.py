@@ -6,8 +6,10 @@ with bias) back to back inside one CUDA graph; the graph is replayed with CUDA e
 50 timed replays, p50). Forms: cuBLAS through F.linear in FP16 and BF16; rows padded to 256; split-K
 (K cut in 2 or 4, one batched GEMM, partial sums added in FP32); FP8 weights and activations with
 torch._scaled_mm (row-wise scales, BF16 out; quantisation of the activations not included); the project's
-Triton split-K kernel (bench/triton_splitk.py, an experiment: slower than cuBLAS, bench/NOTES.md) with its default configs, with the layers' epilogues
-fused (out and FF2 + residual, FF1 + GELU) against cuBLAS with the same epilogues as separate kernels.
+Triton split-K kernel (bench/triton_splitk.py, an experiment that lost to cuBLAS, bench/NOTES.md) with the
+best config per shape from the sweep (the default config at other row counts), the layers' epilogues fused
+(out and FF2 + residual, FF1 + GELU), without and with programmatic dependent launch, against cuBLAS with
+the same epilogues as separate kernels.
 
 --sweep also times every candidate Triton config per GEMM shape (24 launches on 24 different weights in one
 graph, so the weights stream from HBM as in the model) and prints the best per shape.
@@ -113,8 +115,6 @@ def main(argv=None):
         if args.sweep:
             sweep(small_gemm, w16, m, ws, cnt)
         forms["cuBLAS fp16 + epilogue kernels"] = with_epilogues(w16, cublas_epilogue)
-        forms["Triton split-K fp16, fused epilogues"] = with_epilogues(
-            w16, lambda x, w, b, r, g: small_gemm.linear(x, w, b, ws, cnt, residual=r, gelu=g))
         best = {shape: small_gemm.Config(*c) for shape, c in zip(SHAPES, BEST_M249)} if m == 249 else {}
         for pdl, label in ((0, ""), (1, " + PDL"), (2, " + PDL + L2 weight prefetch")):
             def run(x, w, b, r, g, pdl=pdl):

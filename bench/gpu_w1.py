@@ -51,7 +51,6 @@ VARIANTS = {
     "fast:fp16:gemm-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "gemm"}),
     "fast:fp16:masked+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "mask_free": False}),
     "fast:fp16:hybrid-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "hybrid"}),
-    "fast:fp16:gelu-epilogue+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": True}),
     "fast:fp16:gelu-separate+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": False}),
     "fast:bf16:gelu-epilogue+compile+graphs": ("fast:bf16:cuda", {"compile": "default", "gelu_epilogue": True}),
 }
