@@ -109,12 +109,12 @@ def main(argv=None):
 
     forms = {}
     w16 = weights(torch.float16)
+    forms["cuBLAS fp16 + epilogue kernels"] = with_epilogues(w16, cublas_epilogue)
     import triton_splitk as small_gemm   # beside this script, on sys.path when it runs as a script
     if small_gemm.triton is not None:
         ws, cnt = small_gemm.scratch(dev)
         if args.sweep:
             sweep(small_gemm, w16, m, ws, cnt)
-        forms["cuBLAS fp16 + epilogue kernels"] = with_epilogues(w16, cublas_epilogue)
         best = {shape: small_gemm.Config(*c) for shape, c in zip(SHAPES, BEST_M249)} if m == 249 else {}
         for pdl, label in ((0, ""), (1, " + PDL"), (2, " + PDL + L2 weight prefetch")):
             def run(x, w, b, r, g, pdl=pdl):
@@ -138,18 +138,22 @@ def main(argv=None):
         print(f"{name:40} {ms:8.3f} {1e3 * ms / (len(SHAPES) * LAYERS):8.2f} {flops / ms / 1e9:8.0f}")
 
 
+def fp32_reference(x, w, b, residual, gelu):
+    """[residual +] [gelu](x @ w.T + b) in FP32: what every Triton form is checked against."""
+    import torch.nn.functional as F
+    y = F.linear(x.float(), w.float(), b.float())
+    y = F.gelu(y) if gelu else y
+    return y if residual is None else y + residual.float()
+
+
 def check(ws16, m, run) -> bool:
     """run(x, w, b, residual, gelu) against FP32 math on each shape's first layer; prints what is wrong."""
     import torch
-    import torch.nn.functional as F
     ok = True
     for (w, b), (gelu, res) in zip(ws16[0], EPILOGUES):
         x = torch.randn(m, w.shape[1], device="cuda", dtype=torch.float16)
         r = torch.randn(m, w.shape[0], device="cuda", dtype=torch.float16) if res else None
-        want = F.linear(x.float(), w.float(), b.float())
-        want = F.gelu(want) if gelu else want
-        want = want if r is None else want + r.float()
-        err = (run(x, w, b, r, gelu).float() - want).abs().max().item()
+        err = (run(x, w, b, r, gelu).float() - fp32_reference(x, w, b, r, gelu)).abs().max().item()
         if not err < 0.05:
             print(f"  WRONG: K={w.shape[1]} N={w.shape[0]} max abs error {err:.3g}")
             ok = False
@@ -174,16 +178,14 @@ def candidates(small_gemm, m, n, k):
 def sweep(small_gemm, ws16, m, ws, cnt):
     import torch
     dev = "cuda"
-    print(f"sweep: each line one config, 24 launches on 24 weights in one graph; us per GEMM (p50)")
+    print("sweep: each line one config, 24 launches on 24 weights in one graph; us per GEMM (p50)")
     for i, ((k, n), (gelu, res)) in enumerate(zip(SHAPES, EPILOGUES)):
         x = torch.randn(m, k, device=dev, dtype=torch.float16)
         r = torch.randn(m, n, device=dev, dtype=torch.float16) if res else None
         layers = [layer[i] for layer in ws16]
         ref = graph_ms(lambda: [torch.nn.functional.linear(x, w, b) for w, b in layers]) * 1e3 / LAYERS
         w0, b0 = layers[0]
-        want = torch.nn.functional.linear(x.float(), w0.float(), b0.float())
-        want = torch.nn.functional.gelu(want) if gelu else want
-        want = want if r is None else want + r.float()
+        want = fp32_reference(x, w0, b0, r, gelu)
         rows = []
         for cfg in candidates(small_gemm, m, n, k):
             try:
