@@ -76,9 +76,18 @@ def cmd_transcribe(args):
         print(json.dumps(rows, ensure_ascii=False, indent=2))
 
 
+def _env_line(env: dict) -> str:
+    return (f"# {env.get('gpu') or env.get('cpu')} | driver {env.get('driver')} | CUDA {env.get('cuda')} | torch "
+            f"{env.get('torch')} | onnxruntime {env.get('onnxruntime') or env.get('onnxruntime-gpu')}")
+
+
+def _ci(row) -> str:
+    lo, hi = row["p50_ci95_ms"]
+    return f"{lo:.3g}-{hi:.3g}"
+
+
 def cmd_bench(args):
-    from .backends import make_backend
-    from .bench import bench_backend
+    from .bench import bench_spec
     from .results import save
     loaded = _model(args)
     source = None
@@ -87,16 +96,52 @@ def cmd_bench(args):
         source = load_audio(args.audio, loaded.sample_rate).samples
     rows = []
     for spec in args.backend:
-        with make_backend(spec, loaded) as backend:
-            rows += bench_backend(backend, loaded, args.seconds, args.batch, args.warmup, args.repeats, source,
-                                  progress=lambda r: print(f"  {r['backend']} {r['audio_s']} s x{r['batch']}: "
-                                                           f"p50 {r['p50_ms']:.2f} ms", file=sys.stderr))
-    env = rows[0]["env"] if rows else {}
-    print(f"# {loaded.label} | {env.get('gpu') or env.get('cpu')} | driver {env.get('driver')} | CUDA {env.get('cuda')}"
-          f" | torch {env.get('torch')} | onnxruntime {env.get('onnxruntime') or env.get('onnxruntime-gpu')}")
-    print(_table(rows, ["backend", "audio_s", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "rtf", "audio_s_per_s"]))
+        rows += bench_spec(spec, loaded, args.seconds, args.batch, args.warmup, args.repeats, tuple(args.scope),
+                           source, max_windows=args.windows,
+                           progress=lambda r: print(f"  {r['backend']} [{r['scope']}] {r['audio_s']:g} s x{r['batch']}: "
+                                                    f"p50 {r['p50_ms']:.2f} ms{'' if r['stable'] else ' (unstable)'}",
+                                                    file=sys.stderr))
+    latency = [dict(r, ci95=_ci(r), stable="yes" if r["stable"] else "NO") for r in rows if r["kind"] == "latency"]
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "env"} | {"env": r["env"]} for r in rows],
+                         indent=2, ensure_ascii=False, default=str))
+    else:
+        print(f"# {loaded.label}")
+        print(_env_line(rows[0]["env"]) if rows else "")
+        print("# scope compute: device inputs -> device logits; e2e: audio -> features -> forward -> greedy text. "
+              "p50 CI: 95 % bootstrap")
+        print(_table(latency, ["backend", "scope", "audio_s", "batch", "p50_ms", "ci95", "p90_ms", "p99_ms", "stable",
+                               "rtf", "audio_s_per_s", "cold_start_s", "peak_mem_mb"]))
     if not args.no_save:
         print(f"saved as run {save(rows, 'latency', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+
+
+def cmd_check(args):
+    from .check import BATCHES, LENGTHS_S, run_check
+    from .results import save
+    loaded = _model(args)
+    lengths = {f"given length {i + 1}": s for i, s in enumerate(args.seconds)} if args.seconds else LENGTHS_S
+    rows = run_check(loaded, args.backend, reference=args.reference, batches=args.batch or BATCHES, lengths=lengths,
+                     progress=lambda r: print(f"  {r['backend']} {r['cell']}: {'ok' if r['passed'] else 'FAIL ' + r['reason']}",
+                                              file=sys.stderr))
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(f"# {loaded.label} | reference {rows[0]['reference'] if rows else args.reference}")
+        print(_env_line(rows[0]["env"]) if rows else "")
+        table = [dict(r, transcripts=f"{r['transcripts_agree']}/{r['transcripts_total']}",
+                      result="pass" if r["passed"] else "FAIL") for r in rows]
+        print(_table(table, ["backend", "cell", "max_abs_dlogit", "rel_dlogit", "frame_agree", "transcripts", "result"]))
+    failed = [r for r in rows if not r["passed"]]
+    for spec in dict.fromkeys(r["backend"] for r in rows):
+        mine = [r for r in rows if r["backend"] == spec]
+        bad = [r for r in mine if not r["passed"]]
+        print(f"{spec}: {len(mine) - len(bad)}/{len(mine)} cells pass" + (f"; first failure: {bad[0]['cell']}: "
+                                                                         f"{bad[0]['reason']}" if bad else ""),
+              file=sys.stderr)
+    if not args.no_save:
+        print(f"saved as run {save(rows, 'conformance', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_wer(args):
@@ -128,8 +173,8 @@ def cmd_results(args):
     if args.run is None:
         print(_table(runs(), ["id", "created", "kind", "rows", "note"]))
     else:
-        print(_table(rows(args.run), ["backend", "audio_s", "batch", "concurrency", "p50_ms", "p90_ms", "p99_ms",
-                                      "audio_s_per_s", "wer", "cer", "gpu"]))
+        print(_table(rows(args.run), ["kind", "backend", "scope", "audio_s", "batch", "concurrency", "p50_ms",
+                                      "p90_ms", "p99_ms", "audio_s_per_s", "wer", "cer", "cell", "passed", "gpu"]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -162,6 +207,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=5)
     s.add_argument("--repeats", type=int, default=30)
     s.add_argument("--audio", help="speech to tile to each length (default: seeded noise)")
+    s.add_argument("--scope", nargs="+", choices=("compute", "e2e"), default=["compute", "e2e"],
+                   help="compute: device inputs -> device logits; e2e: audio -> features -> forward -> text")
+    s.add_argument("--windows", type=int, default=8, help="at most this many measurement windows of --repeats "
+                   "calls, until the last three p50s agree within 5%% (else the row is flagged unstable)")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.add_argument("--no-save", action="store_true")
+    s = add("check", cmd_check, "Conformance matrix: each backend against PyTorch FP32 at every batch size and "
+            "length (bucketing, splitting, padding, buffer reuse); exits 1 on any failure.")
+    s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
+    s.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
+    s.add_argument("--seconds", type=float, nargs="+",
+                   help="audio lengths (default 0.7 5 6.5 21.5: inside, at, between and past the length buckets)")
+    s.add_argument("--json", action="store_true")
     s.add_argument("--no-save", action="store_true")
     s = add("wer", cmd_wer, "WER/CER of backends over a labelled manifest (CSV/TSV/JSONL; Common Voice TSV).")
     s.add_argument("--manifest", default=None, help="default: the shipped demo held-out set")
@@ -192,8 +251,7 @@ def main(argv=None) -> int:
         from .paths import DEMO_TESTSET
         args.manifest = DEMO_TESTSET
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0

@@ -50,6 +50,18 @@ def frame_lengths(model_config, attention_mask: np.ndarray) -> list[int]:
     return [int(n) for n in lengths]
 
 
+def real_frames(model_config, logits: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    """Each row's logits cut to the frames of its real audio (a padded batch's tail frames dropped)."""
+    return [logits[i, :n] for i, n in enumerate(frame_lengths(model_config, attention_mask))]
+
+
+def transcribe_batch(items: list[np.ndarray], backend, loaded) -> list[str]:
+    """Audio arrays (at the model's rate, at most one window long) -> greedy text, one padded batch."""
+    values, mask = features(loaded.processor, items, loaded.sample_rate)
+    rows = real_frames(loaded.model.config, backend.logits(values, mask), mask)
+    return [decode(loaded.processor, r[None])[0] for r in rows]
+
+
 def logits_long(backend, processor, samples: np.ndarray, rate: int, ratio: float,
                 window_s: float = 20.0, overlap_s: float = 2.0, batch_size: int = 4) -> tuple[np.ndarray, int]:
     """Logits of arbitrarily long audio: overlapping windows, each keeping the frames nearest its centre."""

@@ -1,4 +1,5 @@
 """The CLI as a user runs it: real subprocesses, real files, exit codes and messages."""
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def cli(*args, check=True):
 
 def test_help_lists_every_job():
     out = cli("--help").stdout
-    for cmd in ("export", "transcribe", "bench", "wer", "info", "results"):
+    for cmd in ("export", "transcribe", "bench", "check", "wer", "info", "results"):
         assert cmd in out
     assert "--seconds" in cli("bench", "--help").stdout
 
@@ -33,7 +34,18 @@ def test_export_transcribe_bench_wer(hindi_wav, tmp_path):
     bench = cli("bench", *model, "--backend", "ort:fp32:cpu", "--seconds", "1", "2", "--batch", "1", "2",
                 "--repeats", "5", "--warmup", "1")
     assert "p50_ms" in bench.stdout and "random weights" in bench.stdout and "saved as run" in bench.stderr
-    assert len([line for line in bench.stdout.splitlines() if line.strip().startswith("ort:fp32:cpu")]) == 4
+    # 2 lengths x 2 batches x 2 scopes
+    lines = [line.split() for line in bench.stdout.splitlines() if line.strip().startswith("ort:fp32:cpu")]
+    assert len(lines) == 8 and {line[1] for line in lines} == {"compute", "e2e"}
+    rows = json.loads(cli("bench", *model, "--backend", "ort:fp32:cpu", "--seconds", "1", "--batch", "2",
+                          "--repeats", "5", "--warmup", "1", "--scope", "e2e", "--json", "--no-save").stdout)
+    latency = [r for r in rows if r["kind"] == "latency"]
+    assert len(latency) == 1 and latency[0]["scope"] == "e2e"
+    for key in ("p50_ms", "p90_ms", "p99_ms", "p50_ci95_ms", "stable", "cold_start_s", "peak_mem_mb"):
+        assert latency[0][key] is not None, key
+    lo, hi = latency[0]["p50_ci95_ms"]
+    assert lo <= latency[0]["p50_ms"] <= hi and latency[0]["cold_start_s"] > latency[0]["load_s"] > 0
+    assert [r["kind"] for r in rows].count("memory") == 1
     manifest = tmp_path / "m.tsv"
     manifest.write_text(f"path\tsentence\n{hindi_wav}\tनमस्ते आज मौसम बहुत अच्छा है\n", encoding="utf-8")
     wer = cli("wer", *model, "--backend", "ort:fp32:cpu", "--manifest", str(manifest))

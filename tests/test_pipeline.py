@@ -7,7 +7,7 @@ import pytest
 
 from core.audio import load_audio
 from core.backends import BackendSpec, availability, make_backend
-from core.bench import bench_backend
+from core.bench import bench_spec
 from core.errors import BackendUnavailableError, ParityError
 from core.export import export_onnx
 from core.transcribe import frame_lengths, transcribe
@@ -88,22 +88,45 @@ def test_stitching_matches_single_pass(tiny, tiny_onnx):
     assert (stitched[:n].argmax(-1) == whole[:n].argmax(-1)).mean() > 0.9
 
 
-def test_harness_percentiles_and_throughput(tiny, tiny_onnx, hindi_wav):
+def test_harness_percentiles_scopes_and_throughput(tiny, tiny_onnx, hindi_wav):
     from core import results
     source = load_audio(hindi_wav).samples
-    with make_backend("ort:fp32:cpu", tiny) as ort:
-        rows = bench_backend(ort, tiny, seconds_list=(1, 2), batches=(1, 2), warmup=2, repeats=8, source=source)
-    assert len(rows) == 4
-    for r in rows:
+    rows = bench_spec("ort:fp32:cpu", tiny, seconds_list=(1, 2), batches=(1, 2), warmup=2, repeats=8, source=source)
+    latency = [r for r in rows if r["kind"] == "latency"]
+    assert len(latency) == 8 and [r["kind"] for r in rows].count("memory") == 1
+    assert {(r["scope"], r["audio_s"], r["batch"]) for r in latency} == {
+        (s, a, b) for s in ("compute", "e2e") for a in (1, 2) for b in (1, 2)}
+    for r in latency:
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["repeats"] == 8 and r["env"]["onnxruntime"] and r["random_weights"] is True
+        lo, hi = r["p50_ci95_ms"]
+        assert lo <= r["p50_ms"] <= hi
+        # at least three windows of 8, the percentiles over the last three
+        assert r["windows"] >= 3 and r["repeats"] == 24 and len(r["window_p50s"]) == r["windows"]
+        assert isinstance(r["stable"], bool)
+        assert r["env"]["onnxruntime"] and r["random_weights"] is True
         assert r["audio_s_per_s"] == pytest.approx(r["audio_s"] * r["batch"] / (r["p50_ms"] / 1e3))
         assert r["rtf"] == pytest.approx(1 / r["audio_s_per_s"])
+        assert r["cold_start_s"] == pytest.approx(r["load_s"] + r["first_call_s"])
+        assert r["peak_mem_mb"] == r["peak_host_rss_mb"] > 100 and r["mem_scope"] == "host"
+    # e2e (features + forward + text) costs at least the forward alone at the same shape
+    p50 = {(r["scope"], r["audio_s"], r["batch"]): r["p50_ms"] for r in latency}
+    assert p50["e2e", 2, 2] > 0.8 * p50["compute", 2, 2]
     run = results.save(rows, "latency", note="test")
     back = results.rows(run)
-    assert [b["p50_ms"] for b in back] == [r["p50_ms"] for r in rows]
+    assert [b["p50_ms"] for b in back] == [r.get("p50_ms") for r in rows]
+    assert [b["scope"] for b in back[:8]] == [r["scope"] for r in latency]
     assert back[0]["env"]["onnxruntime"] == rows[0]["env"]["onnxruntime"] and back[0]["warmup"] == 2
-    assert any(r["id"] == run and r["rows"] == 4 for r in results.runs())
+    assert any(r["id"] == run and r["rows"] == 9 for r in results.runs())
+
+
+def test_stability_verdict_and_bootstrap():
+    from core.bench import bootstrap_ci, stable
+    assert stable([10.0, 10.2, 10.4]) and not stable([10.0, 10.2, 11.0]) and not stable([10.0, 10.1])
+    assert stable([20.0, 10.0, 10.2, 10.4])   # only the last three windows count
+    lo, hi = bootstrap_ci(np.r_[np.full(50, 1.0), np.full(50, 3.0)])
+    assert lo == 1.0 and hi == 3.0
+    lo, hi = bootstrap_ci(np.linspace(1, 2, 201))
+    assert 1.4 < lo < 1.5 < hi < 1.6
 
 
 def test_unavailable_backends_say_what_to_install(tiny):

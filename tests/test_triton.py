@@ -65,6 +65,19 @@ def test_transcript_through_triton_equals_in_process(served, tiny, speech, proto
         np.testing.assert_allclose(remote.logits(values, mask), local.logits(values, mask), atol=1e-4)
 
 
+def test_triton_passes_the_conformance_matrix(served, tiny):
+    """Every batch size (split into requests of at most the server's max batch of 8) and length, padded mixes and
+    repeats, through a real server, against in-process PyTorch FP32."""
+    from core.check import lengths_for, run_check
+    rows = run_check(tiny, ["triton:fp32:http", "triton:fp32:grpc"], reference="torch:fp32:cpu",
+                     lengths=lengths_for((0.5, 1.0, 1.5, 2.0)),
+                     options={f"triton:fp32:{p}": {"url": served.url(p)} for p in ("http", "grpc")})
+    assert len(rows) == 2 * (8 * 4 + 7 + 2)
+    failed = [(r["backend"], r["cell"], r["reason"]) for r in rows if not r["passed"]]
+    assert not failed
+    assert {r["batch"] for r in rows} >= {9, 17, 33}
+
+
 def test_sweep_numbers_are_coherent(served, tiny, speech):
     from core.results import rows as db_rows, save
     from core.triton.loadtest import prepare_clips, sweep

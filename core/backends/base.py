@@ -7,6 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 PRECISIONS = ("fp32", "fp16", "bf16", "mixed", "int8")
+GPU_DEVICES = ("cuda", "tensorrt", "trtrtx")   # devices whose work is timed with CUDA events
+
+
+def on_gpu(device: str) -> bool:
+    return device in GPU_DEVICES
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,26 @@ class Backend(ABC):
     def load(self) -> "Backend":
         """Allocate sessions/engines; heavy work happens here, not in __init__."""
 
+    def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None):
+        """Host arrays -> this backend's inputs, already on its device (copied once, outside compute timing)."""
+        return input_values, attention_mask
+
     @abstractmethod
+    def run(self, prepared):
+        """Prepared inputs -> logits left where the backend computed them (no host copy): what the `compute`
+        scope times. The result may live in a reused buffer: valid until the next run()."""
+
+    def to_host(self, out) -> np.ndarray:
+        """run()'s result -> float32 numpy logits [batch, frames, vocab]."""
+        return np.asarray(out, dtype=np.float32)
+
     def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """float32 [batch, samples] (normalised by the processor) -> float32 logits [batch, frames, vocab]."""
+        return self.to_host(self.run(self.prepare(input_values, attention_mask)))
+
+    def server_pids(self) -> list[int]:
+        """Processes other than this one that do the work (a local inference server), for memory tracking."""
+        return []
 
     def close(self) -> None:
         """Free what load() took."""

@@ -41,7 +41,7 @@ POS_GEMM_MAX_BATCH = 2
 def available(spec) -> tuple[bool, str]:
     if spec.precision not in DTYPES:
         return False, f"the fast backend runs fp16/bf16/fp32 only, not '{spec.precision}'"
-    if spec.device == "cpu":  # a reference mode for tests: the reformulated model, eager, no graphs
+    if spec.device == "cpu":  # a reference mode for tests: the same buckets and buffers, graphs emulated
         return (True, "") if spec.precision == "fp32" else (False, "on the CPU the fast backend runs fp32 only")
     if spec.device != "cuda":
         return False, f"the fast backend runs on 'cuda' (or 'cpu' for checks), not '{spec.device}'"
@@ -362,6 +362,13 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
 
 # ---------------------------------------------------------------- the backend
 
+class _Replay:
+    """A CUDA graph's stand-in on the CPU: replay() recomputes into the same static output buffer."""
+
+    def __init__(self, fn):
+        self.replay = fn
+
+
 class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
@@ -381,7 +388,8 @@ class FastBackend(Backend):
         self.loaded = loaded
         cuda = spec.device == "cuda"
         self.compile_mode = compile if cuda else None
-        self.use_graphs = cuda if graphs is None else (graphs and cuda)
+        # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
+        self.use_graphs = True if graphs is None else graphs
         self.pad = self.use_graphs if pad is None else pad
         rate = loaded.sample_rate
         self.buckets = tuple(int(round(s * rate)) for s in sorted(buckets_s))
@@ -401,17 +409,17 @@ class FastBackend(Backend):
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
-        self.run = module
+        self.call = module
         if self.compile_mode:
             mode = None if self.compile_mode == "default" else self.compile_mode
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
-            self.run = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
+            self.call = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
-        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs and self.device == "cuda" else None
         return self
 
     def lengths_of(self, input_values, attention_mask):
@@ -434,8 +442,9 @@ class FastBackend(Backend):
             bb = choose_bucket(b, self.batch_buckets) if self.pad else b
             if tb is None or bb is None:
                 if bb is None and b > self.batch_buckets[-1] and tb is not None:  # split big batches
+                    # each piece is copied out before the next replay overwrites its graph's output buffer
                     step = self.batch_buckets[-1]
-                    return torch.cat([self.forward(values[i:i + step], lengths[i:i + step])
+                    return torch.cat([self.forward(values[i:i + step], lengths[i:i + step]).clone()
                                       for i in range(0, b, step)])
                 self.stats["eager"] += 1
                 full = self.mask_free and bool((lengths == t).all())
@@ -450,7 +459,7 @@ class FastBackend(Backend):
                     x = torch.zeros((bb, tb), dtype=values.dtype, device=values.device)
                     x[:b, :t] = values
                 self.stats["eager"] += 1
-                return self.run(x, self._device(padded), full=full)[:b, :frames]
+                return self.call(x, self._device(padded), full=full)[:b, :frames]
             g, x_static, n_static, out = self.graphs.get((bb, tb, full)) or self._capture(bb, tb, full)
             if (b, t) != (bb, tb):
                 x_static.zero_()
@@ -458,6 +467,10 @@ class FastBackend(Backend):
             if not full:  # a full graph was captured with every length at tb
                 n_static.copy_(torch.from_numpy(padded))
             g.replay()
+            if not isinstance(g, torch.cuda.CUDAGraph):   # emulated: model the shared pool's reuse (see _capture)
+                for key, other in self.graphs.items():
+                    if key != (bb, tb, full):
+                        other[3].fill_(float("nan"))
             self.stats["graph"] += 1
             return out[:b, :frames]
 
@@ -466,18 +479,27 @@ class FastBackend(Backend):
         return torch.from_numpy(lengths).to(self.device)
 
     def _capture(self, bb, tb, full):
+        """A graph for one (batch bucket, length bucket, mask-free) shape with its static input, lengths and
+        output buffers. Graphs share one memory pool, so a replay may overwrite another graph's output: a result
+        is only valid until the next replay of any graph. On the CPU the graph is emulated (_Replay) with the
+        same buffers, and a replay poisons every other graph's output with NaN, so a test on the CPU fails where
+        a CUDA run would return overwritten logits."""
         import torch
         x = (0.1 * torch.randn((bb, tb), device=self.device)).to(self.dtype)  # never zeros
         n = torch.full((bb,), tb, dtype=torch.int64, device=self.device)
+        if self.device != "cuda":
+            out = self.call(x, n, full=full).clone()
+            self.graphs[(bb, tb, full)] = (_Replay(lambda: out.copy_(self.call(x, n, full=full))), x, n, out)
+            return self.graphs[(bb, tb, full)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # compiles (if torch.compile) and lets cuBLAS/cuDNN pick kernels
-                self.run(x, n, full=full)
+                self.call(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.pool):
-            out = self.run(x, n, full=full)
+            out = self.call(x, n, full=full)
         self.graphs[(bb, tb, full)] = (g, x, n, out)
         return self.graphs[(bb, tb, full)]
 
@@ -487,12 +509,18 @@ class FastBackend(Backend):
         x = torch.from_numpy(np.ascontiguousarray(input_values, dtype=np.float32)).to(self.device, self.dtype)
         return x, self.lengths_of(input_values, attention_mask)
 
-    def logits(self, input_values, attention_mask=None):
-        return self.forward(*self.tensors(input_values, attention_mask)).float().cpu().numpy()
+    def prepare(self, input_values, attention_mask=None):
+        return self.tensors(input_values, attention_mask)
+
+    def run(self, prepared):
+        return self.forward(*prepared)
+
+    def to_host(self, out):
+        return out.float().cpu().numpy()
 
     def close(self):
         self.graphs.clear()
-        self.module = self.run = None
+        self.module = self.call = None
         try:
             import torch
             if torch.cuda.is_available():

@@ -84,17 +84,27 @@ class OrtBackend(Backend):
                                        else attention_mask.astype(np.int64))
         return feeds
 
-    def logits(self, input_values, attention_mask=None):
+    def prepare(self, input_values, attention_mask=None):
         feeds = self._feeds(input_values, attention_mask)
         if self.device == "cpu":
-            return self.session.run(["logits"], feeds)[0]
-        import onnxruntime as ort  # I/O binding: inputs copied to the GPU once, output read back once
+            return feeds
+        import onnxruntime as ort  # I/O binding: inputs copied to the GPU once, logits left there
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
         binding.bind_output("logits", "cuda")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
+        return binding
+
+    def run(self, prepared):
+        if self.device == "cpu":
+            return self.session.run(["logits"], prepared)[0]
+        self.session.run_with_iobinding(prepared)   # returns once the device work is done
+        return prepared
+
+    def to_host(self, out):
+        if self.device != "cpu":
+            out = out.copy_outputs_to_cpu()[0]
+        return np.asarray(out, dtype=np.float32)
 
     def close(self):
         self.session = None

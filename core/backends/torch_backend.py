@@ -63,11 +63,17 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             return self.model(input_values, attention_mask=attention_mask if self.use_mask else None).logits
 
-    def logits(self, input_values, attention_mask=None):
+    def prepare(self, input_values, attention_mask=None):
         import torch
         x = torch.from_numpy(np.ascontiguousarray(input_values)).to(self.device, self.dtype)
         mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
-        return self.forward(x, mask).float().cpu().numpy()
+        return x, mask
+
+    def run(self, prepared):
+        return self.forward(*prepared)
+
+    def to_host(self, out):
+        return out.float().cpu().numpy()
 
     def close(self):
         self.model = None

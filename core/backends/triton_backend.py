@@ -132,7 +132,25 @@ class TritonBackend(Backend):
         meta = self.client.get_model_metadata(self.model_name, self.model_version, **self._meta_kw())
         inputs = meta["inputs"] if isinstance(meta, dict) else meta.get("inputs", [])
         self.input_names = [i["name"] for i in inputs]
+        self.max_batch = self._max_batch()
         return self
+
+    def _max_batch(self) -> int:
+        """The model's max_batch_size (0: the server takes any batch, or did not say)."""
+        try:
+            config = self.client.get_model_config(self.model_name, self.model_version, **self._meta_kw())
+        except Exception:  # noqa: BLE001 - an older server without the endpoint: send batches whole
+            return 0
+        config = config.get("config", config) if isinstance(config, dict) else {}
+        return int(config.get("max_batch_size", 0) or 0)
+
+    def server_pids(self) -> list[int]:
+        try:
+            from ..triton.server import read_state
+        except ImportError:
+            return []
+        info = read_state()
+        return [info.pid] if info and info.url(self.device) == self.url else []
 
     def _timeout_kw(self) -> dict:
         return {"client_timeout": self.timeout_s} if self.device == "grpc" else {}
@@ -148,30 +166,45 @@ class TritonBackend(Backend):
         except Exception:
             return []
 
-    def logits(self, input_values, attention_mask=None):
-        from tritonclient.utils import InferenceServerException
+    def prepare(self, input_values, attention_mask=None):
+        """Requests of at most the server's max batch (a larger batch is split, as a client of that server must)."""
         if self.client is None:
             raise BackendUnavailableError("The Triton backend is not loaded.", "Call load() (or use `with`).")
-        mod = self._module()
         values = np.ascontiguousarray(input_values, dtype=np.float32)
-        feeds = [("input_values", values, "FP32")]
+        mask = None
         if "attention_mask" in self.input_names:
             mask = np.ones(values.shape, np.int64) if attention_mask is None else attention_mask
-            feeds.append(("attention_mask", np.ascontiguousarray(mask, dtype=np.int64), "INT64"))
+            mask = np.ascontiguousarray(mask, dtype=np.int64)
+        step = self.max_batch or len(values)
+        return [self._inputs(values[i:i + step], None if mask is None else mask[i:i + step])
+                for i in range(0, len(values), step)]
+
+    def _inputs(self, values, mask):
+        mod = self._module()
+        feeds = [("input_values", values, "FP32")] + ([] if mask is None else [("attention_mask", mask, "INT64")])
         inputs = []
         for name, array, dtype in feeds:
             item = mod.InferInput(name, list(array.shape), dtype)
             item.set_data_from_numpy(array)
             inputs.append(item)
-        outputs = [mod.InferRequestedOutput("logits")]
-        try:
-            result = self.client.infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs,
-                                       **self._timeout_kw())
-        except InferenceServerException as err:
-            raise self._request_error(err) from err
-        except Exception as err:  # transport failures (refused, reset, timed out) surface as many types
-            raise self._request_error(err) from err
-        return result.as_numpy("logits")
+        return inputs
+
+    def run(self, prepared):
+        from tritonclient.utils import InferenceServerException
+        outputs = [self._module().InferRequestedOutput("logits")]
+        results = []
+        for inputs in prepared:
+            try:
+                results.append(self.client.infer(self.model_name, inputs, model_version=self.model_version,
+                                                 outputs=outputs, **self._timeout_kw()))
+            except InferenceServerException as err:
+                raise self._request_error(err) from err
+            except Exception as err:  # transport failures (refused, reset, timed out) surface as many types
+                raise self._request_error(err) from err
+        return results
+
+    def to_host(self, out):
+        return np.concatenate([r.as_numpy("logits") for r in out]).astype(np.float32, copy=False)
 
     def _request_error(self, err: Exception) -> WorkbenchError:
         text = server_message(err)

@@ -95,55 +95,67 @@ class TrtBackend(Backend):
         self.min_shape, self.max_shape = tuple(lo), tuple(hi)
         return self
 
-    def logits(self, input_values, attention_mask=None):
+    def prepare(self, input_values, attention_mask=None):
+        """Device buffers per slice of at most the profile's max batch, padded up to its minimum shape."""
+        import torch
         batch, samples = input_values.shape
         max_batch, max_samples = self.max_shape
+        min_batch, min_samples = self.min_shape
         if samples > max_samples:
             raise WorkbenchError(f"{samples} samples is longer than this engine's profile allows ({max_samples}).",
                                  "Rebuild with a larger --max-seconds, or transcribe() cuts long audio into windows.")
         if attention_mask is None:
             attention_mask = np.ones(input_values.shape, np.int64)
-        if batch > max_batch:  # more rows than the profile: run them in slices of max_batch
-            return np.concatenate([self.logits(input_values[i:i + max_batch], attention_mask[i:i + max_batch])
-                                   for i in range(0, batch, max_batch)])
-        min_batch, min_samples = self.min_shape
-        pad_t, pad_b = max(0, min_samples - samples), max(0, min_batch - batch)
-        if pad_t or pad_b:  # shorter than the profile's minimum: zero-pad, masked out
-            input_values = np.pad(input_values, ((0, pad_b), (0, pad_t)))
-            attention_mask = np.pad(attention_mask, ((0, pad_b), (0, pad_t)))
-        out = self._run(input_values, attention_mask)[:batch]
-        if pad_t and "conv" in self.meta:  # the padding's frames are not part of the answer
-            n = samples
-            for kernel, stride in zip(self.meta["conv"]["kernel"], self.meta["conv"]["stride"]):
-                n = (n - kernel) // stride + 1
-            out = out[:, :n]
-        if not np.isfinite(out).all():
+        frames, conv = None, self.meta.get("conv")
+        if samples < min_samples and conv:  # padded in time: keep only the frames of the real samples
+            frames = samples
+            for kernel, stride in zip(conv["kernel"], conv["stride"]):
+                frames = (frames - kernel) // stride + 1
+        slices = []
+        for i in range(0, batch, max_batch):
+            values, mask = input_values[i:i + max_batch], attention_mask[i:i + max_batch]
+            rows = len(values)
+            pad_t, pad_b = max(0, min_samples - samples), max(0, min_batch - rows)
+            if pad_t or pad_b:  # shorter than the profile's minimum: zero-pad, masked out
+                values, mask = np.pad(values, ((0, pad_b), (0, pad_t))), np.pad(mask, ((0, pad_b), (0, pad_t)))
+            feeds = {"input_values": np.ascontiguousarray(values, np.float32),
+                     "attention_mask": np.ascontiguousarray(mask, np.int64)}
+            buffers = {n: torch.from_numpy(feeds[n]).to("cuda", self.dtypes[n]) for n in self.inputs}
+            slices.append((buffers, rows))
+        return slices, frames
+
+    def run(self, prepared):
+        """execute_async_v3 on the backend's stream per slice; the caller's stream waits for it."""
+        import torch
+        slices, _ = prepared
+        outs = []
+        with torch.cuda.stream(self.stream):
+            for buffers, rows in slices:
+                for name in self.inputs:
+                    if not self.context.set_input_shape(name, tuple(buffers[name].shape)):
+                        raise WorkbenchError(f"Shape {tuple(buffers[name].shape)} is outside the engine's profile "
+                                             f"({self.min_shape} to {self.max_shape}).", "Rebuild with wider profiles.")
+                    self.context.set_tensor_address(name, buffers[name].data_ptr())
+                out = {}
+                for name in self.outputs:
+                    out[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                            device="cuda")
+                    self.context.set_tensor_address(name, out[name].data_ptr())
+                if not self.context.execute_async_v3(self.stream.cuda_stream):
+                    raise WorkbenchError("TensorRT execution failed.", "See the TensorRT log above.")
+                outs.append(out["logits" if "logits" in out else self.outputs[0]][:rows])
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return outs, prepared[1]
+
+    def to_host(self, out):
+        outs, frames = out
+        logits = np.concatenate([o.float().cpu().numpy() for o in outs])
+        if frames is not None:  # the padding's frames are not part of the answer
+            logits = logits[:, :frames]
+        if not np.isfinite(logits).all():
             raise WorkbenchError(f"The TensorRT {self.precision} engine produced NaN/Inf logits.",
                                  "FP16 overflow is the usual cause: try the mixed or fp32 engine.")
-        return out
-
-    def _run(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
-        with torch.cuda.stream(self.stream):
-            feeds = {"input_values": torch.from_numpy(np.ascontiguousarray(values, np.float32))}
-            if "attention_mask" in self.inputs:
-                feeds["attention_mask"] = torch.from_numpy(np.ascontiguousarray(mask, np.int64))
-            buffers = {}
-            for name in self.inputs:
-                buffers[name] = feeds[name].to("cuda", self.dtypes[name], non_blocking=True)
-                if not self.context.set_input_shape(name, tuple(buffers[name].shape)):
-                    raise WorkbenchError(f"Shape {tuple(buffers[name].shape)} is outside the engine's profile "
-                                         f"({self.min_shape} to {self.max_shape}).", "Rebuild with wider profiles.")
-                self.context.set_tensor_address(name, buffers[name].data_ptr())
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                buffers[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
-                self.context.set_tensor_address(name, buffers[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise WorkbenchError("TensorRT execution failed.", "See the TensorRT log above.")
-            logits = buffers["logits" if "logits" in buffers else self.outputs[0]].float().cpu()
-        self.stream.synchronize()
-        return logits.numpy()
+        return logits
 
     def close(self):
         self.context = self.engine = None

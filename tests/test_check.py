@@ -1,0 +1,115 @@
+"""The conformance matrix (core.check): torch, ONNX Runtime and the fast backend's CPU reference mode pass it with
+the tiny model, and it catches the CUDA-graph aliasing bug (a split batch whose pieces came back overwritten)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.backends import make_backend
+from core.backends.fast_backend import FastBackend
+from core.check import BATCHES, cells, check_backend, lengths_for, run_check, speech_source
+from core.cli import main
+from core.transcribe import features
+
+BUCKETS = (0.5, 1.0, 1.5, 2.0)           # small length buckets keep the full matrix quick on two cores
+LENGTHS = lengths_for(BUCKETS)           # 0.35 s inside, 1.5 s at, 1.75 s between, 3.5 s past the largest
+FAST = {"fast:fp32:cpu": {"buckets_s": BUCKETS}}
+
+
+def test_matrix_has_every_batch_and_length():
+    assert LENGTHS == {"inside a bucket": 0.35, "exactly a bucket": 1.5, "between buckets": 1.75,
+                       "past the largest bucket": 3.5}
+    assert BATCHES == (1, 2, 3, 8, 9, 16, 17, 33)
+
+
+@pytest.fixture(scope="module")
+def matrix_rows(tiny, tiny_onnx):
+    return run_check(tiny, ["torch:fp32:cpu", "ort:fp32:cpu", "fast:fp32:cpu"], reference="torch:fp32:cpu",
+                     lengths=LENGTHS, options=FAST)
+
+
+def test_torch_ort_and_fast_reference_mode_pass_the_matrix(matrix_rows):
+    by_backend = {}
+    for r in matrix_rows:
+        by_backend.setdefault(r["backend"], []).append(r)
+    assert set(by_backend) == {"torch:fp32:cpu", "ort:fp32:cpu", "fast:fp32:cpu"}
+    for backend, rows in by_backend.items():
+        # 8 batch sizes x 4 lengths, 7 padded mixes, 2 repeats with other data in between
+        assert len(rows) == 8 * 4 + 7 + 2, backend
+        failed = [(r["cell"], r["reason"]) for r in rows if not r["passed"]]
+        assert not failed, (backend, failed)
+        assert max(r["max_abs_dlogit"] for r in rows) < 1e-4
+        assert all(r["transcripts_agree"] == r["transcripts_total"] == r["batch"] for r in rows)
+    assert {r["batch"] for r in matrix_rows} == set(BATCHES)
+
+
+class AliasingFast(FastBackend):
+    """The fast backend as it was before the fix: a split batch concatenates views of graph output buffers
+    after all pieces ran, so later replays overwrite the earlier pieces."""
+
+    def forward(self, values, lengths):
+        b = values.shape[0]
+        step = self.batch_buckets[-1]
+        if b <= step:
+            return super().forward(values, lengths)
+        with torch.inference_mode():
+            return torch.cat([super(AliasingFast, self).forward(values[i:i + step], lengths[i:i + step])
+                              for i in range(0, b, step)])
+
+
+def test_reference_mode_catches_the_aliasing_bug(tiny):
+    """On a CUDA GPU the bug returned wrong logits for batches above 8; the CPU reference mode runs the same
+    buckets, static buffers and replays, so the matrix fails here too, at exactly the split batch sizes."""
+    from core.backends import BackendSpec
+    matrix = cells(tiny, speech_source(tiny), batches=(1, 8, 9, 16, 17), lengths={"at": 1.0})
+    with make_backend("torch:fp32:cpu", tiny) as ref:
+        refs = {c.label: _logits(ref, tiny, c.items) for c in matrix}
+        refs.update({(c.label, "again"): _logits(ref, tiny, c.again) for c in matrix if c.again})
+    buggy = AliasingFast(BackendSpec.parse("fast:fp32:cpu"), tiny, buckets_s=BUCKETS).load()
+    rows = {r["cell"]: r for r in check_backend(buggy, tiny, matrix, refs)}
+    assert all(rows[c]["passed"] for c in rows if c.startswith(("1 x", "8 x")))
+    assert not any(rows[c]["passed"] for c in rows if c.startswith(("9 x", "16 x", "17 x")))
+    fixed = FastBackend(BackendSpec.parse("fast:fp32:cpu"), tiny, buckets_s=BUCKETS).load()
+    assert all(r["passed"] for r in check_backend(fixed, tiny, matrix, refs))
+
+
+def _logits(backend, loaded, items):
+    from core.transcribe import real_frames
+    values, mask = features(loaded.processor, items, loaded.sample_rate)
+    return real_frames(loaded.model.config, backend.logits(values, mask), mask)
+
+
+def test_a_kept_graph_output_is_overwritten_by_another_replay(tiny):
+    """The contract the fix relies on, made visible on the CPU: forward()'s result is only valid until the next
+    replay of any graph (graphs share one memory pool on CUDA)."""
+    with make_backend("fast:fp32:cpu", tiny, buckets_s=BUCKETS) as fast:
+        a = fast.forward(*fast.tensors(*features(tiny.processor, [np.ones(8000, np.float32)], 16000)))
+        assert torch.isfinite(a).all()
+        fast.forward(*fast.tensors(*features(tiny.processor, [np.ones(16000, np.float32)] * 2, 16000)))
+        assert torch.isnan(a).all()
+
+
+def test_tight_tolerance_fails_and_cli_exits_non_zero(tiny, tiny_onnx, capsys, monkeypatch):
+    """A difference beyond the precision's tolerance fails the cell; `check` then exits 1 and says which."""
+    from core import check
+    monkeypatch.setitem(check.TOLERANCES, "fp32", (1e-12, 0.99, 0.95))
+    code = main(["check", "--model", "random:wav2vec2-tiny", "--backend", "ort:fp32:cpu", "--batch", "1", "2",
+                 "--seconds", "0.7", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 1 and rows and not any(r["passed"] for r in rows)
+    assert all("|dlogit|" in r["reason"] for r in rows)
+    monkeypatch.undo()
+    assert main(["check", "--model", "random:wav2vec2-tiny", "--backend", "ort:fp32:cpu", "--batch", "1", "2",
+                 "--seconds", "0.7"]) == 0
+    out = capsys.readouterr()
+    assert "ort:fp32:cpu: 2/2 cells pass" in out.err and "pass" in out.out
+
+
+def test_conformance_run_is_saved_typed(matrix_rows):
+    from core import results
+    run = results.save(matrix_rows, "conformance", note="test")
+    back = results.rows(run)
+    assert {r["kind"] for r in back} == {"conformance"} and all(r["passed"] for r in back)
