@@ -54,8 +54,9 @@ def main(argv=None) -> int:
           f"speech: {', '.join(a.name for a in audios)}", file=sys.stderr)
     with make_backend(args.backend, loaded) as local:  # in-process first, then freed for the server
         clips = prepare_clips(loaded, audios, args.seconds, reference=local)
+        # compute scope (device in, device out): the in-process ceiling Triton's throughput is compared with
         inproc = bench_backend(local, loaded, [args.seconds], args.batches, args.warmup, args.repeats,
-                               source=audios[0].samples)
+                               source=audios[0].samples, scopes=("compute",))
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
@@ -74,9 +75,10 @@ def main(argv=None) -> int:
     env = environment()
     print(f"\n# {loaded.label} | {env.get('gpu') or env.get('cpu')} | driver {env.get('driver')} | CUDA {env.get('cuda')} "
           f"| torch {env.get('torch')} | pytriton {env.get('nvidia-pytriton')} | tritonclient {env.get('tritonclient')}")
-    print(f"{'in-process':<12}{'batch':>6}{'p50 ms':>10}{'audio-s/s':>12}")
+    print(f"{'in-process (compute scope)':<28}{'batch':>6}{'p50 ms':>10}{'audio-s/s':>12}{'stable':>8}")
     for r in inproc:
-        print(f"{args.backend:<12}{r['batch']:>6}{r['p50_ms']:>10.1f}{r['audio_s_per_s']:>12.1f}")
+        print(f"{args.backend:<28}{r['batch']:>6}{r['p50_ms']:>10.2f}{r['audio_s_per_s']:>12.1f}"
+              f"{'yes' if r['stable'] else 'NO':>8}")
     print(f"\n{'triton c':>9}{'ok':>6}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50':>9}{'p90':>9}{'p99':>9}"
           f"{'batch':>7}{'queue ms':>10}{'compute ms':>12}{'agree':>7}")
     for r in rows:

@@ -3,9 +3,9 @@
 W1: wav2vec2-large (indicwav2vec-hindi shape, random weights), 5 s of 16 kHz audio, batch 1 (latency).
 W2: the same, batch 8 x 5 s (throughput, audio seconds per second).
 
-For each backend: CUDA-event times (warm-up, >= 50 repeats) of the device-side forward (device tensors in,
-device logits out; ONNX Runtime through I/O binding, its host copies included), p50/p90 and speedup vs
-the baseline; parity against FP32 (max |delta logit| on the real frames, greedy transcript agreement) on
+For each backend: the `compute` scope of core.bench's protocol (device tensors in, device logits out, CUDA
+events; ONNX Runtime through I/O binding; warm-up, then windows of --repeats calls until the last three p50s
+agree within 5 %), p50/p90, its 95 % CI and speedup vs the baseline; parity against FP32 (max |delta logit| on the real frames, greedy transcript agreement) on
 W1, W2 and clips of other lengths (inside a bucket, a padded batch, past the largest bucket), so a
 backend that only handles the benchmarked shape shows up. Rows go to the results database and, when
 $OUT is set, to $OUT/gpu_w1.json. --eval-demo also scores the fast backend against torch:fp32:cuda on the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.audio import Audio  # noqa: E402
 from core.backends import availability, make_backend  # noqa: E402
-from core.bench import speech_input, summarize, timed  # noqa: E402
+from core.bench import measure, speech_input, summarize  # noqa: E402
 from core.envinfo import environment  # noqa: E402
 from core.transcribe import decode, frame_lengths  # noqa: E402
 from profile_w1 import profile_call  # noqa: E402
@@ -58,20 +58,6 @@ ODD_LENGTHS_S = (1.3, 3.7, 26.0)   # a 2 s bucket, the 5 s bucket, past the larg
 ODD_BATCH_S = (4.6, 2.2)           # a padded batch of two
 
 
-def forward_fn(backend, values, mask):
-    """A no-argument call running the backend on prepared inputs, as the timing loop needs it."""
-    import torch
-    rt = backend.spec.runtime
-    if rt == "fast":
-        x, n = backend.tensors(values, mask)
-        return lambda: backend.forward(x, n)
-    if rt == "torch":
-        x = torch.from_numpy(values).to(backend.device, backend.dtype)
-        m = torch.from_numpy(mask).to(backend.device)
-        return lambda: backend.forward(x, m)
-    return lambda: backend.logits(values, mask)   # ORT: numpy in/out through I/O binding
-
-
 def host_logits(backend, values, mask) -> np.ndarray:
     out = backend.logits(values, mask)
     return np.asarray(out, dtype=np.float32)
@@ -93,16 +79,6 @@ def parity(loaded, ref_out: dict, backend, inputs: dict) -> dict:
             agree += a == b
             total += 1
     return {"max_abs_logit_diff": diff, "agree": agree, "total": total}
-
-
-def time_fn(fn, warmup: int, repeats: int, device: str) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    for _ in range(repeats):
-        with timed(device, times):
-            fn()
-    return times
 
 
 def parity_inputs(loaded, workloads) -> dict:
@@ -163,7 +139,7 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--w2-batch", type=int, default=8)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=50, help="calls per measurement window (3 to 8 windows)")
     p.add_argument("--variants", default=",".join(n for n in VARIANTS if "autotune" not in n),
                    help="comma-separated names (default: all but autotune, whose compile ran > 7 min on an H100): "
                         + ", ".join(VARIANTS))
@@ -206,14 +182,15 @@ def main(argv=None):
         t = time.perf_counter()
         backend = make_backend(spec, loaded, **opts).load()
         for w, (values, mask) in workloads.items():
-            fn = forward_fn(backend, values, mask)
-            times = time_fn(fn, args.warmup, args.repeats, args.device)
-            row = {"kind": "latency", "model": loaded.source, "model_label": loaded.label,
+            prepared = backend.prepare(values, mask)
+            fn = lambda: backend.run(prepared)  # noqa: E731
+            m = measure(fn, args.device, args.warmup, args.repeats)
+            row = {"kind": "latency", "scope": "compute", "model": loaded.source, "model_label": loaded.label,
                    "random_weights": loaded.random_weights, "backend": name, "spec": spec,
                    "runtime": backend.spec.runtime, "precision": backend.precision, "device": args.device,
                    "workload": f"W{w}", "audio_s": args.seconds, "batch": batch[w], "warmup": args.warmup,
-                   "options": {k: v for k, v in opts.items()}, **summarize(times, args.seconds, batch[w]),
-                   "env": env}
+                   "options": {k: v for k, v in opts.items()}, **summarize(m["times"], args.seconds, batch[w]),
+                   "stable": m["stable"], "windows": len(m["window_p50s"]), "env": env}
             rows.append(row)
             if args.profile and w == 1 and args.device == "cuda":
                 profiles.append(profile_call(f"{name} W1", fn))
@@ -239,17 +216,18 @@ def main(argv=None):
     wer_rows = eval_demo(log, [n for n in names if n not in dict(skipped)]) if args.eval_demo else []
 
     print(f"\nW1 = {args.seconds:g} s x 1, W2 = {args.seconds:g} s x {args.w2_batch}; {loaded.label}; "
-          f"{env['gpu']}; {args.repeats} repeats after {args.warmup} warm-up; "
+          f"{env['gpu']}; scope compute; windows of {args.repeats} after {args.warmup} warm-up; "
           f"{'CUDA events' if args.device == 'cuda' else 'host timer (CPU smoke test, not a GPU figure)'}")
     head = f"{'backend':28} {'W1 p50':>8} {'W1 p90':>8} {'x W1':>6} {'W2 p50':>8} {'W2 p90':>8} {'x W2':>6} " \
-           f"{'W2 audio s/s':>12} {'max|dlogit|':>11} {'agree':>7}"
+           f"{'W2 audio s/s':>12} {'max|dlogit|':>11} {'agree':>7} {'stable':>6}"
     print(head + "\n" + "-" * len(head))
     for name in dict.fromkeys(r["backend"] for r in rows):
         w1, w2 = (next(r for r in rows if r["backend"] == name and r["workload"] == w) for w in ("W1", "W2"))
         par = w1["parity"]
         print(f"{name:28} {w1['p50_ms']:8.3f} {w1['p90_ms']:8.3f} {w1['speedup_vs_fp32_eager']:6.1f} "
               f"{w2['p50_ms']:8.3f} {w2['p90_ms']:8.3f} {w2['speedup_vs_fp32_eager']:6.1f} "
-              f"{w2['audio_s_per_s']:12,.0f} {par['max_abs_logit_diff']:11.3g} {par['agree']:>3}/{par['total']:<3}")
+              f"{w2['audio_s_per_s']:12,.0f} {par['max_abs_logit_diff']:11.3g} {par['agree']:>3}/{par['total']:<3} "
+              f"{'yes' if w1['stable'] and w2['stable'] else 'NO':>6}")
     for name, why in skipped:
         print(f"{name:28} skipped: {why}")
     for r in wer_rows:
