@@ -63,7 +63,9 @@ class OrtBackend(Backend):
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        providers = [PROVIDERS[self.device]]
+        # FP32 means FP32: the CUDA EP runs convolutions and GEMMs in TF32 unless told not to (H200, 2026-11-29:
+        # max |dlogit| 2.4e-3 against PyTorch FP32, failing the conformance matrix)
+        providers = [(PROVIDERS["cuda"], {"use_tf32": 0})] if self.device == "cuda" else [PROVIDERS[self.device]]
         if self.device == "tensorrt":
             cache = str(self.onnx_path.parent / "ort_trt_cache")
             os.makedirs(cache, exist_ok=True)
