@@ -30,11 +30,12 @@ def lengths_for(buckets_s) -> dict:
 LENGTHS_S = lengths_for(BUCKETS_S)
 REPEAT_BATCHES = (9, 17)
 
-# precision -> (max |delta logit| / max(1, max |reference logit|), min frame agreement, min transcript agreement
-# on a trained model). 16-bit transcripts of random weights flip on near-tied logits, PyTorch's own included:
-# for those models only FP32's transcript agreement is gated.
-TOLERANCES = {"fp32": (1e-3, 0.99, 0.95), "fp16": (5e-2, 0.90, 0.80), "bf16": (1e-1, 0.90, 0.80),
-              "mixed": (5e-2, 0.90, 0.80), "int8": (5e-1, 0.80, 0.50)}
+# precision -> (max |delta logit| / max(1, max |reference logit|), min frame argmax agreement, max character error
+# rate of the greedy transcripts against the reference's). Transcripts are gated on trained models only: on random
+# weights near-tied logits flip characters at every precision (H200, 2026-11-29: FP32 ONNX Runtime at 3.6e-6 relative
+# |delta logit| still changed 2 of 470 transcripts), so there the logits and frames decide.
+TOLERANCES = {"fp32": (1e-3, 0.99, 0.01), "fp16": (5e-2, 0.90, 0.02), "bf16": (1e-1, 0.90, 0.03),
+              "mixed": (5e-2, 0.90, 0.02), "int8": (5e-1, 0.80, 0.05)}
 
 
 @dataclass
@@ -85,18 +86,30 @@ def _run(backend, loaded, items):
 
 def compare(loaded, ref: list[np.ndarray], out: list[np.ndarray]) -> dict:
     """Real-frame logits of a reference and a candidate, row by row."""
-    diff, scale, same, frames, texts = 0.0, 1.0, 0, 0, 0
+    diff, scale, same, frames, ref_texts, out_texts = 0.0, 1.0, 0, 0, [], []
     for r, o in zip(ref, out):
         if o.shape != r.shape or not np.isfinite(o).all():
             return {"max_abs_dlogit": float("inf"), "scale": scale, "frame_agree": 0.0, "transcripts_agree": 0,
-                    "transcripts_total": len(ref), "error": f"shape {o.shape} vs {r.shape} or NaN/Inf logits"}
+                    "transcripts_total": len(ref), "transcript_cer": 1.0,
+                    "error": f"shape {o.shape} vs {r.shape} or NaN/Inf logits"}
         diff = max(diff, float(np.abs(o - r).max()))
         scale = max(scale, float(np.abs(r).max()))
         same += int((o.argmax(-1) == r.argmax(-1)).sum())
         frames += len(r)
-        texts += decode(loaded.processor, r[None])[0] == decode(loaded.processor, o[None])[0]
+        ref_texts.append(decode(loaded.processor, r[None])[0])
+        out_texts.append(decode(loaded.processor, o[None])[0])
     return {"max_abs_dlogit": diff, "scale": scale, "frame_agree": same / max(frames, 1),
-            "transcripts_agree": texts, "transcripts_total": len(ref)}
+            "transcripts_agree": sum(a == b for a, b in zip(ref_texts, out_texts)), "transcripts_total": len(ref),
+            "transcript_cer": text_cer(ref_texts, out_texts)}
+
+
+def text_cer(references: list[str], hypotheses: list[str]) -> float:
+    """Character error rate of one backend's transcripts against the reference backend's (jiwer)."""
+    import jiwer
+    pairs = [(r, h) for r, h in zip(references, hypotheses) if r]
+    if not pairs:  # the reference said nothing at all: any text is an error
+        return float(any(hypotheses))
+    return float(jiwer.cer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
 def _worst(ms: list[dict]) -> dict:
@@ -107,11 +120,12 @@ def _worst(ms: list[dict]) -> dict:
     out = dict(max(ms, key=lambda m: m["max_abs_dlogit"] / m["scale"]))
     out["frame_agree"] = min(m["frame_agree"] for m in ms)
     out["transcripts_agree"] = min(m["transcripts_agree"] for m in ms)
+    out["transcript_cer"] = max(m["transcript_cer"] for m in ms)
     return out
 
 
 def verdict(m: dict, precision: str, random_weights: bool) -> tuple[bool, str]:
-    tol, min_frames, min_texts = TOLERANCES.get(precision, TOLERANCES["int8"])
+    tol, min_frames, max_cer = TOLERANCES.get(precision, TOLERANCES["int8"])
     if m.get("error"):
         return False, m["error"]
     why = []
@@ -119,8 +133,8 @@ def verdict(m: dict, precision: str, random_weights: bool) -> tuple[bool, str]:
         why.append(f"|dlogit| {m['max_abs_dlogit']:.3g} > {tol:g} x {m['scale']:.3g}")
     if m["frame_agree"] < min_frames:
         why.append(f"frame agreement {m['frame_agree']:.3f} < {min_frames}")
-    if (precision == "fp32" or not random_weights) and m["transcripts_agree"] < min_texts * m["transcripts_total"]:
-        why.append(f"transcripts {m['transcripts_agree']}/{m['transcripts_total']} < {min_texts:.0%}")
+    if not random_weights and m["transcript_cer"] > max_cer:
+        why.append(f"transcript CER {m['transcript_cer']:.2%} > {max_cer:.0%}")
     return not why, "; ".join(why)
 
 
@@ -140,19 +154,18 @@ def check_backend(backend, loaded, matrix: list[Cell], refs: dict, progress=None
                 m = compare(loaded, refs[cell.label], out)
         except Exception as err:  # noqa: BLE001 - a backend that raises on a shape fails that cell, the rest go on
             m = {"max_abs_dlogit": float("inf"), "scale": 1.0, "frame_agree": 0.0, "transcripts_agree": 0,
-                 "transcripts_total": cell.batch, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+                 "transcripts_total": cell.batch, "transcript_cer": 1.0, "error": f"{type(err).__name__}: {err}".splitlines()[0]}
         ok, why = verdict(m, backend.precision, loaded.random_weights)
-        tol, min_frames, min_texts = TOLERANCES.get(backend.precision, TOLERANCES["int8"])
+        tol, min_frames, max_cer = TOLERANCES.get(backend.precision, TOLERANCES["int8"])
         row = {"kind": "conformance", "model": loaded.source, "model_label": loaded.label,
                "random_weights": loaded.random_weights, "backend": backend.name, "runtime": backend.spec.runtime,
                "precision": backend.precision, "device": backend.device, "cell": cell.label, "batch": cell.batch,
                "audio_s": round(max(len(x) for x in cell.items) / loaded.sample_rate, 3),
                "max_abs_dlogit": m["max_abs_dlogit"], "rel_dlogit": m["max_abs_dlogit"] / m["scale"],
                "frame_agree": m["frame_agree"], "transcripts_agree": m["transcripts_agree"],
-               "transcripts_total": m["transcripts_total"], "passed": ok, "reason": why,
-               "tolerance": {"rel_dlogit": tol, "frame_agree": min_frames,
-                             "transcripts": min_texts if backend.precision == "fp32" or not loaded.random_weights
-                             else None}, "env": env}
+               "transcripts_total": m["transcripts_total"], "transcript_cer": m["transcript_cer"], "passed": ok,
+               "reason": why, "tolerance": {"rel_dlogit": tol, "frame_agree": min_frames,
+                                            "transcript_cer": None if loaded.random_weights else max_cer}, "env": env}
         rows.append(row)
         if progress:
             progress(row)

@@ -131,7 +131,8 @@ def cmd_check(args):
         print(_env_line(rows[0]["env"]) if rows else "")
         table = [dict(r, transcripts=f"{r['transcripts_agree']}/{r['transcripts_total']}",
                       result="pass" if r["passed"] else "FAIL") for r in rows]
-        print(_table(table, ["backend", "cell", "max_abs_dlogit", "rel_dlogit", "frame_agree", "transcripts", "result"]))
+        print(_table(table, ["backend", "cell", "max_abs_dlogit", "rel_dlogit", "frame_agree", "transcripts",
+                             "transcript_cer", "result"]))
     failed = [r for r in rows if not r["passed"]]
     for spec in dict.fromkeys(r["backend"] for r in rows):
         mine = [r for r in rows if r["backend"] == spec]

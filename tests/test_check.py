@@ -113,3 +113,17 @@ def test_conformance_run_is_saved_typed(matrix_rows):
     run = results.save(matrix_rows, "conformance", note="test")
     back = results.rows(run)
     assert {r["kind"] for r in back} == {"conformance"} and all(r["passed"] for r in back)
+
+
+def test_transcripts_gate_trained_models_only():
+    """Near-tied logits of random weights flip characters at any precision, so transcripts decide only for
+    trained models; logits and frames decide for both."""
+    from core.check import text_cer, verdict
+    m = {"max_abs_dlogit": 1e-6, "scale": 2.0, "frame_agree": 0.9995, "transcripts_agree": 1,
+         "transcripts_total": 2, "transcript_cer": text_cer(["नमस्ते आज", "मौसम अच्छा है"], ["नमस्ते आज", "मौसम बुरा है"])}
+    assert 0.1 < m["transcript_cer"] < 0.5
+    assert verdict(m, "fp32", random_weights=True) == (True, "")
+    ok, why = verdict(m, "fp32", random_weights=False)
+    assert not ok and "transcript CER" in why
+    assert verdict(dict(m, frame_agree=0.5), "fp16", random_weights=True)[1].startswith("frame agreement")
+    assert text_cer(["", ""], ["", ""]) == 0.0 and text_cer([""], ["क"]) == 1.0
