@@ -4,6 +4,7 @@
 #   check-a   conformance matrix, wav2vec2-large: torch fp16, ONNX Runtime CUDA fp32/fp16, fast fp16
 #   check-b   the same for fast fp32 and ONNX Runtime again (after TF32 was turned off), then the timing protocol's table (python -m core bench, both scopes)
 #   triton    the Triton sweep on the fixed fast backend (max batch 16), and the matrix on the demo model
+#   check-demo  the matrix on the demo model (trained: transcripts gated too)
 # Outputs (logs, JSON, the results database) go to $OUT.
 set -uo pipefail
 phase=${1:?usage: gpu_protocol.sh check-a|check-b|triton}
@@ -29,6 +30,9 @@ case "$phase" in
       --concurrency 1 2 4 8 16 32 > "$out/gpu_triton.log" 2>&1; echo "triton exit $?" | tee -a "$out/gpu_triton.log"
     python3 -m core check --model demo --backend fast:fp16:cuda --backend ort:fp16:cuda --backend torch:fp16:cuda \
       > "$out/check_demo.log" 2> "$out/check_demo.err"; echo "check-demo exit $?" | tee -a "$out/check_demo.log" ;;
+  check-demo)
+    python3 -m core check --model demo --backend fast:fp16:cuda --backend torch:fp16:cuda --backend ort:fp16:cuda \
+      --backend ort:fp32:cuda > "$out/check_demo.log" 2> "$out/check_demo.err"; echo "check-demo exit $?" | tee -a "$out/check_demo.log" ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
 cp "$WORKBENCH_ARTIFACTS/results.sqlite" "$out/results-$phase.sqlite" 2>/dev/null
