@@ -1,17 +1,23 @@
 """Plotly figures of result rows (core.bench / core.wer / load-test rows). Pure functions: rows in,
-go.Figure out, so they are unit-tested without a browser and reused by every page."""
+go.Figure out, so they are unit-tested without a browser and reused by every page. Every chart takes one row kind
+(core.results) and, for latency, one timing scope: mixing them draws numbers that mean different things as one."""
 from __future__ import annotations
 
 import difflib
 import html
+import math
+import numbers
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from .results import LEGACY_SCOPE, scope_label
 
 # NVIDIA green first, then a colour-blind-safe qualitative palette
 COLORWAY = ["#76b900", "#3366cc", "#ff9900", "#8e44ad", "#dc3912", "#0099c6", "#666666", "#b82e2e"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), legend_title_text="",
               font=dict(size=13), colorway=COLORWAY, height=380)
+SCOPE_ORDER = ("compute", "e2e", LEGACY_SCOPE)
 
 
 def _fig(title: str, **layout) -> go.Figure:
@@ -28,20 +34,53 @@ def _empty(title: str, why: str) -> go.Figure:
     return fig
 
 
-def _latency(rows) -> pd.DataFrame:
-    df = pd.DataFrame([r for r in rows if r.get("p50_ms") is not None])
-    if df.empty:
-        return df
-    df["config"] = [f"{a:g} s × {int(b)}" for a, b in zip(df["audio_s"].fillna(0), df["batch"].fillna(1))]
-    return df
+def _finite(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def latency_bars(rows, title: str = "Latency per backend (p50 bar, p90 ◆, p99 whisker)") -> go.Figure:
-    """p50 bars per backend, one colour per (audio length × batch); whiskers up to p99, a marker at p90."""
-    df = _latency(rows)
+def _of_kind(rows, kind: str) -> list[dict]:
+    """Each chart draws one kind of row: a load sweep's p50s are not latency bars, a WER is not a timing."""
+    return [r for r in rows if r.get("kind") == kind]
+
+
+def _scope_of(row) -> str:
+    return row.get("scope") or LEGACY_SCOPE
+
+
+def scopes(rows) -> list[str]:
+    """The timing scopes the latency rows were measured in, compute first."""
+    have = {_scope_of(r) for r in _of_kind(rows, "latency") if _finite(r.get("p50_ms"))}
+    return sorted(have, key=lambda s: (SCOPE_ORDER.index(s) if s in SCOPE_ORDER else len(SCOPE_ORDER), s))
+
+
+def pick_scope(rows, scope: str | None = "compute") -> str | None:
+    """`scope` when the rows have it, else the first scope they do have (None: no latency rows)."""
+    have = scopes(rows)
+    return scope if scope in have else (have[0] if have else None)
+
+
+def _latency(rows, scope: str | None = "compute") -> tuple[pd.DataFrame, str | None]:
+    """Latency rows of one timing scope (compute and e2e times of the same cell are different quantities)."""
+    scope = pick_scope(rows, scope)
+    df = pd.DataFrame([r for r in _of_kind(rows, "latency") if _scope_of(r) == scope and _finite(r.get("p50_ms"))])
+    if not df.empty:
+        df["config"] = [f"{a:g} s × {int(b)}" for a, b in zip(df["audio_s"].fillna(0), df["batch"].fillna(1))]
+    return df, scope
+
+
+def _scoped(title: str, scope: str | None) -> str:
+    return title + (f"<br><sup>timing scope: {scope_label(scope)}</sup>" if scope else "")
+
+
+def latency_bars(rows, title: str = "Latency per backend (p50 bar, p90 ◆, p99 whisker)",
+                 scope: str = "compute") -> go.Figure:
+    """p50 bars per backend, one colour per (audio length × batch); whiskers up to p99, a marker at p90.
+    Latency rows of one timing scope only."""
+    df, scope = _latency(rows, scope)
+    title = _scoped(title, scope)
     if df.empty:
         return _empty(title, "no latency rows")
-    fig = _fig(title, barmode="group", yaxis_title="ms", xaxis_title="backend")
+    fig = _fig(title, barmode="group", yaxis_title=f"ms ({scope})", xaxis_title="backend")
     for config, g in df.groupby("config", sort=False):
         fig.add_bar(name=config, x=g["backend"], y=g["p50_ms"], offsetgroup=config, legendgroup=config,
                     error_y=dict(type="data", symmetric=False, array=(g["p99_ms"] - g["p50_ms"]).clip(lower=0),
@@ -56,31 +95,51 @@ def latency_bars(rows, title: str = "Latency per backend (p50 bar, p90 ◆, p99 
     return fig
 
 
+def latency_table(rows) -> pd.DataFrame:
+    """Latency rows of every scope as a table: scope, percentiles, the p50's 95 % interval, stability, cold start
+    and peak memory (the columns the rows have)."""
+    df = pd.DataFrame(_of_kind(rows, "latency"))
+    if df.empty:
+        return df
+    df["scope"] = [s or LEGACY_SCOPE for s in df.get("scope", pd.Series([None] * len(df)))]
+    if "p50_ci95_ms" in df:
+        df["p50_ci95_ms"] = [f"{ci[0]:.3f} – {ci[1]:.3f}" if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+                             for ci in df["p50_ci95_ms"]]
+    order = {s: i for i, s in enumerate(SCOPE_ORDER)}
+    df = df.sort_values(["scope", "backend", "audio_s", "batch"], key=lambda c: c.map(order).fillna(len(order))
+                        if c.name == "scope" else c, kind="stable")
+    cols = ["backend", "scope", "audio_s", "batch", "p50_ms", "p90_ms", "p99_ms", "p50_ci95_ms", "stable", "windows",
+            "mean_ms", "cold_start_s", "peak_mem_mb", "mem_scope", "rtf", "audio_s_per_s", "gpu"]
+    return df[[c for c in cols if c in df]].reset_index(drop=True)
+
+
 def baseline_backend(rows) -> str | None:
     """The PyTorch FP32 backend to compare against: on the GPU when GPU rows exist, else on the CPU."""
-    names = {r.get("backend") for r in rows}
+    names = {r.get("backend") for r in _of_kind(rows, "latency")}
     for candidate in ("torch:fp32:cuda", "torch:fp32:cpu"):
         if candidate in names:
             return candidate
     return None
 
 
-def speedup_table(rows, baseline: str | None = None) -> pd.DataFrame:
-    """p50 speed-up of every backend over the baseline at the same audio length and batch."""
-    df = _latency(rows)
+def speedup_table(rows, baseline: str | None = None, scope: str = "compute") -> pd.DataFrame:
+    """p50 speed-up of every backend over the baseline at the same audio length and batch, in one scope."""
+    df, scope = _latency(rows, scope)
     baseline = baseline or baseline_backend(rows)
     if df.empty or baseline is None:
         return pd.DataFrame(columns=["backend", "config", "speedup"])
     base = df[df["backend"] == baseline].set_index("config")["p50_ms"]
     df = df[df["config"].isin(base.index)].copy()
     df["speedup"] = [base[c] / p for c, p in zip(df["config"], df["p50_ms"])]
-    return df[["backend", "config", "audio_s", "batch", "p50_ms", "speedup"]]
+    df["scope"] = scope
+    return df[["backend", "config", "audio_s", "batch", "scope", "p50_ms", "speedup"]]
 
 
-def speedup(rows, baseline: str | None = None) -> go.Figure:
+def speedup(rows, baseline: str | None = None, scope: str = "compute") -> go.Figure:
     baseline = baseline or baseline_backend(rows)
-    title = f"Speed-up over {baseline or 'PyTorch FP32'} (p50, higher is better)"
-    df = speedup_table(rows, baseline)
+    scope = pick_scope(rows, scope)
+    title = _scoped(f"Speed-up over {baseline or 'PyTorch FP32'} (p50, higher is better)", scope)
+    df = speedup_table(rows, baseline, scope)
     if df.empty:
         return _empty(title, "needs a PyTorch FP32 run (torch:fp32:cpu or torch:fp32:cuda) as the baseline")
     fig = _fig(title, barmode="group", yaxis_title="× faster", xaxis_title="backend")
@@ -101,28 +160,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def accuracy_vs_latency(rows) -> pd.DataFrame:
-    """One point per backend: its WER/CER and its p50 latency at the longest audio length, batch 1 (or the
-    smallest batch measured)."""
-    acc = {r["backend"]: r for r in rows if r.get("wer") is not None}
-    lat = _latency(rows)
+def accuracy_vs_latency(rows, scope: str = "compute") -> pd.DataFrame:
+    """One point per backend: its WER/CER (accuracy rows) and its p50 latency in one scope at the longest audio
+    length, batch 1 (or the smallest batch measured)."""
+    acc = {r["backend"]: r for r in _of_kind(rows, "accuracy") if _finite(r.get("wer"))}
+    lat, scope = _latency(rows, scope)
     if not acc or lat.empty:
-        return pd.DataFrame(columns=["backend", "wer", "cer", "p50_ms", "config"])
+        return pd.DataFrame(columns=["backend", "wer", "cer", "p50_ms", "config", "scope"])
     lat = lat[lat["batch"] == lat["batch"].min()]
     lat = lat[lat["audio_s"] == lat["audio_s"].max()].set_index("backend")
     out = [{"backend": b, "wer": a["wer"], "cer": a.get("cer"), "p50_ms": float(lat.loc[b, "p50_ms"]),
-            "config": lat.loc[b, "config"]} for b, a in acc.items() if b in lat.index]
-    return pd.DataFrame(out, columns=["backend", "wer", "cer", "p50_ms", "config"])
+            "config": lat.loc[b, "config"], "scope": scope} for b, a in acc.items() if b in lat.index]
+    return pd.DataFrame(out, columns=["backend", "wer", "cer", "p50_ms", "config", "scope"])
 
 
-def wer_vs_latency(rows) -> go.Figure:
+def wer_vs_latency(rows, scope: str = "compute") -> go.Figure:
     title = "WER vs latency, Pareto frontier circled"
-    df = accuracy_vs_latency(rows)
+    df = accuracy_vs_latency(rows, scope)
     if df.empty:
         return _empty(title, "needs latency and WER rows for the same backends")
     front = pareto_front(list(zip(df["p50_ms"], df["wer"])))
     # the frontier: backends nothing else beats on both speed and accuracy
-    fig = _fig(title + f" ({df['config'].iloc[0]})", xaxis_title="p50 latency (ms)", yaxis_title="WER")
+    scope = df["scope"].iloc[0]
+    fig = _fig(_scoped(title + f" ({df['config'].iloc[0]})", scope), xaxis_title=f"p50 latency (ms, {scope})",
+               yaxis_title="WER")
     fig.add_scatter(x=df["p50_ms"], y=df["wer"], mode="markers+text", text=df["backend"], textposition="top center",
                     marker=dict(size=12), name="backends", cliponaxis=False,
                     hovertemplate="%{text}<br>%{x:.2f} ms<br>WER %{y:.3f}<extra></extra>")
@@ -133,48 +194,113 @@ def wer_vs_latency(rows) -> go.Figure:
     return fig
 
 
-def latency_vs_length(rows) -> go.Figure:
-    title = "Latency vs audio length (p50, smallest batch)"
-    df = _latency(rows)
+def latency_vs_length(rows, scope: str = "compute") -> go.Figure:
+    df, scope = _latency(rows, scope)
+    title = _scoped("Latency vs audio length (p50, smallest batch)", scope)
     if df.empty:
         return _empty(title, "no latency rows")
     df = df[df["batch"] == df["batch"].min()].sort_values("audio_s")
-    fig = _fig(title, xaxis_title="audio length (s)", yaxis_title="p50 ms")
+    fig = _fig(title, xaxis_title="audio length (s)", yaxis_title=f"p50 ms ({scope})")
     for backend, g in df.groupby("backend", sort=False):
         fig.add_scatter(x=g["audio_s"], y=g["p50_ms"], mode="lines+markers", name=backend)
     return fig
 
 
-def throughput_vs_batch(rows) -> go.Figure:
-    title = "Throughput vs batch size (seconds of audio per second, longest length)"
-    df = _latency(rows)
+def throughput_vs_batch(rows, scope: str = "compute") -> go.Figure:
+    df, scope = _latency(rows, scope)
+    title = _scoped("Throughput vs batch size (seconds of audio per second, longest length)", scope)
     if df.empty:
         return _empty(title, "no latency rows")
     df = df[df["audio_s"] == df["audio_s"].max()].sort_values("batch")
-    fig = _fig(title, xaxis_title="batch", yaxis_title="audio s / s")
+    fig = _fig(title, xaxis_title="batch", yaxis_title=f"audio s / s ({scope})")
     for backend, g in df.groupby("backend", sort=False):
         fig.add_scatter(x=g["batch"], y=g["audio_s_per_s"], mode="lines+markers", name=backend)
     fig.update_xaxes(type="log", dtick=0.30103)
     return fig
 
 
-def compare_runs(rows_a, rows_b, label_a: str = "run A", label_b: str = "run B") -> go.Figure:
-    """p50 of two runs side by side for the (backend, length, batch) cells both measured."""
-    title = f"p50 latency: {label_a} vs {label_b}"
-    a, b = _latency(rows_a), _latency(rows_b)
-    if a.empty or b.empty:
-        return _empty(title, "both runs need latency rows")
+def _common_scope(rows_a, rows_b, scope: str) -> str | None:
+    shared = [s for s in scopes(rows_a) if s in scopes(rows_b)]
+    return scope if scope in shared else (shared[0] if shared else None)
+
+
+def _cells(rows, scope) -> set[tuple]:
+    df, _ = _latency(rows, scope)
+    return set() if df.empty else set(zip(df["backend"], df["audio_s"].astype(float), df["batch"].astype(int)))
+
+
+def run_differences(rows_a, rows_b, label_a: str = "run A", label_b: str = "run B",
+                    scope: str = "compute") -> list[str]:
+    """What keeps two runs' latency from being compared cell by cell, one sentence each (empty: nothing):
+    a missing or different timing scope, backends, audio lengths or batch sizes only one run measured."""
+    sa, sb = scopes(rows_a), scopes(rows_b)
+    out = [f"{label} has no latency rows" for label, s in ((label_a, sa), (label_b, sb)) if not s]
+    if out:
+        return out
+    if sa != sb:
+        out.append(f"timing scopes: {label_a} {', '.join(sa)}; {label_b} {', '.join(sb)}")
+    scope = _common_scope(rows_a, rows_b, scope)
+    if scope is None:
+        return out + ["no timing scope in common: compute and e2e times are different quantities"]
+    a, b = _cells(rows_a, scope), _cells(rows_b, scope)
+    axes = []
+    for i, name, fmt in ((0, "backends", str), (1, "audio lengths (s)", "{:g}".format), (2, "batch sizes", str)):
+        va, vb = {c[i] for c in a}, {c[i] for c in b}
+        only = [f"only in {label}: {', '.join(fmt(v) for v in sorted(vs))}"
+                for label, vs in ((label_a, va - vb), (label_b, vb - va)) if vs]
+        if only:
+            axes.append(f"{name} ({scope}) " + "; ".join(only))
+    if not a & b and not axes:  # same backends, lengths and batches, but combined differently
+        axes.append(f"no backend × length × batch cell measured by both ({scope})")
+    return out + axes
+
+
+def compare_runs(rows_a, rows_b, label_a: str = "run A", label_b: str = "run B",
+                 scope: str = "compute") -> go.Figure:
+    """p50 of two runs side by side for the (backend, length, batch) cells both measured in the same timing scope;
+    when they share none, the figure says what differs."""
+    common = _common_scope(rows_a, rows_b, scope)
+    title = _scoped(f"p50 latency: {label_a} vs {label_b}", common)
+    why = run_differences(rows_a, rows_b, label_a, label_b, scope)
+    if common is None:  # no latency, or only scopes the other run lacks: nothing is comparable
+        return _empty(title, "<br>".join(why))
+    a, b = _latency(rows_a, common)[0], _latency(rows_b, common)[0]
     key = ["backend", "config"]
     m = a[key + ["p50_ms"]].merge(b[key + ["p50_ms"]], on=key, suffixes=("_a", "_b"))
     if m.empty:
-        return _empty(title, "the two runs share no backend × length × batch")
+        return _empty(title, "<br>".join(["the two runs share no backend × length × batch:"] + why))
     x = m["backend"] + " · " + m["config"]
-    fig = _fig(title, barmode="group", yaxis_title="p50 ms")
+    fig = _fig(title, barmode="group", yaxis_title=f"p50 ms ({common})")
     fig.add_bar(name=label_a, x=x, y=m["p50_ms_a"])
     fig.add_bar(name=label_b, x=x, y=m["p50_ms_b"],
                 text=[f"{(vb / va - 1) * 100:+.0f}%" for va, vb in zip(m["p50_ms_a"], m["p50_ms_b"])],
                 textposition="outside")
     return fig
+
+
+def memory_bars(rows) -> go.Figure:
+    """Peak memory per backend (memory rows): device memory for GPU backends, host RSS for CPU ones."""
+    title = "Peak memory per backend"
+    df = pd.DataFrame([r for r in _of_kind(rows, "memory") if _finite(r.get("peak_mem_mb"))])
+    if df.empty:
+        return _empty(title, "no memory rows")
+    df["mem_scope"] = df["mem_scope"].fillna("?") if "mem_scope" in df else "?"
+    fig = _fig(title, barmode="group", xaxis_title="backend", yaxis_title="peak MB")
+    for mem_scope, g in df.groupby("mem_scope", sort=False):
+        fig.add_bar(name=f"{mem_scope} memory", x=g["backend"], y=g["peak_mem_mb"],
+                    text=[f"{v:,.0f} MB" for v in g["peak_mem_mb"]], textposition="outside")
+    return fig
+
+
+def conformance_table(rows) -> pd.DataFrame:
+    """Conformance rows as pass/FAIL per cell (rows: a matrix has dozens) × backend (columns)."""
+    rows = _of_kind(rows, "conformance")
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame({"backend": [r.get("backend") for r in rows],
+                       "cell": [r.get("cell") or f"batch {r.get('batch')}" for r in rows],
+                       "result": ["pass" if r.get("passed") else "FAIL" for r in rows]})
+    return df.pivot_table(index="cell", columns="backend", values="result", aggfunc="first", sort=False)
 
 
 def transcript_latency(rows) -> go.Figure:
@@ -201,8 +327,8 @@ def serving_curve(rows) -> go.Figure:
     """Load sweep: throughput against latency, one point per concurrency (the knee shows saturation)."""
     title = "Throughput vs latency per concurrency (Triton)"
     pts = [(r.get("concurrency"), _pick(r, "p50_ms"), _pick(r, "p99_ms"), _pick(r, "items_per_s", "throughput"))
-           for r in rows]
-    pts = [p for p in pts if p[1] is not None and p[3] is not None]
+           for r in _of_kind(rows, "sweep")]
+    pts = [p for p in pts if _finite(p[1]) and _finite(p[3])]
     if not pts:
         return _empty(title, "no load-test rows")
     df = pd.DataFrame(pts, columns=["concurrency", "p50_ms", "p99_ms", "throughput"]).sort_values("concurrency")
@@ -221,7 +347,8 @@ def queue_compute(rows) -> go.Figure:
              ("compute input", ("compute_input_ms", "server_compute_input_ms")),
              ("compute", ("compute_ms", "compute_infer_ms", "server_compute_infer_ms", "server_compute_ms")),
              ("compute output", ("compute_output_ms", "server_compute_output_ms"))]
-    rows = sorted([r for r in rows if r.get("concurrency") is not None], key=lambda r: r["concurrency"])
+    rows = sorted([r for r in _of_kind(rows, "sweep") if r.get("concurrency") is not None],
+                  key=lambda r: r["concurrency"])
     if not rows or all(_pick(r, *keys) is None for r in rows for _, keys in parts):
         return _empty(title, "no server-side statistics in these rows")
     x = [f"c={int(r['concurrency'])}" for r in rows]

@@ -1,10 +1,10 @@
-"""Overview: the active model, the machine, what has been built and the latest comparison."""
+"""Overview: the active model, the machine, what has been built and a stored run (the newest usable one by default)."""
 import streamlit as st
 
-from core import charts
 from core.envinfo import device_label
 from core.jobs import finished_artifacts, list_jobs
 from core.results import rows, runs
+from pages._runs import run_picker, show_run
 from pages._shared import active_model, available_backends, catalogue, guarded, model_badge
 
 st.title("ASR inference-backend workbench")
@@ -25,19 +25,13 @@ c[4].metric("Result runs", len(all_runs))
 
 left, right = st.columns([3, 2], gap="large")
 with left, guarded():
-    latest = next((r for r in all_runs if any(x.get("p50_ms") is not None for x in rows(r["id"]))), None)
-    if latest:
-        data = rows(latest["id"])
-        st.subheader(f"Latest comparison — run {latest['id']}")
-        st.caption(f"{latest['created']} · {latest['note'] or latest['kind']}")
-        st.plotly_chart(charts.latency_bars(data), width="stretch")
-        if not charts.speedup_table(data).empty:
-            st.plotly_chart(charts.speedup(data), width="stretch")
-        if not charts.accuracy_vs_latency(data).empty:
-            st.plotly_chart(charts.wer_vs_latency(data), width="stretch")
+    st.subheader("Results")
+    picked = run_picker("overview_pick")
+    if picked:
+        show_run(rows(picked["id"]), "overview_view", compact=True)
     else:
-        st.subheader("No measurements yet")
-        st.info("Run a benchmark to compare backends on this machine.", icon=":material/speed:")
+        st.info("No measurements yet: run a benchmark to compare backends on this machine.",
+                icon=":material/speed:")
         st.page_link("pages/benchmark.py", label="Open Benchmark", icon=":material/speed:")
 with right:
     st.subheader("Get started")

@@ -101,7 +101,7 @@ else:
                              text=f"c={row['concurrency']}: {row['items_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms")
             rows = loadtest.sweep(loaded, clips, url, "http", model_name, levels, int(requests), float(per_level),
                                   served_backend=local.backend if local else None, progress=tick)
-            run_id = save(rows, "load", note=f"dashboard sweep {url} {levels}")
+            run_id = save(rows, "sweep", note=f"dashboard sweep {url} {levels}")
             st.session_state["sweep_rows"] = rows
             status.update(label=f"{len(rows)} levels measured — saved as run {run_id}", state="complete")
     rows = st.session_state.get("sweep_rows") or []

@@ -113,18 +113,64 @@ def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path):
     data = app.session_state["bench_run"]
     from core.results import rows
     got = rows(data)
-    assert {(r["backend"], r["batch"]) for r in got if r["kind"] == "latency"} == \
-        {(b, n) for b in ("torch:fp32:cpu", "ort:fp32:cpu") for n in (1, 2)}
-    assert sum(r["kind"] == "accuracy" for r in got) == 2
-    assert len(app.get("plotly_chart")) >= 5
+    assert {(r["backend"], r["batch"], r["scope"]) for r in got if r["kind"] == "latency"} == \
+        {(b, n, s) for b in ("torch:fp32:cpu", "ort:fp32:cpu") for n in (1, 2) for s in ("compute", "e2e")}
+    assert sum(r["kind"] == "accuracy" for r in got) == 2 and sum(r["kind"] == "memory" for r in got) == 2
+    assert runs()[0]["kind"] == "benchmark"
+    assert app.selectbox(key="bench_pick").value == data  # the run just measured is shown
+    assert app.radio(key="bench_view_scope").options == ["compute", "e2e"]
+    assert len(app.get("plotly_chart")) >= 6
     assert [d.label for d in app.get("download_button")] == ["CSV", "JSON"]
+    app.radio(key="bench_view_scope").set_value("e2e").run()
+    assert not app.exception and "e2e" in app.get("plotly_chart")[0].proto.spec
     app.button[0].click().run()  # a second run: the two can be compared
     assert len(runs()) == before + 2
-    assert [s.label for s in app.selectbox] == ["Run A", "Run B"]
+    assert [s.label for s in app.selectbox] == ["Run", "Run A", "Run B"]
     compare = app.get("plotly_chart")[-1].proto.spec
     assert "p50 latency" in compare and "torch:fp32:cpu" in compare
-    page(app, "pages/overview.py")  # the overview shows the latest comparison
-    assert any("Latest comparison" in h.value for h in app.subheader) and app.get("plotly_chart")
+    page(app, "pages/overview.py")  # the overview shows the newest run
+    assert app.selectbox(key="overview_pick").value == runs()[0]["id"] and app.get("plotly_chart")
+
+
+def test_run_picker_opens_on_the_newest_usable_run(app):
+    """A newer failed sweep and a newer empty run are listed (or not) but never the default; picking another run
+    re-renders it with its own charts."""
+    from core.results import save
+    nan = float("nan")
+
+    def lat(backend, scope, p50):
+        return {"kind": "latency", "scope": scope, "backend": backend, "audio_s": 1.0, "batch": 1, "p50_ms": p50,
+                "p90_ms": p50, "p99_ms": p50, "p50_ci95_ms": [p50 * 0.9, p50 * 1.1], "stable": True,
+                "cold_start_s": 0.5, "peak_mem_mb": 100.0, "mem_scope": "host", "audio_s_per_s": 1e3 / p50}
+    conformance = save([{"kind": "conformance", "backend": "ort:fp32:cpu", "batch": b, "cell": f"1 s × {b}",
+                         "max_abs_dlogit": 1e-5, "passed": b < 4} for b in (1, 2, 4)], "conformance")
+    good = save([lat("torch:fp32:cpu", "compute", 9.0), lat("torch:fp32:cpu", "e2e", 12.0),
+                 {"kind": "memory", "backend": "torch:fp32:cpu", "peak_mem_mb": 100.0, "mem_scope": "host"}],
+                "benchmark", "usable")
+    sweep_ok = save([{"kind": "sweep", "backend": "triton:fp32:http", "concurrency": c, "n": 10, "errors": 0,
+                      "p50_ms": 5.0 * c, "p99_ms": 8.0 * c, "items_per_s": 50.0 * c} for c in (1, 2)], "sweep")
+    failed = save([{"kind": "sweep", "backend": "triton:fp32:http", "concurrency": c, "n": 0, "errors": 7,
+                    "p50_ms": nan, "p99_ms": nan, "items_per_s": 0.0} for c in (1, 2, 4, 8)], "sweep", "server down")
+    save([], "latency", "nothing measured")
+    for path, key in (("pages/overview.py", "overview_pick"), ("pages/benchmark.py", "bench_pick")):
+        page(app, path)
+        picker = app.selectbox(key=key)
+        assert picker.value == sweep_ok, path  # newer than `good`; `failed` and the empty run are newer still
+        assert any(o.startswith(f"#{failed} ·") and "4 sweep (4 failed)" in o for o in picker.options)
+        shown = " ".join(c.proto.spec for c in app.get("plotly_chart"))
+        assert "Throughput vs latency" in shown and "Latency per backend" not in shown  # a sweep: serving charts
+        picker.set_value(good).run()
+        assert not app.exception, [e.value for e in app.exception]
+        shown = " ".join(c.proto.spec for c in app.get("plotly_chart"))
+        assert "Latency per backend" in shown and "Throughput vs latency" not in shown
+        table = app.dataframe[0].value
+        assert {"scope", "p50_ms", "p90_ms", "p99_ms", "p50_ci95_ms", "stable", "cold_start_s",
+                "peak_mem_mb"} <= set(table.columns)
+        picker.set_value(failed).run()  # a failed run can still be looked at, without a crash
+        assert not app.exception and any("failed" in w.value for w in app.warning)
+        picker.set_value(conformance).run()  # a pass/fail table, never latency bars
+        assert not app.exception and not [c for c in app.get("plotly_chart") if c.key != "cmp_chart"]
+        assert app.dataframe[0].value["ort:fp32:cpu"].tolist() == ["pass", "pass", "FAIL"]
 
 
 def test_build_page_starts_an_export_job(app):

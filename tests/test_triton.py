@@ -96,19 +96,19 @@ def test_sweep_numbers_are_coherent(served, tiny, speech):
         assert r["server_stats"] and r["server_requests"] == r["n"]  # server saw exactly what clients counted
         assert r["server_compute_ms"] > 0 and r["server_queue_ms"] >= 0
     assert rows[2]["server_avg_batch"] > 1.2  # 4 clients, one instance: the dynamic batcher merges requests
-    run = save(rows, "load")
-    stored = db_rows(run, "load")
+    run = save(rows, "sweep")
+    stored = db_rows(run, "sweep")
     assert [r["concurrency"] for r in stored] == [1, 2, 4] and stored[0]["consistency"] == 1.0
 
 
-def test_cli_sweep_over_grpc_saves_load_rows(served, hindi_wav):
+def test_cli_sweep_over_grpc_saves_sweep_rows(served, hindi_wav):
     from core.cli import main
     from core.results import rows as db_rows
     rc = main(["sweep", "--model", TINY, "--url", served.url("grpc"), "--protocol", "grpc", "--model-name", "asr",
                "--concurrency", "1", "2", "--requests", "6", "--seconds", "3", "--audio", str(hindi_wav),
                "--reference-backend", "ort:fp32:cpu"])
     assert rc == 0
-    latest = db_rows(kind="load")[:2]
+    latest = db_rows(kind="sweep")[:2]
     assert sorted(r["concurrency"] for r in latest) == [1, 2]
     assert all(r["backend"] == "triton:fp32:grpc" and r["errors"] == 0 and r["consistency"] == 1.0 for r in latest)
 

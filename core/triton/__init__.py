@@ -68,7 +68,7 @@ def cmd_sweep(args):
     if rows and rows[-1].get("server_died"):
         print("the server stopped answering: sweep ended early", file=sys.stderr)
     if not args.no_save:
-        print(f"saved as run {save(rows, 'load', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+        print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
 
 
 def _batching(s):

@@ -148,7 +148,7 @@ def _live(client) -> bool:
 def sweep(loaded, clips: list[Clip], url: str, protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
           served_backend: str | None = None, progress=None) -> list[dict]:
-    """One row per concurrency level (kind "load"); stops early when the server is gone."""
+    """One row per concurrency level (kind "sweep"); stops early when the server is gone."""
     from ..backends import BackendSpec
     from ..backends.triton_backend import TritonBackend
     from ..transcribe import decode
@@ -185,7 +185,7 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
     lat = np.array([t for t, _ in r["latencies"]]) if ok else np.array([np.nan])
     audio = sum(s for _, s in r["latencies"])
     wall = r["wall_s"] or float("nan")
-    row = {"kind": "load", "model": loaded.source, "model_label": loaded.label,
+    row = {"kind": "sweep", "model": loaded.source, "model_label": loaded.label,
            "random_weights": loaded.random_weights, "backend": str(spec), "runtime": "triton",
            "precision": spec.precision, "device": spec.device, "audio_s": round(audio_mean, 3), "batch": 1,
            "concurrency": level, "n": ok, "errors": len(r["errors"]), "requests_sent": r["sent"],
