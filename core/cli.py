@@ -7,12 +7,22 @@ import json
 import sys
 
 from .errors import WorkbenchError
+from .pipeline.onnx_specs import DEFAULT_KEEP_FP32, VARIANTS
 
 MODEL_HELP = ("Hugging Face id, local folder, 'demo' (offline synthetic-speech demo model) or "
               "'random:wav2vec2-large' / 'random:wav2vec2-tiny' (random weights, speed only). "
               "Default: ai4bharat/indicwav2vec-hindi, falling back to the demo model when the Hub is unreachable.")
 
-PLUGINS = ("core.variants", "core.tensorrt", "core.triton", "core.profiling")
+
+def _optional(name: str):
+    """A module of an optional part (precision variants, TensorRT, Triton, profiling), or None when this build of
+    the workbench leaves it out: its commands are then not declared. A missing dependency of the module still raises."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
 
 
 def _model(args):
@@ -42,16 +52,80 @@ def cmd_info(args):
     for b in catalogue():
         print(f"  {b['backend']:20} {'yes' if b['available'] else 'no  (' + b['why'] + ')'}")
     print(f"artifacts: {artifacts_dir()}")
-    for meta in sorted(artifacts_dir().glob("*/*/*/meta.json")):
-        print(f"  {meta.parent.relative_to(artifacts_dir())}")
+    from .pipeline.listing import artifact_rows
+    for r in artifact_rows():
+        print(f"  {r['status']:9} {r['model']} {r['stage']} {r['precision']} ({r['dir']})")
     if args.model is not None:
         print(json.dumps(_model(args).describe(), indent=2, ensure_ascii=False))
 
 
-def cmd_export(args):
-    from .export import export_onnx
-    art = export_onnx(_model(args), out_dir=args.out, opset=args.opset, exporter=args.exporter, force=args.force)
-    print(json.dumps({"path": str(art.path), "parity": art.meta["parity"]}, indent=2, ensure_ascii=False))
+def _gate_args(s, precision_help: str = "") -> None:
+    s.add_argument("--max-rel-dlogit", type=float, default=None,
+                   help="gate: max |Δlogit| against PyTorch FP32 as a fraction of its logit scale (default per "
+                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8 0.5)")
+    s.add_argument("--max-wer-delta", type=float, default=None,
+                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8 2)")
+    s.add_argument("--accept-rejected", action="store_true",
+                   help="offer the artifact as a backend even if its gate rejects it (recorded in its meta.json)")
+    s.add_argument("--force", action="store_true", help="rebuild even if a finished artifact exists")
+
+
+def _build_summary(art) -> dict:
+    f = art.meta.get("figures", {})
+    return {"stage": art.meta["stage"], "precision": art.meta["precision"], "status": art.status,
+            "accepted": bool(art.meta.get("accepted")), "reasons": art.meta.get("reasons", []), "key": art.key,
+            "path": str(art.path), "max_abs_dlogit": f.get("max_abs_dlogit"), "rel_dlogit": f.get("rel_dlogit"),
+            "wer": f.get("wer"), "wer_fp32": f.get("wer_fp32"), "wer_delta_points": f.get("wer_delta_points"),
+            "gate": art.meta.get("gate")}
+
+
+def cmd_build(args):
+    from .pipeline import accept
+    from .pipeline.gates import Gate
+    from .pipeline.onnx_build import build_onnx, build_variant
+    loaded = _model(args)
+    precision = "fp32" if args.stage == "onnx" else args.stage
+    gate = Gate.default(precision, args.max_rel_dlogit, args.max_wer_delta)
+    log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
+    manifest = args.manifest
+    print(f"progress: 0.05 building {args.stage}", flush=True)
+    if args.stage == "onnx":
+        art = build_onnx(loaded, args.opset, args.exporter, gate, manifest, args.force, log)
+    else:
+        art = build_variant(loaded, args.stage, manifest=manifest, calib_size=args.calib_size,
+                            keep_fp32_ops=args.keep_fp32, calib_manifest=args.calib_manifest, gate=gate,
+                            force=args.force, log=log)
+    if art.status == "rejected" and args.accept_rejected and not art.meta.get("accepted"):
+        art = accept(art, note="python -m core build --accept-rejected")
+    print("progress: 1.00 done", flush=True)
+    if art.meta.get("calibration_in_eval_set"):
+        print("note: INT8 was calibrated on clips of the evaluation manifest; its WER is optimistic. "
+              "Pass --calib-manifest with other audio for an unbiased figure.", file=sys.stderr)
+    print(json.dumps(_build_summary(art), indent=2, ensure_ascii=False))
+    if not art.usable:
+        print(f"error: {args.stage} rejected by its gate: {'; '.join(art.meta['reasons'])}\n  → not offered as a "
+              "backend; loosen the gate or pass --accept-rejected to use it anyway", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_artifacts(args):
+    import shutil
+    from .pipeline.listing import artifact_rows
+    source = _model(args).source if args.model else None
+    rows = artifact_rows(source)
+    if args.prune:
+        for r in [r for r in rows if r["status"] == "stale"]:
+            shutil.rmtree(r["dir"], ignore_errors=True)
+            print(f"removed stale {r['dir']} ({r['why']})", file=sys.stderr)
+        rows = [r for r in rows if r["status"] != "stale"]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+    elif rows:
+        print(_table(rows, ["model", "stage", "precision", "status", "key", "max_abs_dlogit", "rel_dlogit",
+                            "wer_delta_points", "size_mb", "created", "why"]))
+    else:
+        print("no artifacts built yet: python -m core build onnx --model <model>")
 
 
 def cmd_transcribe(args):
@@ -169,6 +243,125 @@ def cmd_wer(args):
         print(f"saved as run {save(rows, 'accuracy', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
 
 
+def cmd_variants(args):
+    """Several precision variants at once: `build fp16|mixed|int8` for each."""
+    codes = []
+    for i, precision in enumerate(args.precision):
+        print(f"progress: {i / len(args.precision):.2f} building {precision}", flush=True)
+        codes.append(cmd_build(argparse.Namespace(**{**vars(args), "stage": precision, "force": args.force,
+                                                     "max_rel_dlogit": None, "max_wer_delta": None,
+                                                     "accept_rejected": False, "opset": 17,
+                                                     "exporter": "torchscript"})))
+    return max(codes, default=0)
+
+
+def cmd_trt_build(args):
+    from .errors import BackendUnavailableError
+    from .tensorrt import EngineSettings, build_engine, tensorrt_available
+    ok, why = tensorrt_available()
+    if not ok:
+        raise BackendUnavailableError("TensorRT not installed.", "install tensorrt-cu12 or tensorrt-cu13 "
+                                      "(the other backends work without it: python -m core info)")
+    loaded = _model(args)
+    settings = EngineSettings(args.min_seconds, args.opt_seconds, args.max_seconds, args.min_batch, args.opt_batch,
+                              args.max_batch, args.workspace_gb, args.opt_level, tuple(args.keep_fp32 or ()))
+    from .pipeline import accept
+    from .pipeline.gates import Gate
+    codes = []
+    for precision in args.precision:
+        gate = Gate.default(precision, args.max_rel_dlogit, args.max_wer_delta)
+        art = build_engine(loaded, precision, settings, gate=gate, force=args.rebuild or args.force,
+                           log=lambda m: print(m, flush=True))
+        if art.status == "rejected" and args.accept_rejected and not art.meta.get("accepted"):
+            art = accept(art, note="python -m core trt-build --accept-rejected")
+        print(json.dumps({**_build_summary(art), "tensorrt": art.meta.get("tensorrt"), "gpu": art.meta.get("gpu"),
+                          "build_seconds": art.meta.get("build_seconds")}, ensure_ascii=False))
+        codes.append(0 if art.usable else 1)
+    return max(codes, default=0)
+
+
+def cmd_repo(args):
+    from .triton.repo import RepoOptions, build_repo
+    opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred), max_queue_delay_us=args.max_queue_delay_us,
+                       instances=args.instances, kind=args.kind, trt_accelerator=args.trt_accelerator)
+    path = build_repo(_model(args), args.backend, name=args.model_name, opts=opts, engine=args.engine)
+    print(path)
+    print((path / args.model_name / "config.pbtxt").read_text(encoding="utf-8"))
+
+
+def cmd_serve(args):
+    from .triton import server
+    if args.stop:
+        print("stopped" if server.stop(args.name) else f"no running server named '{args.name}'")
+        return
+    if args.status:
+        info = server.read_state(args.name)
+        print(f"running: pid {info.pid}, http {info.url('http')}, grpc {info.url('grpc')}, model '{info.model_name}' "
+              f"({info.backend}), log {info.log}" if info else f"no running server named '{args.name}'")
+        return
+    print(f"starting Triton (PyTriton) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
+    info = server.start(args.model, args.backend, name=args.name, model_name=args.model_name, address=args.address,
+                        http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                        max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
+                        instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
+                        timeout_s=args.timeout)
+    print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
+          f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
+    print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
+    print("stop:    python -m core serve --stop")
+
+
+def cmd_sweep(args):
+    from .audio import load_audio
+    from .backends import make_backend
+    from .export import parity_audio
+    from .results import save
+    from .triton import server
+    from .triton.loadtest import prepare_clips, sweep
+    loaded = _model(args)
+    local = server.read_state(args.name)
+    url = args.url or (local.url(args.protocol) if local else f"localhost:{8000 if args.protocol == 'http' else 8001}")
+    model_name = args.model_name or (local.model_name if local else "asr")
+    served = args.served_backend or (local.backend if local and not args.url else None)
+    audios = [load_audio(p, loaded.sample_rate) for p in args.audio] if args.audio else parity_audio(loaded, n=8)
+    with make_backend(args.reference_backend, loaded) as ref:
+        clips = prepare_clips(loaded, audios, args.audio_seconds, ref)
+    print(f"sweep {url} ({args.protocol}) model '{model_name}': {len(clips)} clips, levels {args.concurrency}, "
+          f"≤{args.requests} requests / ≤{args.seconds:g} s per level", file=sys.stderr)
+    rows = sweep(loaded, clips, url, args.protocol, model_name, args.concurrency, args.requests, args.seconds,
+                 args.timeout, served_backend=served,
+                 progress=lambda r: print(f"  c={r['concurrency']}: {r['items_per_s']:.2f} req/s, p50 "
+                                          f"{r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr))
+    print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
+                        "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms"]))
+    for r in rows:
+        if r["errors"]:
+            print(f"  c={r['concurrency']} errors, e.g.: {r['error_examples'][0]}", file=sys.stderr)
+    if rows and rows[-1].get("server_died"):
+        print("the server stopped answering: sweep ended early", file=sys.stderr)
+    if not args.no_save:
+        print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+
+
+def cmd_profile(args):
+    from .profiling import fusion_summary, onnx_op_histogram, torch_op_table
+    loaded = _model(args)
+    print(f"progress: 0.1 PyTorch profiler, {args.seconds:g} s of audio on {args.device}", file=sys.stderr)
+    df = torch_op_table(loaded, args.seconds, args.device, args.top)
+    print(f"# PyTorch operators, one forward pass ({args.seconds:g} s audio, {args.device}), by self time")
+    print(_table(df.to_dict("records"), list(df.columns)))
+    if args.onnx:
+        from .export import export_onnx
+        print("progress: 0.5 ONNX export and ORT graph optimisation", file=sys.stderr)
+        hist = onnx_op_histogram(export_onnx(loaded, log=lambda *_: None).path)
+        s = fusion_summary(hist)
+        print(f"\n# ONNX graph: {s['nodes_exported']} nodes exported -> {s['nodes_basic']} (ORT basic) -> "
+              f"{s['nodes_all']} (ORT all)")
+        print(f"fused in: {', '.join(s['new_ops']) or '-'}\nfused away: {', '.join(s['gone_ops']) or '-'}")
+        print(_table(hist.to_dict("records"), list(hist.columns)))
+    print("progress: 1.0 done", file=sys.stderr)
+
+
 def cmd_results(args):
     from .results import rows, runs
     if args.run is None:
@@ -176,6 +369,50 @@ def cmd_results(args):
     else:
         print(_table(rows(args.run), ["kind", "backend", "scope", "audio_s", "batch", "concurrency", "p50_ms",
                                       "p90_ms", "p99_ms", "audio_s_per_s", "wer", "cer", "cell", "passed", "gpu"]))
+
+
+def _batching(s):
+    s.add_argument("--model-name", default="asr", help="name of the model on the server")
+    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--preferred", type=int, nargs="*", default=[], help="preferred dynamic-batch sizes")
+    s.add_argument("--max-queue-delay-us", type=int, default=500)
+    s.add_argument("--instances", type=int, default=1)
+
+
+def _triton_commands(add):
+    s = add("triton-repo", cmd_repo, "Write a Triton container model repository (onnxruntime or tensorrt_plan).")
+    s.add_argument("--backend", default="ort:fp16:cuda", help="ort:<precision>:<device> or trt:<precision>:cuda")
+    s.add_argument("--engine", help="TensorRT engine (.plan) for trt backends")
+    s.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind")
+    s.add_argument("--trt-accelerator", action="store_true", help="ONNX Runtime's TensorRT accelerator in Triton")
+    _batching(s)
+    s = add("serve", cmd_serve, "Serve a backend through a local Triton server (PyTriton, no container).")
+    s.add_argument("--backend", default="ort:fp32:cpu")
+    s.add_argument("--name", default="default", help="server name (several can run on different ports)")
+    s.add_argument("--address", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
+    for proto, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        s.add_argument(f"--{proto}-port", type=int, default=port)
+    s.add_argument("--threads", type=int, help="intra-op threads per ONNX Runtime instance")
+    s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
+    s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
+                   "serving (GPU backends that compile or capture graphs per shape)")
+    s.add_argument("--stop", action="store_true", help="stop the running server")
+    s.add_argument("--status", action="store_true", help="show the running server")
+    _batching(s)
+    s = add("sweep", cmd_sweep, "Load sweep against a Triton server: throughput/latency per concurrency level.")
+    s.add_argument("--url", help="host:port (default: the local `serve` server)")
+    s.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    s.add_argument("--model-name", default=None)
+    s.add_argument("--name", default="default", help="local server name (for the default url)")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    s.add_argument("--requests", type=int, default=200, help="max requests per level")
+    s.add_argument("--seconds", type=float, default=30, help="max seconds per level")
+    s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")
+    s.add_argument("--audio", nargs="+", help="speech files to send (default: the shipped test clips)")
+    s.add_argument("--audio-seconds", type=float, help="tile/crop every clip to this length")
+    s.add_argument("--reference-backend", default="torch:fp32:cpu", help="in-process backend for transcript agreement")
+    s.add_argument("--served-backend", help="label of what the server runs (recorded with the results)")
+    s.add_argument("--no-save", action="store_true")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -189,10 +426,28 @@ def parser() -> argparse.ArgumentParser:
         return s
 
     add("info", cmd_info, "Show the environment, which backends run here, and built artifacts.")
-    s = add("export", cmd_export, "Export the model to ONNX (FP32) and check parity against PyTorch.")
-    s.add_argument("--opset", type=int, default=17)
-    s.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
-    s.add_argument("--out", default=None, help="output folder (default artifacts/<model>/onnx/fp32)")
+    for name, help_ in (("build", "Build one artifact through the pipeline (ONNX export or a precision variant): "
+                                  "built once per content key, verified by its gate, committed atomically."),
+                        ("export", "Alias of `build onnx`: the FP32 ONNX export, verified against PyTorch.")):
+        s = add(name, cmd_build, help_)
+        if name == "build":
+            s.add_argument("stage", choices=("onnx", "fp16", "mixed", "int8"),
+                           help="onnx: the FP32 export; fp16/mixed/int8: ONNX Runtime precision variants of it "
+                                "(TensorRT engines and Triton repositories: trt-build, triton-repo)")
+        else:
+            s.set_defaults(stage="onnx")
+        s.add_argument("--opset", type=int, default=17)
+        s.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+        s.add_argument("--manifest", default=None, help="labelled set for the WER gate (default: the demo set)")
+        s.add_argument("--calib-manifest", default=None, help="audio for INT8 calibration (default: --manifest)")
+        s.add_argument("--calib-size", type=int, default=None, help="INT8 calibration clips (default 32)")
+        s.add_argument("--keep-fp32", nargs="+", default=None, metavar="OP",
+                       help="op types kept FP32 in mixed / left unquantized in int8 ('lm_head': the final projection)")
+        _gate_args(s)
+    s = add("artifacts", cmd_artifacts, "List built artifacts: stage, precision, status (verified, rejected, "
+                                        "stale), gate figures, size.")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--prune", action="store_true", help="delete stale artifacts")
     s.add_argument("--force", action="store_true", help="re-export even if a cached export exists")
     backend_help = "runtime:precision:device, e.g. torch:fp32:cpu, torch:fp16:cuda, ort:fp32:cuda (repeatable)"
     s = add("transcribe", cmd_transcribe, "Transcribe audio files (WAV/FLAC/OGG/MP3) on one or more backends.")
@@ -230,14 +485,43 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--beam", action="store_true")
     s.add_argument("--show", action="store_true", help="print every reference/hypothesis pair")
     s.add_argument("--no-save", action="store_true")
-    for name in PLUGINS:  # commands of optional modules (precision variants, TensorRT, Triton)
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue
-            raise
-        mod.add_cli(add)
+    s = add("variants", cmd_variants, "Build several ONNX precision variants (`build fp16|mixed|int8` for each).")
+    s.add_argument("--precision", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    s.add_argument("--manifest", default=None, help="labelled set for the WER gate and INT8 calibration "
+                                                    "(default: data/demo_testset when present)")
+    s.add_argument("--calib-manifest", default=None, help="audio for INT8 calibration (default: --manifest)")
+    s.add_argument("--calib-size", type=int, default=None, help="INT8 calibration clips (default 32)")
+    s.add_argument("--keep-fp32", nargs="+", default=None, metavar="OP",
+                   help="ONNX op types kept FP32 in 'mixed' (and left unquantized in 'int8'); 'lm_head' is the "
+                        f"final projection. Default mixed: {' '.join(DEFAULT_KEEP_FP32)}; int8: lm_head")
+    s.add_argument("--force", action="store_true", help="rebuild even if cached")
+    if trt := _optional("core.tensorrt"):  # declared without TensorRT installed: the command says how to get it
+        s = add("trt-build", cmd_trt_build, "Build TensorRT engines (FP32, FP16, mixed, INT8) with optimization "
+                                            "profiles and a persisted timing cache. " + trt.TRT_MISSING.split(":")[0]
+                                            + " here means: install tensorrt-cu12 or tensorrt-cu13.")
+        s.add_argument("--precision", nargs="+", choices=trt.PRECISIONS, default=["fp16"])
+        d = trt.EngineSettings()
+        s.add_argument("--min-seconds", type=float, default=d.min_seconds)
+        s.add_argument("--opt-seconds", type=float, default=d.opt_seconds)
+        s.add_argument("--max-seconds", type=float, default=d.max_seconds)
+        s.add_argument("--min-batch", type=int, default=d.min_batch)
+        s.add_argument("--opt-batch", type=int, default=d.opt_batch)
+        s.add_argument("--max-batch", type=int, default=d.max_batch)
+        s.add_argument("--workspace-gb", type=float, default=d.workspace_gb)
+        s.add_argument("--opt-level", type=int, default=d.optimization_level, help="builder optimization level 0-5")
+        s.add_argument("--keep-fp32", nargs="+", default=None, metavar="OP",
+                       help="mixed: ONNX op types (and 'lm_head') pinned to FP32 (default: as core.variants)")
+        s.add_argument("--rebuild", action="store_true", help="build again even if a matching engine exists")
+        _gate_args(s)
+    if _optional("core.triton"):  # PyTriton is imported only when a server starts
+        _triton_commands(add)
+    if _optional("core.profiling"):
+        s = add("profile", cmd_profile, "PyTorch operator table for one forward pass, and (--onnx) ONNX Runtime's "
+                                        "graph optimisations as an op histogram.")
+        s.add_argument("--seconds", type=float, default=2.0, help="audio length of the profiled pass")
+        s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        s.add_argument("--top", type=int, default=25)
+        s.add_argument("--onnx", action="store_true", help="also compare the ONNX graph before/after ORT optimisation")
     s = sub.add_parser("results", help="List stored runs, or the rows of one run.")
     s.set_defaults(fn=cmd_results)
     s.add_argument("--run", type=int)
@@ -248,7 +532,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "backend", "") is None:
         args.backend = ["torch:fp32:cpu"]
-    if getattr(args, "manifest", "") is None:
+    if getattr(args, "manifest", "") is None and args.fn is not cmd_build:  # builds: the gate's own default
         from .paths import DEMO_TESTSET
         args.manifest = DEMO_TESTSET
     try:

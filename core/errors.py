@@ -35,3 +35,7 @@ class ParityError(ExportError):
 
 class ManifestError(WorkbenchError):
     pass
+
+
+class NotBuiltError(WorkbenchError):
+    """The artifact a backend needs has not been built (or only a rejected one exists): backends never build."""

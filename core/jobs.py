@@ -174,26 +174,9 @@ def list_jobs() -> list[dict]:
 
 
 def finished_artifacts() -> list[dict]:
-    """One row per finished artifact (a folder with meta.json under artifacts/), with its parity numbers."""
-    root = artifacts_dir()
-    rows = []
-    for meta_path in sorted(root.rglob("meta.json")):
-        if jobs_dir() in meta_path.parents or any(p.name.startswith(".") for p in meta_path.parents):
-            continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        parity = meta.get("parity") or {}
-        size = meta.get("bytes")
-        rows.append({"artifact": str(meta_path.parent.relative_to(root)), "model": meta.get("source"),
-                     "precision": meta.get("precision") or meta.get("variant"),
-                     "size_mb": round(size / 2**20, 1) if isinstance(size, (int, float)) else None,
-                     "max_abs_logit_diff": parity.get("max_abs_logit_diff"),
-                     "transcripts_agree": (f"{parity['transcripts_agree']}/{parity['transcripts_total']}"
-                                           if "transcripts_agree" in parity else None),
-                     "created": meta.get("created"), "meta": meta})
-    return rows
+    """One row per finished pipeline artifact (ONNX, variants, engines, Triton repositories), with its status."""
+    from .pipeline.listing import artifact_rows
+    return [dict(r, artifact=str(Path(r["dir"]).relative_to(artifacts_dir()))) for r in artifact_rows()]
 
 
 def _supervise(job_dir: Path) -> int:

@@ -3,7 +3,6 @@ before and after ONNX Runtime's graph optimisations (operator histograms show th
 from __future__ import annotations
 
 import collections
-import sys
 import tempfile
 from pathlib import Path
 
@@ -87,31 +86,3 @@ def fusion_summary(hist: pd.DataFrame) -> dict:
             "nodes_all": int(hist["all"].sum()),
             "new_ops": hist.loc[hist["change"] == "new (fused)", "op_type"].tolist(),
             "gone_ops": hist.loc[hist["change"] == "gone (fused away)", "op_type"].tolist()}
-
-
-def cmd_profile(args):
-    from .cli import _model, _table
-    loaded = _model(args)
-    print(f"progress: 0.1 PyTorch profiler, {args.seconds:g} s of audio on {args.device}", file=sys.stderr)
-    df = torch_op_table(loaded, args.seconds, args.device, args.top)
-    print(f"# PyTorch operators, one forward pass ({args.seconds:g} s audio, {args.device}), by self time")
-    print(_table(df.to_dict("records"), list(df.columns)))
-    if args.onnx:
-        from .export import export_onnx
-        print("progress: 0.5 ONNX export and ORT graph optimisation", file=sys.stderr)
-        hist = onnx_op_histogram(export_onnx(loaded, log=lambda *_: None).path)
-        s = fusion_summary(hist)
-        print(f"\n# ONNX graph: {s['nodes_exported']} nodes exported -> {s['nodes_basic']} (ORT basic) -> "
-              f"{s['nodes_all']} (ORT all)")
-        print(f"fused in: {', '.join(s['new_ops']) or '-'}\nfused away: {', '.join(s['gone_ops']) or '-'}")
-        print(_table(hist.to_dict("records"), list(hist.columns)))
-    print("progress: 1.0 done", file=sys.stderr)
-
-
-def add_cli(add):
-    s = add("profile", cmd_profile, "PyTorch operator table for one forward pass, and (--onnx) ONNX Runtime's "
-                                    "graph optimisations as an op histogram.")
-    s.add_argument("--seconds", type=float, default=2.0, help="audio length of the profiled pass")
-    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--top", type=int, default=25)
-    s.add_argument("--onnx", action="store_true", help="also compare the ONNX graph before/after ORT optimisation")

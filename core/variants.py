@@ -1,35 +1,18 @@
-"""ONNX precision variants derived from the FP32 export: FP16, mixed (FP16 with sensitive ops kept FP32) and
-INT8 (static Q/DQ, calibrated on real audio). Each records its parity against FP32 and its WER/CER.
-
-Layout: artifacts/<key>/onnx/<variant>/{model.onnx, meta.json}, built in a temp folder and renamed into
-place. Cached by the FP32 source's sha256 plus a hash of the settings; a changed source rebuilds.
-"""
+"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32) and INT8
+(static Q/DQ, calibrated on real audio), plus the graph inspection they need. The variants are built, verified
+and cached by core.pipeline (onnx_build)."""
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ExportError, ManifestError
-from .export import OnnxArtifact, TWO_GB, compare, export_onnx, file_sha256, onnx_dir, parity_audio, read_meta
-from .paths import DEMO_TESTSET, write_json_atomic
+from .export import TWO_GB
+from .pipeline.onnx_specs import INT8_OP_TYPES, LM_HEAD
 
-VARIANTS = ("fp16", "mixed", "int8")
-RECIPE = 1  # bump when the conversion code changes, so cached variants rebuild
-LM_HEAD = "lm_head"  # pseudo op type: the final projection producing the logits
-# Numerically sensitive ops kept in FP32 by the mixed variant. LayerNormalization also covers the
-# decomposed pattern (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div) that older opsets export.
-DEFAULT_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-                     "ReduceL2", "ReduceLogSumExp", LM_HEAD)
-DEFAULT_CALIB_SIZE = 32
-INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise ops gain nothing from INT8
 CALIB_MAX_SECONDS = 20.0  # the window length transcribe() feeds the model
 _LN_CHAIN = {"Sub", "Pow", "ReduceMean", "Add", "Sqrt", "Div", "Mul"}
 
@@ -259,7 +242,7 @@ def _ort_devices(precision: str, loaded) -> list[str]:
 
 
 def _open_variant(path: Path, precision: str, loaded, log):
-    from .backends import BackendSpec
+    from .backends.base import BackendSpec
     from .backends.ort_backend import OrtBackend
     errors = []
     for device in _ort_devices(precision, loaded):
@@ -270,217 +253,3 @@ def _open_variant(path: Path, precision: str, loaded, log):
             log(f"ONNX Runtime {device} cannot run the {precision} model: {err}")
     raise ExportError(f"No ONNX Runtime execution provider here runs the {precision} model: {'; '.join(errors)}",
                       "Build it on a machine with onnxruntime-gpu, or use another precision.")
-
-
-_FP32_WER: dict[tuple, dict] = {}  # (fp32 sha, manifest sha) -> scores, so the reference is scored once
-
-
-def _wer(backend, loaded, manifest: Path) -> dict:
-    from .wer import evaluate
-    r = evaluate(backend, loaded, manifest)
-    return {"wer": r["wer"], "cer": r["cer"], "n": r["n"]}
-
-
-def _checks(loaded, fp32: OnnxArtifact, path: Path, precision: str, manifest: Path | None, log) -> dict:
-    from .backends import BackendSpec
-    from .backends.ort_backend import OrtBackend
-    out: dict = {}
-    with OrtBackend(BackendSpec("ort", "fp32", "cpu"), fp32.path) as ref:
-        cand = _open_variant(path, precision, loaded, log)
-        try:
-            log(f"parity of {precision} against FP32 on {cand.device} ...")
-            out["parity"] = compare(loaded, ref, cand, parity_audio(loaded))
-            out["parity"].update(reference="ort:fp32:cpu", candidate=cand.name)
-            log(f"max |Δlogit| {out['parity']['max_abs_logit_diff']:.3g}, transcripts agree "
-                f"{out['parity']['transcripts_agree']}/{out['parity']['transcripts_total']}")
-            if manifest is None:
-                out["wer"] = None
-                out["wer_note"] = "no labelled manifest (data/demo_testset missing and none given): WER not measured"
-                log(out["wer_note"])
-                return out
-            log(f"WER/CER on {manifest} ...")
-            out["wer"] = _wer(cand, loaded, manifest)
-            key = (fp32.meta.get("sha256"), file_sha256(manifest))
-            if key not in _FP32_WER:
-                _FP32_WER[key] = _wer(ref, loaded, manifest)
-            out["wer"].update(manifest=str(manifest), fp32=_FP32_WER[key])
-            if loaded.random_weights:
-                out["wer_note"] = "random weights: WER/CER are meaningless"
-            log(f"WER {out['wer']['wer']:.3f} (FP32 {out['wer']['fp32']['wer']:.3f}), "
-                f"CER {out['wer']['cer']:.3f} (FP32 {out['wer']['fp32']['cer']:.3f})")
-        finally:
-            cand.close()
-    return out
-
-
-# ---------------------------------------------------------------- public API
-
-def _default_manifest(manifest) -> Path | None:
-    if manifest:
-        path = Path(manifest)
-        if not path.is_file():
-            raise ManifestError(f"Manifest not found: {path}", "Give a CSV, TSV or JSONL of audio paths and texts.")
-        return path
-    return DEMO_TESTSET if DEMO_TESTSET.exists() else None
-
-
-def _settings(precision, keep, calib_size, manifest, calib_manifest) -> dict:
-    import onnxruntime
-    s = {"variant": precision, "recipe": RECIPE, "onnxruntime": onnxruntime.__version__, "keep_fp32_ops": list(keep),
-         "manifest_sha256": file_sha256(manifest) if manifest else None}
-    if precision == "int8":
-        s.update(calib_size=calib_size, calib_sha256=file_sha256(calib_manifest), op_types=list(INT8_OP_TYPES))
-    return s
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def build_variant(loaded, precision: str, *, manifest=None, calib_size: int | None = None,
-                  keep_fp32_ops=None, calib_manifest=None, force: bool = False, log=print) -> OnnxArtifact:
-    """Build (or reuse) one precision variant of `loaded`'s FP32 ONNX export.
-
-    precision: "fp16" (everything FP16 but I/O), "mixed" (FP16, `keep_fp32_ops` kept FP32; default
-    DEFAULT_KEEP_FP32) or "int8" (static Q/DQ; the final projection, or `keep_fp32_ops`, left unquantized).
-    manifest: labelled set for WER/CER (default data/demo_testset when present). INT8 calibrates on the first
-    `calib_size` clips of `calib_manifest` (default: `manifest`). Settings left as None accept an existing
-    variant built from the current FP32 export; explicit settings must match it or it is rebuilt."""
-    if precision not in VARIANTS:
-        raise ExportError(f"Unknown precision variant '{precision}'.", f"Choose from {', '.join(VARIANTS)}; "
-                          "FP32 is the export itself (python -m core export).")
-    fp32 = export_onnx(loaded, log=log)
-    final = onnx_dir(loaded, precision)
-    meta = read_meta(final)
-    explicit = manifest is not None or calib_size is not None or keep_fp32_ops is not None or calib_manifest
-    if meta and not force and not explicit and meta.get("source_sha256") == fp32.meta["sha256"] \
-            and meta.get("recipe") == RECIPE:
-        log(f"{precision} variant cached at {final}")
-        return OnnxArtifact(final / "model.onnx", meta)
-
-    manifest = _default_manifest(manifest)
-    calib_size = DEFAULT_CALIB_SIZE if calib_size is None else int(calib_size)
-    if calib_size < 1:
-        raise ExportError(f"Calibration set size must be at least 1 (got {calib_size}).", "Use --calib-size 32.")
-    if keep_fp32_ops is None:
-        keep = list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD] if precision == "int8" else []
-    else:
-        keep = list(dict.fromkeys(keep_fp32_ops))
-        if precision == "fp16" and keep:
-            raise ExportError("The fp16 variant keeps nothing in FP32.", "Use --precision mixed with --keep-fp32.")
-    calib = None
-    if precision == "int8":
-        calib = _default_manifest(calib_manifest) if calib_manifest else manifest
-        if calib is None:
-            raise ManifestError("INT8 calibration needs real audio, and there is no labelled manifest here "
-                                "(data/demo_testset is missing).", "Pass --manifest (or --calib-manifest) with a "
-                                "CSV/TSV/JSONL of audio paths and texts.")
-    settings = _settings(precision, keep, calib_size, manifest, calib)
-    build_key = _digest({"source": fp32.meta["sha256"], **settings})
-    if meta and not force and meta.get("build_key") == build_key:
-        log(f"{precision} variant cached at {final}")
-        return OnnxArtifact(final / "model.onnx", meta)
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{precision}-", dir=final.parent))
-    try:
-        path = work / "model.onnx"
-        started = dt.datetime.now(dt.timezone.utc)
-        try:
-            if precision == "int8":
-                recipe = _to_int8(fp32.path, path, work, loaded, calib, calib_size, keep, log)
-            else:
-                recipe = _to_fp16(fp32.path, path, keep, log)
-        except (ExportError, ManifestError):
-            raise
-        except Exception as err:
-            raise ExportError(f"Building the {precision} variant failed: {err}",
-                              "See the log above; try --force, or another precision.") from err
-        import onnx
-        onnx.checker.check_model(str(path), full_check=False)
-        checks = _checks(loaded, fp32, path, precision, manifest, log)
-        meta = {"source": loaded.source, "label": loaded.label, "random_weights": loaded.random_weights,
-                "variant": precision, "precision": precision, "source_onnx": str(fp32.path),
-                "source_sha256": fp32.meta["sha256"], "build_key": build_key, "recipe": RECIPE, "settings": settings,
-                **recipe, **checks, "inputs": fp32.meta.get("inputs"), "outputs": ["logits"],
-                "bytes": sum(f.stat().st_size for f in work.iterdir()), "sha256": file_sha256(path),
-                "fp32_bytes": fp32.meta.get("bytes"),
-                "build_seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        if precision == "int8":
-            meta["calibration_in_eval_set"] = bool(manifest and file_sha256(calib) == file_sha256(manifest))
-        write_json_atomic(work / "meta.json", meta)  # last: its presence marks the folder finished
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-        log(f"saved {final / 'model.onnx'} ({meta['bytes'] / 2**20:.1f} MiB)")
-        return OnnxArtifact(final / "model.onnx", meta)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def variant_status(loaded) -> list[dict]:
-    """FP32 and every variant: built or not, size, and whether it was built from the current FP32 export."""
-    fp32 = read_meta(onnx_dir(loaded, "fp32"))
-    rows = []
-    for name in ("fp32",) + VARIANTS:
-        directory = onnx_dir(loaded, name)
-        meta = read_meta(directory)
-        row = {"variant": name, "built": meta is not None, "path": str(directory / "model.onnx"), "meta": meta}
-        if meta:
-            row["bytes"] = meta.get("bytes")
-            row["stale"] = name != "fp32" and (fp32 is None or meta.get("source_sha256") != fp32.get("sha256"))
-        rows.append(row)
-    return rows
-
-
-def summary_row(meta: dict) -> dict:
-    """One flat table row of a variant's meta, for the CLI and the dashboard."""
-    parity, wer = meta.get("parity") or {}, meta.get("wer") or {}
-    kept = meta.get("kept_fp32") or {}
-    return {"variant": meta.get("variant"), "size_mb": round((meta.get("bytes") or 0) / 2**20, 2),
-            "max_abs_dlogit": parity.get("max_abs_logit_diff"),
-            "agree": f"{parity.get('transcripts_agree')}/{parity.get('transcripts_total')}" if parity else None,
-            "checked_on": parity.get("candidate"), "wer": wer.get("wer"), "cer": wer.get("cer"),
-            "wer_fp32": (wer.get("fp32") or {}).get("wer"), "cer_fp32": (wer.get("fp32") or {}).get("cer"),
-            "kept_fp32": ", ".join(f"{k}×{v}" for k, v in kept.items() if v) or
-                         (f"{len(meta['excluded_nodes'])} nodes unquantized" if meta.get("excluded_nodes") else "")}
-
-
-# ---------------------------------------------------------------- CLI
-
-def cmd_variants(args):
-    from .cli import _model, _table
-    loaded = _model(args)
-    manifest = args.manifest  # cli.main fills in the demo set's path even where it is absent
-    if manifest and Path(manifest) == DEMO_TESTSET and not DEMO_TESTSET.exists():
-        manifest = None
-    rows = []
-    for i, precision in enumerate(args.precision):
-        print(f"progress: {i / len(args.precision):.2f} building {precision}", flush=True)
-        art = build_variant(loaded, precision, manifest=manifest, calib_size=args.calib_size,
-                            keep_fp32_ops=args.keep_fp32, calib_manifest=args.calib_manifest, force=args.force,
-                            log=lambda m: print(f"  {m}", flush=True))
-        rows.append(summary_row(art.meta))
-        if art.meta.get("calibration_in_eval_set"):
-            print("  note: INT8 was calibrated on clips of the evaluation manifest; its WER is optimistic. "
-                  "Pass --calib-manifest with other audio for an unbiased figure.")
-    print("progress: 1.00 done", flush=True)
-    if loaded.random_weights:
-        print("note: random weights — WER/CER are meaningless; parity is what matters here")
-    print(_table(rows, ["variant", "size_mb", "max_abs_dlogit", "agree", "checked_on", "wer", "wer_fp32", "cer",
-                        "cer_fp32", "kept_fp32"]))
-
-
-def add_cli(add):
-    s = add("variants", cmd_variants, "Build ONNX precision variants (FP16, mixed, INT8) with parity and WER/CER.")
-    s.add_argument("--precision", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    s.add_argument("--manifest", default=None, help="labelled set for WER/CER and INT8 calibration "
-                                                    "(default: data/demo_testset when present)")
-    s.add_argument("--calib-manifest", default=None, help="audio for INT8 calibration (default: --manifest)")
-    s.add_argument("--calib-size", type=int, default=None, help=f"INT8 calibration clips (default {DEFAULT_CALIB_SIZE})")
-    s.add_argument("--keep-fp32", nargs="+", default=None, metavar="OP",
-                   help="ONNX op types kept FP32 in 'mixed' (and left unquantized in 'int8'); 'lm_head' is the "
-                        f"final projection. Default mixed: {' '.join(DEFAULT_KEEP_FP32)}; int8: lm_head")
-    s.add_argument("--force", action="store_true", help="rebuild even if cached")
-    return s

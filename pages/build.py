@@ -3,9 +3,15 @@ that survive reruns and reloads (core.jobs), with live logs and the finished art
 import pandas as pd
 import streamlit as st
 
+from pathlib import Path
+
 from core import jobs
 from core.backends import availability, known
 from core.cli import parser
+from core.pipeline import accept, read
+from core.pipeline.gates import Gate
+from core.pipeline.listing import artifact_rows
+from core.pipeline.onnx_specs import VARIANTS
 from pages._shared import active_model, guarded, model_badge, optional
 
 st.title("Build")
@@ -42,32 +48,35 @@ def action(col, label: str, args: list[str], help_: str, enabled: bool = True, w
 
 
 with st.container(border=True):
-    st.markdown("#### :material/deployed_code: ONNX (FP32)")
-    st.caption("torch.onnx export with dynamic batch/time axes, onnx.checker, shape inference, "
-               "then parity against PyTorch on real speech.")
-    c = st.columns(4)
-    action(c[0], "Export ONNX", ["export"], "python -m core export")
-    action(c[1], "Re-export (force)", ["export", "--force"], "python -m core export --force")
-
-with st.container(border=True):
-    st.markdown("#### :material/tune: Precision variants (ONNX Runtime)")
-    variants = optional("core.variants")
-    if variants is None or "variants" not in COMMANDS:
-        st.info("Precision variants (FP16, mixed, INT8) are not in this build (core.variants is missing).",
-                icon=":material/info:")
-    else:
-        st.caption("Derived from the FP32 export: FP16, mixed (numerically sensitive ops kept FP32), INT8 (static, "
-                   "calibrated on the labelled set) — each with parity and WER/CER against FP32.")
-        precisions = getattr(variants, "VARIANTS", ("fp16", "mixed", "int8"))
-        c = st.columns(4)
-        for i, p in enumerate(precisions):
-            action(c[i], f"Build {p.upper()}", ["variants", "--precision", p], f"python -m core variants --precision {p}")
-        with guarded():
-            rows = [{"variant": r["variant"], "built": r["built"], "stale": r.get("stale", False),
-                     **({k: v for k, v in variants.summary_row(r["meta"]).items() if k != "variant"}
-                        if r["built"] and hasattr(variants, "summary_row") else {})}
-                    for r in variants.variant_status(loaded)]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.markdown("#### :material/deployed_code: ONNX export and precision variants (ONNX Runtime)")
+    st.caption("Each is built once per content key (the model's files, its parent, the settings, the toolchain), "
+               "checked by its gate against PyTorch FP32 on real speech and, on a trained model, by the WER delta "
+               "on the demo set — and offered as a backend only if it passes (or you accept it below).")
+    c = st.columns(5)
+    action(c[0], "Export ONNX (FP32)", ["build", "onnx"], "python -m core build onnx")
+    for i, p in enumerate(VARIANTS, 1):
+        action(c[i], f"Build {p.upper()}", ["build", p], f"python -m core build {p}")
+    action(c[4], "Re-export (force)", ["build", "onnx", "--force"], "python -m core build onnx --force")
+    st.caption("Gate defaults (`--max-rel-dlogit`, `--max-wer-delta` on the CLI): "
+               + " · ".join(f"**{p}** |Δlogit| ≤ {g.max_rel_dlogit:g} of the logit scale, WER +{g.max_wer_delta_points:g}"
+                            " points" for p in ("fp32", *VARIANTS) for g in [Gate.default(p)]))
+    with guarded():
+        mine = [r for r in artifact_rows(loaded.source) if r["stage"] == "onnx"]
+        if mine:
+            df = pd.DataFrame(mine)[["precision", "status", "why", "accepted", "max_abs_dlogit", "rel_dlogit", "wer",
+                                     "wer_fp32", "wer_delta_points", "size_mb", "created", "key"]]
+            colour = {"verified": "color: #166534", "rejected": "color: #b91c1c; font-weight: 600",
+                      "stale": "color: #92400e"}
+            st.dataframe(df.style.map(lambda v: colour.get(v, ""), subset=["status"]), hide_index=True,
+                         width="stretch")
+            for r in [r for r in mine if r["status"] == "rejected"]:
+                st.error(f"**{r['precision']} rejected**: {r['why']}", icon=":material/block:")
+                if st.checkbox(f"Use the rejected {r['precision']} artifact anyway (recorded in its meta.json)",
+                               value=r["accepted"], key=f"accept-{r['key']}") and not r["accepted"]:
+                    accept(read(Path(r["dir"])), note="accepted on the Build page")
+                    st.rerun()
+        else:
+            st.caption("Nothing built for this model yet.")
 
 with st.container(border=True):
     st.markdown("#### :material/bolt: TensorRT engines")
@@ -85,10 +94,10 @@ with st.container(border=True):
         if not ok:
             st.caption(f":material/block: Not on this machine: {why}.")
         with guarded():
-            engines = trt.engine_status(loaded)
+            engines = [r for r in artifact_rows(loaded.source) if r["stage"] == "trt"]
             if engines:
-                st.dataframe(pd.DataFrame(engines).drop(columns=["meta"], errors="ignore"), hide_index=True,
-                             width="stretch")
+                st.dataframe(pd.DataFrame(engines)[["precision", "status", "why", "max_abs_dlogit", "rel_dlogit",
+                                                    "size_mb", "created", "key"]], hide_index=True, width="stretch")
 
 with st.container(border=True):
     st.markdown("#### :material/dns: Triton model repository")
@@ -147,9 +156,13 @@ job_list()
 st.subheader("Finished artifacts")
 arts = jobs.finished_artifacts()
 if arts:
-    st.dataframe(pd.DataFrame(arts).drop(columns=["meta"]), hide_index=True, width="stretch",
-                 column_config={"max_abs_logit_diff": st.column_config.NumberColumn("max |Δlogit|", format="%.2e")})
+    cols = ["artifact", "model", "stage", "precision", "status", "max_abs_dlogit", "wer_delta_points", "size_mb",
+            "created"]
+    df = pd.DataFrame(arts)
+    st.dataframe(df[[c for c in cols if c in df]], hide_index=True, width="stretch",
+                 column_config={"max_abs_dlogit": st.column_config.NumberColumn("max |Δlogit|", format="%.2e")})
     pick = st.selectbox("Metadata of", [a["artifact"] for a in arts])
-    st.json(next(a["meta"] for a in arts if a["artifact"] == pick), expanded=False)
+    meta = read(Path(jobs.artifacts_dir()) / pick)
+    st.json(meta.meta if meta else next(a for a in arts if a["artifact"] == pick), expanded=False)
 else:
     st.caption("Nothing built yet.")

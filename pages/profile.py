@@ -3,7 +3,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import charts, profiling
-from core.export import export_onnx, onnx_dir, read_meta
+from core.pipeline.onnx_specs import OnnxExport
 from pages._shared import active_model, guarded, model_badge
 
 st.title("Profile")
@@ -32,14 +32,15 @@ with t1:
                      column_config={"self_pct": st.column_config.ProgressColumn("self %", format="%.1f",
                                                                                  min_value=0, max_value=100)})
 with t2:
-    built = read_meta(onnx_dir(loaded, "fp32")) is not None
+    art = OnnxExport(loaded).lookup()
     st.caption("Node counts per op type: the exported graph, then the graph ONNX Runtime runs at optimisation level "
                "basic and all (CPU). Op types that appear are fused kernels; those that vanish were fused away.")
-    label = "Analyse the ONNX graph" if built else "Export ONNX and analyse"
-    if st.button(label, type="primary", icon=":material/play_arrow:"):
-        with guarded(), st.spinner("Exporting / optimising …"):
-            path = export_onnx(loaded, log=lambda *_: None).path
-            st.session_state["op_hist"] = profiling.onnx_op_histogram(path)
+    if art is None or not art.usable:
+        st.info("The FP32 ONNX export is not built yet (or was rejected): build it on the Build page first.",
+                icon=":material/construction:")
+    elif st.button("Analyse the ONNX graph", type="primary", icon=":material/play_arrow:"):
+        with guarded(), st.spinner("Optimising …"):
+            st.session_state["op_hist"] = profiling.onnx_op_histogram(art.path)
     hist = st.session_state.get("op_hist")
     if hist is not None:
         s = profiling.fusion_summary(hist)

@@ -28,8 +28,8 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny):
-    from core.export import export_onnx
-    return export_onnx(tiny, log=lambda *_: None)
+    from core.pipeline.onnx_build import build_onnx
+    return build_onnx(tiny, log=lambda *_: None)
 
 
 def espeak(text: str, path: Path, voice: str = "hi", speed: int = 150) -> Path:

@@ -80,7 +80,18 @@ def test_models_page_shows_the_model_and_switches(app):
     assert not app.exception
 
 
-def test_transcribe_two_backends_with_reference(app, hindi_wav):
+def test_unbuilt_backend_says_how_to_build_it(app, hindi_wav):
+    """Asking for a backend never builds: the page says the artifact is missing and how to build it."""
+    page(app, "pages/transcribe.py")
+    app.file_uploader(key="uploads").set_value((hindi_wav.name, hindi_wav.read_bytes(), "audio/wav")).run()
+    app.multiselect(key="transcribe_backends").set_value(["ort:int8:cpu"]).run()
+    next(b for b in app.button if b.label == "Transcribe").click().run()
+    assert not app.exception
+    shown = " ".join(e.value for e in app.error)
+    assert "not built yet" in shown and "python -m core build int8" in shown
+
+
+def test_transcribe_two_backends_with_reference(app, hindi_wav, tiny_onnx):
     page(app, "pages/transcribe.py")
     app.file_uploader(key="uploads").set_value((hindi_wav.name, hindi_wav.read_bytes(), "audio/wav")).run()
     app.multiselect(key="transcribe_backends").set_value(["torch:fp32:cpu", "ort:fp32:cpu"]).run()
@@ -95,7 +106,7 @@ def test_transcribe_two_backends_with_reference(app, hindi_wav):
     assert app.get("plotly_chart")  # the latency chart
 
 
-def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path):
+def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path, tiny_onnx):
     manifest = tmp_path / "set.tsv"
     manifest.write_text(f"path\tsentence\n{hindi_wav}\tनमस्ते आज मौसम बहुत अच्छा है\n", encoding="utf-8")
     before = len(runs())
@@ -175,15 +186,17 @@ def test_run_picker_opens_on_the_newest_usable_run(app):
 
 def test_build_page_starts_an_export_job(app):
     page(app, "pages/build.py")
-    export = next(b for b in app.button if b.label == "Export ONNX")
+    export = next(b for b in app.button if b.label == "Export ONNX (FP32)")
     export.click().run()
     assert not app.exception
-    started = [j for j in jobs.list_jobs() if j["command"][:1] == ["export"]]
+    started = [j for j in jobs.list_jobs() if j["command"][:2] == ["build", "onnx"]]
     assert started and started[0]["command"][-2:] == ["--model", "random:wav2vec2-tiny"]
     state = jobs.Job(jobs.jobs_dir() / started[0]["id"]).wait(timeout=90)
     assert state["status"] == "done", state
     page(app, "pages/build.py")
-    assert "onnx/fp32" in app.dataframe[-1].value["artifact"].iloc[0]
+    table = app.dataframe[0].value     # the ONNX section: this model's artifacts with status and gate figures
+    assert "verified" in list(table["status"]) and table["max_abs_dlogit"].notna().all()
+    assert any("onnx-fp32-" in a for a in app.dataframe[-1].value["artifact"])
 
 
 def test_profile_page_operator_table(app):

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
+def server(artifacts, tmp_path_factory, tiny_onnx):  # ort:fp32:cpu needs its built export
     port = free_port()
     log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w+")
     env = dict(os.environ, WORKBENCH_DEFAULT_MODEL="random:wav2vec2-tiny", WORKBENCH_ARTIFACTS=str(artifacts))
@@ -131,14 +131,14 @@ def test_transcribe_on_two_backends(page, hindi_wav):
 
 def test_build_onnx_export_finishes(page):
     goto(page, "Build")
-    page.get_by_role("button", name="Export ONNX", exact=True).click()
-    page.get_by_text("Export ONNX · random:wav2vec2-tiny — done").first.wait_for(timeout=90_000)
+    page.get_by_role("button", name="Export ONNX (FP32)", exact=True).click()
+    page.get_by_text("Export ONNX (FP32) · random:wav2vec2-tiny — done").first.wait_for(timeout=90_000)
     page.get_by_text("Finished artifacts").wait_for()
     page.wait_for_timeout(1500)
     wait_idle(page)
     shot(page, "3-build")
     picker = page.get_by_test_id("stSelectbox").last
-    assert "random_wav2vec2-tiny/onnx/fp32" in picker.inner_text() + picker.locator("input").input_value()
+    assert "onnx-fp32-" in picker.inner_text() + picker.locator("input").input_value()
     assert page.get_by_test_id("stDataFrame").count() >= 1
 
 

@@ -26,7 +26,7 @@ def test_help_lists_every_job():
 
 def test_export_transcribe_bench_wer(hindi_wav, tmp_path):
     model = ["--model", "random:wav2vec2-tiny"]
-    assert '"max_abs_logit_diff"' in cli("export", *model).stdout
+    assert '"max_abs_dlogit"' in cli("export", *model).stdout
     out = cli("transcribe", str(hindi_wav), *model, "--backend", "torch:fp32:cpu", "--backend", "ort:fp32:cpu",
               "--reference", "नमस्ते आज मौसम बहुत अच्छा है").stdout
     lines = [line for line in out.splitlines() if line.startswith("[")]

@@ -90,8 +90,11 @@ BACKENDS = ("torch:fp32:cpu", "ort:fp32:cpu")
 @pytest.fixture(scope="module")
 def loaded_demo():
     from core.models import load_model
+    from core.pipeline.onnx_build import build_onnx
     loaded = load_model("demo")
     assert loaded.kind == "demo" and "synthetic-speech demo model" in loaded.label
+    art = build_onnx(loaded, log=lambda *_: None)   # ort:fp32:cpu runs the built export, never builds it
+    assert art.status == "verified" and art.meta["figures"]["wer_judged"]   # a trained model: its WER is gated
     return loaded
 
 

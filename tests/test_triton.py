@@ -2,6 +2,7 @@
 load sweeps, model-repository configs, and the failure paths (down server, bad input, server killed)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -177,7 +178,10 @@ def test_repository_config_parses_and_carries_batching(tiny, tiny_onnx):
     assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
     assert (repo / "asr" / "1" / "model.onnx").stat().st_size == tiny_onnx.path.stat().st_size
     assert "docker run" in (repo / "README.md").read_text()
-    assert not [p for p in repo.parent.iterdir() if p.name.startswith(".repo-")]  # no half-written folders
+    assert not [p for p in repo.parent.iterdir() if p.name.startswith(".tmp-")]  # no half-written folders
+    meta = json.loads((repo / "meta.json").read_text())   # a pipeline artifact: verified, the export's figures
+    assert meta["stage"] == "triton" and meta["status"] == "verified" and meta["inputs"]["parent"] == tiny_onnx.key
+    assert meta["figures"]["max_abs_dlogit"] == tiny_onnx.meta["figures"]["max_abs_dlogit"]
 
     cpu = build_repo(tiny, "ort:fp32:cpu", log=lambda *_: None)  # a CPU ONNX model gets CPU instances
     assert parse_config((cpu / "asr" / "config.pbtxt").read_text()).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU

@@ -42,14 +42,25 @@ def availability(spec: str | BackendSpec) -> tuple[bool, str]:
 
 
 def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
-    """A backend for `loaded` (core.models.LoadedModel), not yet loaded. ONNX files and engines the
-    spec needs are built (or taken from the artifact cache) here."""
+    """A backend for `loaded` (core.models.LoadedModel), not yet loaded, on the artifact (ONNX file, engine) its
+    spec needs. Never builds: a missing or rejected artifact raises NotBuiltError saying how to build it."""
     spec = BackendSpec.parse(spec) if isinstance(spec, str) else spec
     ok, why = availability(spec)
     if not ok:
         head, _, hint = why.partition(": ")
         raise BackendUnavailableError(f"Backend {spec} is not available: {head}.", hint or "Pick another backend.")
+    if spec.runtime == "trt" and options.get("engine") is None:
+        options = _built_engine(spec, loaded, **options)
     return _module(spec.runtime).make(spec, loaded, **options)
+
+
+def _built_engine(spec, loaded, **_build_options) -> dict:
+    """trt's options naming the engine of this precision (default settings) built for `loaded`, this TensorRT and
+    this GPU's compute capability. Never builds: a missing engine says how to build it."""
+    from ..engine_meta import TrtEngine
+    art = TrtEngine(loaded, spec.precision).require(f"python -m core trt-build --precision {spec.precision} "
+                                                    f"--model {loaded.source}")
+    return {"engine": str(art.dir), "meta": art.meta}
 
 
 def known() -> list[str]:

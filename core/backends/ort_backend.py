@@ -21,15 +21,18 @@ SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:
 
 
 def available(spec) -> tuple[bool, str]:
-    from ..variants import VARIANTS
+    from ..pipeline.onnx_specs import VARIANTS
     if spec.precision not in ("fp32", *VARIANTS):
         return False, f"ONNX variants are fp32, {', '.join(VARIANTS)}, not '{spec.precision}'"
     return ort_available(spec.device)
 
 
 def make(spec, loaded, **options):
-    from ..export import ensure_onnx
-    return OrtBackend(spec, ensure_onnx(loaded, spec.precision), **options)
+    """The backend on the built ONNX artifact of this precision; never builds (a clear error if missing)."""
+    from ..pipeline.onnx_specs import onnx_spec
+    stage = "onnx" if spec.precision == "fp32" else spec.precision
+    art = onnx_spec(loaded, spec.precision).require(f"python -m core build {stage} --model {loaded.source}")
+    return OrtBackend(spec, art.path, **options)
 
 
 def ort_available(device: str) -> tuple[bool, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, WorkbenchError
-from ..tensorrt import (PRECISIONS, TRT_MISSING, EngineIncompatibleError, EngineSettings, build_engine,
-                        ensure_compatible, read_engine_meta, rebuild_hint, tensorrt_available)
+from ..engine_meta import (PRECISIONS, TRT_MISSING, EngineIncompatibleError, ensure_compatible, read_engine_meta,
+                           rebuild_hint, tensorrt_available)
 from .base import Backend
 
 SPECS = [f"trt:{p}:cuda" for p in PRECISIONS]
@@ -32,15 +32,10 @@ def available(spec) -> tuple[bool, str]:
     return True, ""
 
 
-def make(spec, loaded, engine: str | Path | None = None, rebuild: bool = False, log=None, **settings):
-    """An engine by directory (`engine=`), else built or reused for `loaded` with EngineSettings(**settings)."""
-    if engine is not None:
-        return TrtBackend(spec, Path(engine) / "model.plan")
-    if "keep_fp32_ops" in settings:
-        settings["keep_fp32_ops"] = tuple(settings["keep_fp32_ops"] or ())
-    art = build_engine(loaded, spec.precision, EngineSettings(**settings), rebuild=rebuild,
-                       log=log or (lambda *_: None))
-    return TrtBackend(spec, art.path, art.meta)
+def make(spec, loaded, engine: str | Path, meta: dict | None = None, **_build_options):
+    """The engine in directory `engine` (make_backend finds the built one when none is named); build options such as
+    rebuild, log or EngineSettings fields are ignored, as they always were once an engine was named."""
+    return TrtBackend(spec, Path(engine) / "model.plan", meta)
 
 
 _TORCH_DTYPES = None

@@ -4,16 +4,17 @@ as a ModelConfig protobuf, so it is valid by construction."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExportError
-from ..paths import artifacts_dir
+from ..pipeline.fingerprint import file_sha256
+from ..pipeline.gates import Gate
+from ..pipeline.onnx_specs import onnx_spec, versions
+from ..pipeline.store import Artifact, Builder, Spec, build
 
 # TensorRT minor version -> the NGC Triton containers that ship it (from NVIDIA's Triton release notes /
 # Frameworks Support Matrix). A plan only loads in a Triton built against the TensorRT it was built with.
@@ -34,10 +35,6 @@ class RepoOptions:
     kind: str = "gpu"                # gpu | cpu
     trt_accelerator: bool = False    # ONNX Runtime's TensorRT execution accelerator (onnxruntime models only)
     workspace_bytes: int = 4 << 30
-
-
-def repo_root() -> Path:
-    return artifacts_dir() / "triton_repo"
 
 
 def model_config(name: str, platform: str, vocab: int, with_mask: bool, precision: str, opts: RepoOptions):
@@ -170,14 +167,10 @@ def _engine_trt_version(engine: Path) -> str | None:
 
 
 def _built_engine(loaded, precision: str) -> Path | None:
-    """The newest finished engine of this precision in the TensorRT cache, if core.tensorrt built one."""
-    try:
-        from ..tensorrt import engines_dir
-    except ImportError:
-        return None
-    found = [m.parent / "model.plan" for m in engines_dir(loaded).glob("*/meta.json")
-             if _engine_meta(m.parent / "model.plan").get("precision") == precision and (m.parent / "model.plan").exists()]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    """The engine of this precision (default settings) built for this TensorRT and GPU, if there is one."""
+    from ..engine_meta import TrtEngine
+    art = TrtEngine(loaded, precision).lookup()
+    return art.path if art and art.usable else None
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -188,19 +181,64 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+class RepoSpec(Spec):
+    """A Triton container model repository: the parent artifact's model file (hard-linked) + config.pbtxt."""
+    name = "triton"
+
+    def __init__(self, loaded, backend: str, model_name: str, opts: RepoOptions, parent: Spec | None,
+                 engine_sha256: str | None = None):
+        settings = {"backend": backend, "model_name": model_name, **dataclasses.asdict(opts),
+                    "engine_sha256": engine_sha256}
+        super().__init__(loaded, backend.split(":")[1], parent, settings)
+
+    def toolchain(self) -> dict:
+        return versions("tritonclient")
+
+
+class RepoBuilder(Builder):
+    """Writes the repository; its gate figures are the parent's (the model file is the parent's, unchanged)
+    plus the config's round trip through Triton's own ModelConfig parser."""
+
+    def __init__(self, platform: str, files: list[Path], model_file: Path, text: str, readme_text: str,
+                 meta: dict, parent: Artifact | None):
+        self.platform, self.files, self.model_file, self.text = platform, files, model_file, text
+        self.readme_text, self.meta, self.parent = readme_text, meta, parent
+
+    def produce(self, spec, tmp, log):
+        model_name = spec.settings["model_name"]
+        version_dir = tmp / model_name / "1"
+        version_dir.mkdir(parents=True)
+        target = "model.plan" if self.platform == "tensorrt_plan" else "model.onnx"
+        for f in self.files:
+            _place(f, version_dir / (target if f == self.model_file else f.name))
+        (tmp / model_name / "config.pbtxt").write_text(self.text, encoding="utf-8")
+        (tmp / "README.md").write_text(self.readme_text, encoding="utf-8")
+        return self.meta
+
+    def measure(self, spec, tmp, log):
+        parse_config((tmp / spec.settings["model_name"] / "config.pbtxt").read_text(encoding="utf-8"))
+        if self.parent is None:
+            return {"error": "an engine from outside the pipeline: never verified here", "config_parsed": True}
+        return {**self.parent.meta.get("figures", {}), "config_parsed": True, "model_from": self.parent.key}
+
+
 def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions | None = None,
-               engine: Path | str | None = None, out_root: Path | None = None, log=print) -> Path:
-    """Write artifacts/triton_repo/<name>/<model>/{config.pbtxt,1/model.*} + README.md; returns the repo dir."""
+               engine: Path | str | None = None, gate: Gate | None = None, force: bool = False,
+               log=print) -> Path:
+    """A Triton model repository {README.md, <name>/config.pbtxt, <name>/1/model.*} built through the pipeline
+    from the verified ONNX artifact or TensorRT engine of `backend`; returns its folder."""
     from ..backends import BackendSpec
     opts = dataclasses.replace(opts or RepoOptions())  # adjusted below; the caller's copy is left alone
     spec = BackendSpec.parse(backend)
     vocab = int(loaded.model.config.vocab_size)
     with_mask = loaded.uses_attention_mask
-    trt_version = None
+    trt_version, parent_spec, parent, engine_sha = None, None, None, None
     if spec.runtime == "ort":
-        from ..export import ensure_onnx
         platform = "onnxruntime"
-        model_file = ensure_onnx(loaded, spec.precision)
+        stage = "onnx" if spec.precision == "fp32" else spec.precision
+        parent_spec = onnx_spec(loaded, spec.precision)
+        parent = parent_spec.require(f"python -m core build {stage} --model {loaded.source}")
+        model_file = parent.path
         opts.trt_accelerator = opts.trt_accelerator or spec.device == "tensorrt"
         files = [model_file] + sorted(model_file.parent.glob(model_file.name + ".data"))  # external weights
         if spec.device == "cpu" and opts.kind == "gpu":
@@ -215,6 +253,7 @@ def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions 
         if not model_file.is_file():
             raise ExportError(f"No TensorRT engine at {model_file}.", "Check the --engine path.")
         files = [model_file]
+        engine_sha = file_sha256(model_file)
         trt_version = _engine_trt_version(model_file)
         engine_meta = _engine_meta(model_file)
         if engine_meta.get("inputs"):
@@ -230,31 +269,16 @@ def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions 
                           "Export an ONNX variant (ort:fp32:cpu, ort:fp16:cuda, ...) or a TensorRT engine (trt:...), "
                           "or serve any backend directly with `python -m core serve` (PyTriton).")
     model_name = name or "asr"
-    meta = {"source": loaded.source, "label": loaded.label, "backend_spec": str(spec), "platform": platform,
-            "attention_mask": with_mask, "vocab": vocab, "tensorrt": trt_version,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    meta = {"backend_spec": str(spec), "platform": platform, "attention_mask": with_mask, "vocab": vocab,
+            "tensorrt": trt_version, "model_file": str(model_file)}
     if platform == "tensorrt_plan":
         meta["engine_seconds"] = next((p.get("seconds") for p in engine_meta.get("profiles", [])), None)
     cfg = model_config(model_name, platform, vocab, with_mask, spec.precision, opts)
     text = config_text(cfg)
     parse_config(text)  # round-trip: what we write is what Triton will read
-    root = out_root or repo_root()
-    final = root / f"{loaded.key}-{str(spec).replace(':', '-')}"
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".repo-", dir=root))
-    try:
-        version_dir = work / model_name / "1"
-        version_dir.mkdir(parents=True)
-        target = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
-        for f in files:
-            _place(f, version_dir / (target if f == model_file else f.name))
-        (work / model_name / "config.pbtxt").write_text(text, encoding="utf-8")
-        (work / "README.md").write_text(readme(model_name, platform, trt_version, opts, meta), encoding="utf-8")
-        (work / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)  # the whole repository appears at once
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    log(f"Triton model repository written to {final}")
-    return final
+    repo = RepoSpec(loaded, str(spec), model_name, opts, parent_spec, engine_sha)
+    builder = RepoBuilder(platform, files, model_file, text, readme(model_name, platform, trt_version, opts,
+                                                                    dict(meta, source=loaded.source)), meta, parent)
+    art = build(repo, builder, gate or Gate.default(spec.precision), force, log)
+    log(f"Triton model repository ({art.status}) at {art.dir}")
+    return art.dir

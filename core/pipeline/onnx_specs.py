@@ -1,0 +1,78 @@
+"""What the ONNX artifacts are (their keys), without building anything: backends look them up through these."""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from ..paths import DEMO_TESTSET
+from .store import Spec
+
+OPSET = 17
+VARIANTS = ("fp16", "mixed", "int8")
+RECIPE = 1  # bump when the conversion code changes, so variants rebuild
+LM_HEAD = "lm_head"  # pseudo op type: the final projection producing the logits
+# Numerically sensitive ops kept in FP32 by the mixed variant. LayerNormalization also covers the
+# decomposed pattern (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div) that older opsets export.
+DEFAULT_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+                     "ReduceL2", "ReduceLogSumExp", LM_HEAD)
+DEFAULT_CALIB_SIZE = 32
+INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise ops gain nothing from INT8
+
+
+def versions(*dists: str) -> dict:
+    out = {}
+    for d in dists:
+        try:
+            out[d] = importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+class OnnxExport(Spec):
+    """The FP32 ONNX export (dynamic batch and time axes)."""
+    name, file = "onnx", "model.onnx"
+
+    def __init__(self, loaded, opset: int = OPSET, exporter: str = "torchscript"):
+        super().__init__(loaded, "fp32", None, {"opset": opset, "exporter": exporter})
+
+    def toolchain(self) -> dict:
+        return versions("torch", "transformers", "onnx")
+
+
+class OnnxVariant(Spec):
+    """FP16, mixed (FP16 with sensitive ops kept FP32) or INT8 (static Q/DQ, calibrated on real audio), derived
+    from the FP32 export."""
+    name, file = "onnx", "model.onnx"
+
+    def __init__(self, loaded, precision: str, keep_fp32_ops=None, calib_size: int | None = None,
+                 calib_manifest=None, parent: OnnxExport | None = None):
+        from ..errors import ExportError
+        from .fingerprint import file_sha256
+        if precision not in VARIANTS:
+            raise ExportError(f"Unknown precision variant '{precision}'.", f"Choose from {', '.join(VARIANTS)}; "
+                              "FP32 is the export itself (python -m core build onnx).")
+        if keep_fp32_ops is None:
+            keep = list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD] if precision == "int8" else []
+        else:
+            keep = list(dict.fromkeys(keep_fp32_ops))
+            if precision == "fp16" and keep:
+                raise ExportError("The fp16 variant keeps nothing in FP32.", "Use the mixed precision with --keep-fp32.")
+        settings = {"recipe": RECIPE, "keep_fp32_ops": keep}
+        if precision == "int8":
+            calib_size = DEFAULT_CALIB_SIZE if calib_size is None else int(calib_size)
+            if calib_size < 1:
+                raise ExportError(f"Calibration set size must be at least 1 (got {calib_size}).",
+                                  "Use --calib-size 32.")
+            calib = calib_manifest or DEMO_TESTSET
+            settings.update(calib_size=calib_size, calib_manifest=str(calib), op_types=list(INT8_OP_TYPES),
+                            calib_sha256=file_sha256(calib) if Path(calib).is_file() else None)
+        super().__init__(loaded, precision, parent or OnnxExport(loaded), settings)
+
+    def toolchain(self) -> dict:
+        return versions("onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+def onnx_spec(loaded, precision: str = "fp32") -> Spec:
+    """The default-settings spec a backend of this precision runs."""
+    return OnnxExport(loaded) if precision == "fp32" else OnnxVariant(loaded, precision)

@@ -1,0 +1,57 @@
+"""The figures a gate judges, measured the same way for every stage: the candidate backend against PyTorch FP32
+on real speech (one clip at a time and as a padded batch), and WER/CER of both on a labelled set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backends import BackendSpec, availability
+from ..backends.torch_backend import TorchBackend
+from ..export import compare, parity_audio
+from ..paths import DEMO_TESTSET
+from .fingerprint import file_sha256, model_fingerprint
+
+_REFERENCE_WER: dict[tuple, dict] = {}   # (model, reference, manifest) -> scores: FP32 is scored once a process
+
+
+def reference(loaded) -> TorchBackend:
+    """PyTorch FP32 on the GPU when there is one (TF32 off), else on the CPU."""
+    device = "cuda" if availability("torch:fp32:cuda")[0] else "cpu"
+    if device == "cuda":
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return TorchBackend(BackendSpec("torch", "fp32", device), loaded)
+
+
+def default_manifest() -> Path | None:
+    return DEMO_TESTSET if DEMO_TESTSET.exists() else None
+
+
+def measure(loaded, candidate, manifest: Path | None, log=print) -> dict:
+    """Gate figures of a loaded candidate backend."""
+    from ..wer import evaluate
+    with reference(loaded) as ref:
+        log(f"parity of {candidate.name} against {ref.name} on real speech ...")
+        parity = compare(loaded, ref, candidate, parity_audio(loaded))
+        out = {"max_abs_dlogit": parity["max_abs_logit_diff"],
+               "rel_dlogit": parity["max_abs_logit_diff"] / max(1.0, parity["logit_scale"]),
+               "transcripts_agree": parity["transcripts_agree"], "transcripts_total": parity["transcripts_total"],
+               "reference": ref.name, "candidate": candidate.name, "parity_clips": parity["clips"]}
+        log(f"max |Δlogit| {out['max_abs_dlogit']:.3g} ({out['rel_dlogit']:.2g} of the logit scale), transcripts "
+            f"agree {out['transcripts_agree']}/{out['transcripts_total']}")
+        if manifest is None:
+            out["wer_note"] = "no labelled set (data/demo_testset missing and none given): WER not measured"
+            return out
+        log(f"WER/CER on {manifest} ...")
+        key = (model_fingerprint(loaded), ref.name, file_sha256(manifest))
+        if key not in _REFERENCE_WER:
+            r = evaluate(ref, loaded, manifest)
+            _REFERENCE_WER[key] = {"wer": r["wer"], "cer": r["cer"], "n": r["n"]}
+        r = evaluate(candidate, loaded, manifest)
+    fp32 = _REFERENCE_WER[key]
+    out.update(wer=r["wer"], cer=r["cer"], n=r["n"], wer_fp32=fp32["wer"], cer_fp32=fp32["cer"],
+               wer_delta_points=100 * (r["wer"] - fp32["wer"]), manifest=str(manifest),
+               wer_judged=not loaded.random_weights)
+    if loaded.random_weights:
+        out["wer_note"] = "random weights: WER/CER are meaningless and not judged"
+    log(f"WER {r['wer']:.3f} (FP32 {fp32['wer']:.3f}), CER {r['cer']:.3f} (FP32 {fp32['cer']:.3f})")
+    return out
