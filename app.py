@@ -19,6 +19,16 @@ PAGES = [
     st.Page("pages/profile.py", title="Profile", icon=":material/troubleshoot:"),
 ]
 page = st.navigation(PAGES)
+
+
+@st.cache_resource(show_spinner=False)
+def _startup() -> int:
+    """Once per dashboard process: remove the temporary folders of builds that were killed."""
+    from core.pipeline.store import clean_all_temps
+    return len(clean_all_temps())
+
+
+_startup()
 st.html("""<style>
 .transcript {font-size: 1.1rem; line-height: 1.7; padding: .6rem .8rem; border-radius: .5rem;
              background: #f7f8f5; border: 1px solid #e6e8e1; min-height: 3rem; word-break: break-word;}

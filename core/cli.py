@@ -112,6 +112,9 @@ def cmd_build(args):
 def cmd_artifacts(args):
     import shutil
     from .pipeline.listing import artifact_rows
+    from .pipeline.store import clean_all_temps
+    for tmp in clean_all_temps():
+        print(f"removed the temporary folder of an interrupted build: {tmp}", file=sys.stderr)
     source = _model(args).source if args.model else None
     rows = artifact_rows(source)
     if args.prune:
@@ -432,8 +435,9 @@ def parser() -> argparse.ArgumentParser:
         s = add(name, cmd_build, help_)
         if name == "build":
             s.add_argument("stage", choices=("onnx", "fp16", "mixed", "int8"),
-                           help="onnx: the FP32 export; fp16/mixed/int8: ONNX Runtime precision variants of it "
-                                "(TensorRT engines and Triton repositories: trt-build, triton-repo)")
+                           help="onnx: the FP32 export; fp16/mixed/int8: ONNX Runtime precision variants of it. "
+                                "`build trt` and `build triton` are the trt-build and triton-repo commands (see "
+                                "their --help)")
         else:
             s.set_defaults(stage="onnx")
         s.add_argument("--opset", type=int, default=17)
@@ -528,7 +532,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+STAGE_COMMANDS = {"trt": "trt-build", "triton": "triton-repo"}  # `build trt|triton` = those commands, same options
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build"] and len(argv) > 1 and argv[1] in STAGE_COMMANDS:
+        argv = [STAGE_COMMANDS[argv[1]], *argv[2:]]
     args = parser().parse_args(argv)
     if getattr(args, "backend", "") is None:
         args.backend = ["torch:fp32:cpu"]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import REPO_ROOT, artifacts_dir, write_json_atomic
+from .paths import REPO_ROOT, artifacts_dir, pid_alive, write_json_atomic
 
 ACTIVE = ("queued", "running")
 PROGRESS = re.compile(r"^progress:\s*([0-9]*\.?[0-9]+)\s*(.*)$")
@@ -37,21 +37,6 @@ def job_id(args: list[str]) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 @dataclass
@@ -72,7 +57,7 @@ class Job:
             state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {"id": self.id, "status": "unknown", "command": []}
-        if state.get("status") in ACTIVE and state.get("pid") and not _alive(state["pid"]):
+        if state.get("status") in ACTIVE and state.get("pid") and not pid_alive(state["pid"]):
             time.sleep(0.2)  # the supervisor may be writing its final state right now
             try:
                 state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
@@ -120,9 +105,9 @@ class Job:
         try:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if pid_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass

@@ -125,3 +125,25 @@ def test_not_built_is_a_clear_message_not_a_build(tiny):
     assert "not built yet" in err.value.message and "python -m core build mixed" in err.value.hint
     assert isinstance(err.value, WorkbenchError)
     assert not list(model_root(tiny.source).glob("onnx-mixed-*"))
+
+
+def test_cli_build_and_artifacts(local_model, capsys):
+    import json
+    from core.cli import main
+    model = ["--model", local_model.source]
+    assert main(["build", "onnx", *model, "--max-rel-dlogit", "0"]) == 1      # rejected: exit 1, said why
+    out = capsys.readouterr()
+    assert json.loads(out.out[out.out.index("{"):])["status"] == "rejected" and "rejected by its gate" in out.err
+    assert main(["build", "onnx", *model, "--max-rel-dlogit", "0", "--accept-rejected"]) == 0
+    capsys.readouterr()
+    assert main(["artifacts", *model, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["stage"] == "onnx")
+    for key in ("key", "stage", "precision", "status", "model_hash", "max_abs_dlogit", "wer_delta_points",
+                "size_mb", "created"):
+        assert key in row, key
+    assert row["status"] == "rejected" and row["accepted"] is True and row["size_mb"] > 0
+    from core.engine_meta import tensorrt_available
+    if not tensorrt_available()[0]:
+        assert main(["build", "trt", *model, "--precision", "fp16"]) == 2        # `build trt` is trt-build
+        assert "TensorRT not installed" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NotBuiltError, WorkbenchError
-from ..paths import artifacts_dir, write_json_atomic
+from ..paths import artifacts_dir, pid_alive, write_json_atomic
 
 VERIFIED, REJECTED, STALE = "verified", "rejected", "stale"
 TMP_PREFIX = ".tmp-"
@@ -78,25 +78,21 @@ def read(directory: Path) -> Artifact | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_temps(root: Path) -> list[Path]:
     """Remove temporary build folders whose process is gone (a killed or crashed build)."""
     removed = []
     for tmp in root.glob(TMP_PREFIX + "*") if root.is_dir() else []:
         pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
+
+
+def clean_all_temps() -> list[Path]:
+    """clean_stale_temps under every model's folder (the dashboard does this when it starts)."""
+    root = artifacts_dir()
+    return [t for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") for t in clean_stale_temps(d)]
 
 
 @contextlib.contextmanager

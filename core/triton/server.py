@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import WorkbenchError
-from ..paths import REPO_ROOT, artifacts_dir, write_json_atomic
+from ..paths import REPO_ROOT, artifacts_dir, pid_alive, write_json_atomic
 from .serve import MODEL_NAME, libpython_env
 
 
@@ -85,16 +85,7 @@ def alive(pid: int) -> bool:
     proc = _CHILDREN.get(pid)
     if proc is not None:
         return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not a server
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return pid_alive(pid)   # a zombie is not a server
 
 
 def log_tail(path: str | Path, lines: int = 25) -> str:
