@@ -261,20 +261,21 @@ def cmd_variants(args):
 def cmd_trt_build(args):
     from .errors import BackendUnavailableError
     from .tensorrt import EngineSettings, build_engine, tensorrt_available
-    ok, why = tensorrt_available()
+    ok, why = tensorrt_available(args.flavor)
     if not ok:
-        raise BackendUnavailableError("TensorRT not installed.", "install tensorrt-cu12 or tensorrt-cu13 "
-                                      "(the other backends work without it: python -m core info)")
+        head, _, hint = why.partition(": ")
+        raise BackendUnavailableError(head + ".", hint + " (the other backends work without it: python -m core info)")
     loaded = _model(args)
     settings = EngineSettings(args.min_seconds, args.opt_seconds, args.max_seconds, args.min_batch, args.opt_batch,
-                              args.max_batch, args.workspace_gb, args.opt_level, tuple(args.keep_fp32 or ()))
+                              args.max_batch, args.workspace_gb, args.opt_level, tuple(args.keep_fp32 or ()),
+                              tuple(args.targets or ()))
     from .pipeline import accept
     from .pipeline.gates import Gate
     codes = []
     for precision in args.precision:
         gate = Gate.default(precision, args.max_rel_dlogit, args.max_wer_delta)
         art = build_engine(loaded, precision, settings, gate=gate, force=args.rebuild or args.force,
-                           log=lambda m: print(m, flush=True))
+                           flavor=args.flavor, log=lambda m: print(m, flush=True))
         if art.status == "rejected" and args.accept_rejected and not art.meta.get("accepted"):
             art = accept(art, note="python -m core trt-build --accept-rejected")
         print(json.dumps({**_build_summary(art), "tensorrt": art.meta.get("tensorrt"), "gpu": art.meta.get("gpu"),
@@ -436,8 +437,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "build":
             s.add_argument("stage", choices=("onnx", "fp16", "mixed", "int8"),
                            help="onnx: the FP32 export; fp16/mixed/int8: ONNX Runtime precision variants of it. "
-                                "`build trt` and `build triton` are the trt-build and triton-repo commands (see "
-                                "their --help)")
+                                "`build trt|trtrtx|triton` are the trt-build (--flavor trtrtx) and triton-repo "
+                                "commands (see their --help)")
         else:
             s.set_defaults(stage="onnx")
         s.add_argument("--opset", type=int, default=17)
@@ -516,6 +517,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--keep-fp32", nargs="+", default=None, metavar="OP",
                        help="mixed: ONNX op types (and 'lm_head') pinned to FP32 (default: as core.variants)")
         s.add_argument("--rebuild", action="store_true", help="build again even if a matching engine exists")
+        s.add_argument("--flavor", choices=("trt", "trtrtx"), default="trt",
+                       help="trt: TensorRT 10, on and for this GPU; trtrtx: TensorRT for RTX (pip install "
+                            "tensorrt-rtx-cu13), built ahead of time without a GPU, for RTX-class GPUs")
+        s.add_argument("--targets", nargs="+", choices=list(trt.RTX_TARGETS), default=None, metavar="CC",
+                       help="trtrtx: compute capabilities to build for (default: portable, "
+                            f"{' '.join(trt.RTX_PORTABLE)} and later)")
         _gate_args(s)
     if _optional("core.triton"):  # PyTriton is imported only when a server starts
         _triton_commands(add)
@@ -532,13 +539,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-STAGE_COMMANDS = {"trt": "trt-build", "triton": "triton-repo"}  # `build trt|triton` = those commands, same options
+# `build trt|trtrtx|triton` are these commands, with their options
+STAGE_COMMANDS = {"trt": ["trt-build"], "trtrtx": ["trt-build", "--flavor", "trtrtx"], "triton": ["triton-repo"]}
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"] and len(argv) > 1 and argv[1] in STAGE_COMMANDS:
-        argv = [STAGE_COMMANDS[argv[1]], *argv[2:]]
+        argv = [*STAGE_COMMANDS[argv[1]], *argv[2:]]
     args = parser().parse_args(argv)
     if getattr(args, "backend", "") is None:
         args.backend = ["torch:fp32:cpu"]

@@ -15,29 +15,39 @@ from .pipeline.onnx_specs import OnnxExport, OnnxVariant
 from .pipeline.store import Spec
 
 TRT_MISSING = "TensorRT not installed: install tensorrt-cu12 or tensorrt-cu13"
+RTX_MISSING = "TensorRT for RTX not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
 PRECISIONS = ("fp32", "fp16", "mixed", "int8")
+# flavor -> (module, what to install). TensorRT for RTX has TensorRT 10's API; it builds engines without a GPU
+# (ahead of time, for chosen compute capabilities) and JIT-compiles kernels on the RTX GPU that runs them.
+FLAVORS = {"trt": ("tensorrt", TRT_MISSING), "trtrtx": ("tensorrt_rtx", RTX_MISSING)}
+# TensorRT-RTX's portable targets: what its runtime said on an H200 (2026-11-29): "Supported compute
+# capabilities: 8.0 8.6 8.9 12.0 12.1 >12.0"
+RTX_PORTABLE = ("8.0", "8.6", "8.9", "12.0", "12.1")
+RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
 
 
 class EngineIncompatibleError(BackendUnavailableError):
     """A built engine that this TensorRT / GPU cannot load."""
 
 
-def tensorrt_available() -> tuple[bool, str]:
+def trt_module(flavor: str = "trt"):
+    """The TensorRT (or TensorRT for RTX) Python module, or None when it is not installed."""
+    import importlib
     try:
-        import tensorrt  # noqa: F401
+        return importlib.import_module(FLAVORS[flavor][0])
     except ImportError:
-        return False, TRT_MISSING
-    return True, ""
+        return None
 
 
-def runtime_env() -> dict:
-    """The running TensorRT version and GPU: what an engine must have been built for."""
-    env = {"tensorrt": None, "gpu": None, "gpu_cc": None}
-    try:
-        import tensorrt as trt
-        env["tensorrt"] = trt.__version__
-    except ImportError:
-        pass
+def tensorrt_available(flavor: str = "trt") -> tuple[bool, str]:
+    return (True, "") if trt_module(flavor) is not None else (False, FLAVORS[flavor][1])
+
+
+def runtime_env(flavor: str = "trt") -> dict:
+    """The running TensorRT (or TensorRT-RTX) version and GPU: what an engine must have been built for."""
+    env = {"tensorrt": None, "gpu": None, "gpu_cc": None, "flavor": flavor}
+    module = trt_module(flavor)
+    env["tensorrt"] = module.__version__ if module is not None else None
     try:
         import torch
         if torch.cuda.is_available():
@@ -48,10 +58,40 @@ def runtime_env() -> dict:
     return env
 
 
+def rtx_runs_on(cc: str | None, targets) -> bool:
+    """Whether a TensorRT-RTX engine built for `targets` (empty: portable) runs on compute capability `cc`."""
+    if not cc:
+        return False
+    if targets:
+        return cc in targets
+    major, minor = (int(x) for x in cc.split("."))
+    return cc in RTX_PORTABLE or major > 12 or (major == 12 and minor > 1)
+
+
+def _rtx_compatible(meta: dict, env: dict) -> tuple[bool, str]:
+    targets = meta.get("targets_cc") or []
+    supported = ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
+    if not env.get("tensorrt"):
+        return False, RTX_MISSING
+    if meta.get("tensorrt") != env["tensorrt"]:
+        return False, (f"the engine was built with TensorRT-RTX {meta.get('tensorrt')}, but TensorRT-RTX "
+                       f"{env['tensorrt']} is running; build it again with this version")
+    if not env.get("gpu"):
+        return False, (f"no CUDA GPU is visible: this TensorRT-RTX engine runs on RTX-class GPUs of compute "
+                       f"capability {supported}")
+    if not rtx_runs_on(env.get("gpu_cc"), targets):
+        return False, (f"this TensorRT-RTX engine runs on GPUs of compute capability {supported} (RTX-class), but "
+                       f"this GPU is {env['gpu']} (compute capability {env['gpu_cc']}); here use a TensorRT engine "
+                       "(trt:…:cuda), ONNX Runtime (ort:…:cuda) or the fast backend (fast:…:cuda)")
+    return True, ""
+
+
 def check_compatible(meta: dict, env: dict) -> tuple[bool, str]:
     """Whether an engine with sidecar `meta` loads under `env` (runtime_env()); if not, the exact reason.
     TensorRT plans deserialize only in the exact TensorRT version that built them, and only on GPUs of the
     compute capability they were built for (keyed on those two, not on the GPU's name)."""
+    if meta.get("flavor") == "trtrtx":
+        return _rtx_compatible(meta, env)
     built_trt, built_gpu, built_cc = meta.get("tensorrt"), meta.get("gpu"), meta.get("gpu_cc")
     if not env.get("tensorrt"):
         return False, TRT_MISSING
@@ -69,16 +109,20 @@ def check_compatible(meta: dict, env: dict) -> tuple[bool, str]:
 
 
 def rebuild_hint(meta: dict) -> str:
-    return (f"Build it for this machine: python -m core trt-build --model {meta.get('source', '<model>')} --precision "
-            f"{meta.get('precision', 'fp16')} (or the Build page).")
+    flavor = " --flavor trtrtx" if meta.get("flavor") == "trtrtx" else ""
+    return (f"Build it for this machine: python -m core trt-build --model {meta.get('source', '<model>')} "
+            f"--precision {meta.get('precision', 'fp16')}{flavor} (or the Build page).")
 
 
 def ensure_compatible(meta: dict, env: dict | None = None) -> None:
-    ok, reason = check_compatible(meta, env or runtime_env())
+    flavor = meta.get("flavor", "trt")
+    ok, reason = check_compatible(meta, env or runtime_env(flavor))
     if not ok:
-        if reason == TRT_MISSING:
-            raise EngineIncompatibleError("TensorRT not installed.", "install tensorrt-cu12 or tensorrt-cu13")
-        raise EngineIncompatibleError(f"Cannot load this TensorRT engine: {reason}.", rebuild_hint(meta))
+        if reason in (TRT_MISSING, RTX_MISSING):
+            head, _, hint = reason.partition(": ")
+            raise EngineIncompatibleError(head + ".", hint)
+        what = "TensorRT-RTX" if flavor == "trtrtx" else "TensorRT"
+        raise EngineIncompatibleError(f"Cannot load this {what} engine: {reason}.", rebuild_hint(meta))
 
 
 
@@ -106,6 +150,7 @@ class EngineSettings:
     workspace_gb: float = 4.0
     optimization_level: int = 3  # TensorRT's default; 5 searches longest
     keep_fp32_ops: tuple = ()     # mixed only; empty means pipeline.onnx_specs.DEFAULT_KEEP_FP32
+    targets: tuple = ()           # TensorRT-RTX only: compute capabilities to build for; empty means portable
 
     def validate(self) -> "EngineSettings":
         if not 0 < self.min_seconds <= self.opt_seconds <= self.max_seconds:
@@ -117,6 +162,10 @@ class EngineSettings:
                                    f"{self.opt_batch}, {self.max_batch}).", "e.g. --max-batch 8")
         if self.workspace_gb <= 0 or not 0 <= self.optimization_level <= 5:
             raise EngineBuildError("Workspace must be positive and the optimization level 0-5.", "--workspace-gb 4")
+        unknown = [t for t in self.targets if t not in RTX_TARGETS]
+        if unknown:
+            raise EngineBuildError(f"Unknown TensorRT-RTX target compute capabilities: {', '.join(unknown)}.",
+                                   f"Choose from {', '.join(RTX_TARGETS)}, or none for a portable engine.")
         return self
 
     def profile(self, rate: int) -> dict:
@@ -126,38 +175,41 @@ class EngineSettings:
                 "max": [self.max_batch, n(self.max_seconds)]}
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "keep_fp32_ops": list(self.keep_fp32_ops)}
+        return {**dataclasses.asdict(self), "keep_fp32_ops": list(self.keep_fp32_ops), "targets": list(self.targets)}
 
 
-def strongly_typed(precision: str) -> bool:
-    """INT8 engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where TensorRT no
-    longer has weak typing (its FP16 builder flag is gone in TensorRT 11), from the ONNX variants."""
-    if precision == "int8":
+def strongly_typed(precision: str, flavor: str = "trt") -> bool:
+    """INT8 engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where there is no weak
+    typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is gone), from the ONNX variants."""
+    if precision == "int8" or (flavor == "trtrtx" and precision != "fp32"):
         return True
     if precision not in ("fp16", "mixed"):
         return False
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return False
-    return not hasattr(trt.BuilderFlag, "FP16")
+    trt = trt_module(flavor)
+    return trt is not None and not hasattr(trt.BuilderFlag, "FP16")
 
 
 class TrtEngine(Spec):
-    """A TensorRT engine: built from the FP32 export (TensorRT lowers precision itself) or an ONNX variant
-    (strongly typed builds), for one TensorRT version and compute capability."""
-    name, file = "trt", "model.plan"
+    """A TensorRT (flavor "trt") or TensorRT-RTX ("trtrtx") engine, built from the FP32 export (TensorRT lowers
+    precision itself) or an ONNX variant (strongly typed builds). A TensorRT engine is keyed on the TensorRT
+    version and the compute capability of the GPU that built it; a TensorRT-RTX engine on its version and the
+    target compute capabilities chosen (it is built ahead of time, without a GPU)."""
+    file = "model.plan"
 
-    def __init__(self, loaded, precision: str, settings: EngineSettings | None = None, env: dict | None = None):
+    def __init__(self, loaded, precision: str, settings: EngineSettings | None = None, env: dict | None = None,
+                 flavor: str = "trt"):
         if precision not in PRECISIONS:
             raise EngineBuildError(f"Unknown TensorRT precision '{precision}'.",
                                    f"Choose from {', '.join(PRECISIONS)}.")
+        self.name, self.flavor = flavor, flavor
         self.engine_settings = (settings or EngineSettings()).validate()
-        self.env = env or runtime_env()
-        self.strong = strongly_typed(precision)
+        self.env = env or runtime_env(flavor)
+        self.strong = strongly_typed(precision, flavor)
         parent = OnnxVariant(loaded, precision) if self.strong else OnnxExport(loaded)
         super().__init__(loaded, precision, parent, {**self.engine_settings.as_dict(),
                                                      "typing": "strong" if self.strong else "weak"})
 
     def toolchain(self) -> dict:
+        if self.flavor == "trtrtx":
+            return {"tensorrt_rtx": self.env["tensorrt"]}
         return {"tensorrt": self.env["tensorrt"], "gpu_cc": self.env["gpu_cc"]}

@@ -6,7 +6,7 @@ import importlib.metadata
 import platform
 import subprocess
 
-LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx-cu13",
              "nvidia-pytriton", "tritonclient", "numpy", "jiwer")
 
 

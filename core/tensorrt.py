@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 # the compatibility checks and the spec live in core.engine_meta, where the loader (backends.trt_backend) takes them
-from .engine_meta import (PRECISIONS, TRT_MISSING, EngineBuildError, EngineIncompatibleError,  # noqa: F401
-                          EngineSettings, TrtEngine, check_compatible, ensure_compatible, read_engine_meta,
-                          rebuild_hint, runtime_env, tensorrt_available)
+from .engine_meta import (FLAVORS, PRECISIONS, RTX_PORTABLE, RTX_TARGETS, TRT_MISSING, EngineBuildError,  # noqa: F401
+                          EngineIncompatibleError, EngineSettings, TrtEngine, check_compatible, ensure_compatible,
+                          read_engine_meta, rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
 from .errors import BackendUnavailableError
 from .paths import artifacts_dir, atomic_path
 from .pipeline.onnx_specs import DEFAULT_KEEP_FP32
@@ -30,11 +30,11 @@ def timing_cache_path() -> Path:
 
 # ---------------------------------------------------------------- building (TensorRT needed from here on)
 
-def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailableError("TensorRT not installed.", "install tensorrt-cu12 or tensorrt-cu13") from None
+def _trt(flavor: str = "trt"):
+    trt = trt_module(flavor)
+    if trt is None:
+        head, _, hint = FLAVORS[flavor][1].partition(": ")
+        raise BackendUnavailableError(head + ".", hint)
     return trt
 
 
@@ -151,8 +151,11 @@ class EngineBuilder(Builder):
     def __init__(self, parent: Artifact, manifest):
         self.parent, self.manifest = parent, manifest
 
+    def measured_with(self):
+        return {"manifest": str(self.manifest) if self.manifest else None}
+
     def produce(self, spec, tmp, log):
-        trt = _trt()
+        trt = _trt(spec.flavor)
         settings, precision, loaded = spec.engine_settings, spec.precision, spec.loaded
         keep = list(settings.keep_fp32_ops)
         if precision == "mixed" and not keep:
@@ -177,12 +180,18 @@ class EngineBuilder(Builder):
             flags.append("OBEY_PRECISION_CONSTRAINTS")
             pinned = _pin_fp32(trt, network, self.parent.path, keep)
             log(f"pinned to FP32: {pinned}")
+        targets = list(settings.targets)
+        if spec.flavor == "trtrtx" and targets:  # default: TensorRT-RTX's portable set of RTX GPUs
+            config.num_compute_capabilities = len(targets)
+            for i, cc in enumerate(targets):
+                config.set_compute_capability(getattr(trt.ComputeCapability, RTX_TARGETS[cc]), i)
         shapes = settings.profile(loaded.sample_rate)
         profile = builder.create_optimization_profile()
         for name in inputs:  # input_values and attention_mask share [batch, samples]
             profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(profile)
-        cache = _load_timing_cache(config, log)
+        # TensorRT-RTX picks kernels at run time (its runtime cache keeps them): no timing cache to carry
+        cache = _load_timing_cache(config, log) if spec.flavor == "trt" else None
         log(f"building {precision} engine ({'strongly' if spec.strong else 'weakly'} typed) from "
             f"{self.parent.path} ...")
         started = time.perf_counter()
@@ -191,12 +200,16 @@ class EngineBuilder(Builder):
             raise EngineBuildError(f"TensorRT could not build the {precision} engine: "
                                    f"{'; '.join(logger.errors[-3:]) or 'see the log'}",
                                    "Lower --max-seconds/--max-batch, raise --workspace-gb, or try another precision.")
-        _save_timing_cache(config, cache, log)
+        if cache is not None:
+            _save_timing_cache(config, cache, log)
         (tmp / spec.file).write_bytes(bytes(plan))
         from .envinfo import environment
         full = environment()
-        self.meta = {"tensorrt": spec.env["tensorrt"], "gpu": spec.env["gpu"], "gpu_cc": spec.env["gpu_cc"],
-                     "cuda": full.get("cuda"), "driver": full.get("driver"), "inputs": inputs,
+        self.meta = {"flavor": spec.flavor, "tensorrt": spec.env["tensorrt"], "gpu": spec.env["gpu"],
+                     "gpu_cc": spec.env["gpu_cc"],
+                     # TensorRT-RTX: the compute capabilities chosen ([]: its portable set, RTX_PORTABLE and later)
+                     "targets_cc": targets if spec.flavor == "trtrtx" else [spec.env["gpu_cc"]],
+                     "cuda": full.get("cuda"), "driver": full.get("driver"), "input_names": inputs,
                      "source_onnx": str(self.parent.path),
                      "conv": {"kernel": list(loaded.model.config.conv_kernel),
                               "stride": list(loaded.model.config.conv_stride)},
@@ -204,7 +217,7 @@ class EngineBuilder(Builder):
                                                                            settings.max_seconds]}],
                      "builder": {**settings.as_dict(), "typing": "strong" if spec.strong else "weak", "flags": flags,
                                  "keep_fp32_ops": keep, "pinned_fp32_layers": pinned,
-                                 "timing_cache": str(timing_cache_path())},
+                                 "timing_cache": str(timing_cache_path()) if cache is not None else None},
                      "engine_build_seconds": round(time.perf_counter() - started, 1)}
         return self.meta
 
@@ -212,23 +225,28 @@ class EngineBuilder(Builder):
         from .backends.base import BackendSpec
         from .backends.trt_backend import TrtBackend
         from .pipeline.verify import measure
-        with TrtBackend(BackendSpec("trt", spec.precision, "cuda"), tmp / spec.file,
-                        dict(self.meta, source=spec.loaded.source, precision=spec.precision)) as candidate:
+        produced = getattr(self, "meta", None) or read_engine_meta(tmp) or {}   # built now, or measured again
+        meta = dict(produced, source=spec.loaded.source, precision=spec.precision)
+        ok, why = check_compatible(meta, runtime_env(spec.flavor))
+        if not ok:  # built ahead of time (TensorRT-RTX on a machine without its GPU): nothing here can run it
+            log(f"not verified: {why}")
+            return {"error": f"unverified: {why}; build it with --force on a GPU it runs on to verify it"}
+        with TrtBackend(BackendSpec(spec.flavor, spec.precision, "cuda"), tmp / spec.file, meta) as candidate:
             return measure(spec.loaded, candidate, self.manifest, log)
 
 
 def build_engine(loaded, precision: str = "fp16", settings: EngineSettings | None = None, *, gate=None,
-                 manifest=None, force: bool = False, log=print) -> Artifact:
-    """The TensorRT engine of `loaded` for `precision`, built once per key and verified by its gate."""
+                 manifest=None, force: bool = False, flavor: str = "trt", log=print) -> Artifact:
+    """The TensorRT (or TensorRT-RTX) engine of `loaded` for `precision`, built once per key and verified by its
+    gate where it can run (a TensorRT-RTX engine built without its GPU is kept, rejected as unverified)."""
     from .pipeline.gates import Gate
     from .pipeline.onnx_build import build_onnx, build_variant
     from .pipeline.verify import default_manifest
-    ok, why = tensorrt_available()
-    if not ok:
-        raise BackendUnavailableError("TensorRT not installed.", "install tensorrt-cu12 or tensorrt-cu13")
-    spec = TrtEngine(loaded, precision, settings)
-    if not spec.env["gpu"]:
-        raise BackendUnavailableError("No CUDA GPU visible.", "TensorRT engines are built on and for NVIDIA GPUs.")
+    _trt(flavor)
+    spec = TrtEngine(loaded, precision, settings, flavor=flavor)
+    if flavor == "trt" and not spec.env["gpu"]:
+        raise BackendUnavailableError("No CUDA GPU visible.", "TensorRT engines are built on and for NVIDIA GPUs "
+                                      "(TensorRT for RTX builds without one: --flavor trtrtx).")
     parent = build_variant(loaded, precision, log=log) if spec.strong else build_onnx(loaded, log=log)
     if not parent.usable:
         raise EngineBuildError(f"The ONNX artifact it is built from was rejected: {'; '.join(parent.meta['reasons'])}.",

@@ -1,9 +1,9 @@
 """Build: ONNX export, precision variants, TensorRT engines, Triton repository — as background jobs
 that survive reruns and reloads (core.jobs), with live logs and the finished artifacts' parity."""
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
-
-from pathlib import Path
 
 from core import jobs
 from core.backends import availability, known
@@ -93,11 +93,26 @@ with st.container(border=True):
                    f"python -m core trt-build --precision {p}", enabled=ok, why=why, show_why=False)
         if not ok:
             st.caption(f":material/block: Not on this machine: {why}.")
+        st.markdown("**TensorRT for RTX** — built ahead of time (no GPU needed) for RTX-class GPUs of compute "
+                    "capability 8.0, 8.6, 8.9 and 12.x, which JIT-compile its kernels on first use.")
+        rtx_ok, rtx_why = trt.tensorrt_available("trtrtx")
+        env = trt.runtime_env("trtrtx")
+        if rtx_ok and not env["gpu"]:
+            st.caption(":material/info: No GPU here: engines build, but cannot be verified on this machine, so they "
+                       "are kept as rejected (unverified) until built again on an RTX GPU.")
+        elif rtx_ok and not trt.rtx_runs_on(env["gpu_cc"], ()):
+            st.caption(f":material/block: This GPU ({env['gpu']}, compute capability {env['gpu_cc']}) cannot run "
+                       "TensorRT-RTX engines: build them here for an RTX machine, and use trt, ort or fast here.")
+        c = st.columns(4)
+        for i, p in enumerate(("fp32", "fp16")):
+            action(c[i], f"RTX engine {p.upper()}", ["build", "trtrtx", "--precision", p],
+                   f"python -m core build trtrtx --precision {p}", enabled=rtx_ok, why=rtx_why, show_why=False)
         with guarded():
-            engines = [r for r in artifact_rows(loaded.source) if r["stage"] == "trt"]
+            engines = [r for r in artifact_rows(loaded.source) if r["stage"] in ("trt", "trtrtx")]
             if engines:
-                st.dataframe(pd.DataFrame(engines)[["precision", "status", "why", "max_abs_dlogit", "rel_dlogit",
-                                                    "size_mb", "created", "key"]], hide_index=True, width="stretch")
+                st.dataframe(pd.DataFrame(engines)[["stage", "precision", "status", "why", "max_abs_dlogit",
+                                                    "rel_dlogit", "size_mb", "created", "key"]], hide_index=True,
+                             width="stretch")
 
 with st.container(border=True):
     st.markdown("#### :material/dns: Triton model repository")

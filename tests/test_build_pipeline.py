@@ -118,13 +118,13 @@ def test_odd_sources_stay_inside_the_artifacts_root(source):
     assert model_root("foo/bar") != model_root("foo_bar")
 
 
-def test_not_built_is_a_clear_message_not_a_build(tiny):
+def test_not_built_is_a_clear_message_not_a_build(local_model):
     from core.backends import make_backend
     with pytest.raises(NotBuiltError) as err:
-        make_backend("ort:mixed:cpu", tiny)
+        make_backend("ort:mixed:cpu", local_model)
     assert "not built yet" in err.value.message and "python -m core build mixed" in err.value.hint
     assert isinstance(err.value, WorkbenchError)
-    assert not list(model_root(tiny.source).glob("onnx-mixed-*"))
+    assert not list(model_root(local_model.source).glob("onnx-*"))     # asking built nothing, not even FP32
 
 
 def test_cli_build_and_artifacts(local_model, capsys):

@@ -13,6 +13,7 @@ RUNTIMES = {  # runtime name -> module
     "torch": ".torch_backend",
     "ort": ".ort_backend",
     "trt": ".trt_backend",
+    "trtrtx": ".trtrtx_backend",
     "triton": ".triton_backend",
     "fast": ".fast_backend",
 }
@@ -49,7 +50,7 @@ def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
     if not ok:
         head, _, hint = why.partition(": ")
         raise BackendUnavailableError(f"Backend {spec} is not available: {head}.", hint or "Pick another backend.")
-    if spec.runtime == "trt" and options.get("engine") is None:
+    if spec.runtime in ("trt", "trtrtx") and options.get("engine") is None:
         options = _built_engine(spec, loaded, **options)
     return _module(spec.runtime).make(spec, loaded, **options)
 
@@ -58,8 +59,8 @@ def _built_engine(spec, loaded, **_build_options) -> dict:
     """trt's options naming the engine of this precision (default settings) built for `loaded`, this TensorRT and
     this GPU's compute capability. Never builds: a missing engine says how to build it."""
     from ..engine_meta import TrtEngine
-    art = TrtEngine(loaded, spec.precision).require(f"python -m core trt-build --precision {spec.precision} "
-                                                    f"--model {loaded.source}")
+    art = TrtEngine(loaded, spec.precision, flavor=spec.runtime).require(
+        f"python -m core trt-build --flavor {spec.runtime} --precision {spec.precision} --model {loaded.source}")
     return {"engine": str(art.dir), "meta": art.meta}
 
 

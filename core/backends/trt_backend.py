@@ -8,27 +8,28 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, WorkbenchError
-from ..engine_meta import (PRECISIONS, TRT_MISSING, EngineIncompatibleError, ensure_compatible, read_engine_meta,
-                           rebuild_hint, tensorrt_available)
+from ..engine_meta import (PRECISIONS, RTX_PORTABLE, EngineIncompatibleError, ensure_compatible, read_engine_meta,
+                           rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
 from .base import Backend
 
 SPECS = [f"trt:{p}:cuda" for p in PRECISIONS]
 
 
-def available(spec) -> tuple[bool, str]:
+def available(spec, flavor: str = "trt") -> tuple[bool, str]:
+    what = "TensorRT-RTX" if flavor == "trtrtx" else "TensorRT"
     if spec.precision not in PRECISIONS:
-        return False, f"TensorRT engines here are {', '.join(PRECISIONS)}, not '{spec.precision}'"
+        return False, f"{what} engines here are {', '.join(PRECISIONS)}, not '{spec.precision}'"
     if spec.device != "cuda":
-        return False, f"TensorRT runs on 'cuda' only, not '{spec.device}': use trt:{spec.precision}:cuda"
-    ok, why = tensorrt_available()
+        return False, f"{what} runs on 'cuda' only, not '{spec.device}': use {flavor}:{spec.precision}:cuda"
+    ok, why = tensorrt_available(flavor)
     if not ok:
-        return False, TRT_MISSING
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return False, "no CUDA GPU: TensorRT needs an NVIDIA GPU and a CUDA build of torch"
-    except ImportError:
-        return False, "torch not installed: pip install torch (a CUDA build)"
+        return False, why
+    env = runtime_env(flavor)
+    if not env["gpu"]:
+        return False, f"no CUDA GPU: {what} needs an NVIDIA GPU and a CUDA build of torch"
+    if flavor == "trtrtx" and not rtx_runs_on(env["gpu_cc"], ()):
+        return False, (f"TensorRT-RTX runs on RTX-class GPUs (compute capability {', '.join(RTX_PORTABLE)} and "
+                       f"later), not on {env['gpu']} ({env['gpu_cc']}): use trt, ort or fast here")
     return True, ""
 
 
@@ -38,21 +39,16 @@ def make(spec, loaded, engine: str | Path, meta: dict | None = None, **_build_op
     return TrtBackend(spec, Path(engine) / "model.plan", meta)
 
 
-_TORCH_DTYPES = None
-
-
-def _torch_dtype(trt, dtype):
+def _torch_dtype(dtype):
+    """A TensorRT DataType (of either flavor's module) as a torch dtype, by its name."""
     import torch
-    global _TORCH_DTYPES
-    if _TORCH_DTYPES is None:
-        _TORCH_DTYPES = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                         trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool}
-        if hasattr(trt, "bfloat16"):
-            _TORCH_DTYPES[trt.bfloat16] = torch.bfloat16
-    return _TORCH_DTYPES[dtype]
+    return {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+            "INT64": torch.int64, "INT8": torch.int8, "BOOL": torch.bool}[dtype.name]
 
 
 class TrtBackend(Backend):
+    """TensorRT, or TensorRT for RTX (flavor "trtrtx": same API; its JIT runtime cache persisted next to the
+    engine as runtime.cache, so kernels compiled for this GPU are reused by the next load)."""
     runtime = "trt"
 
     def __init__(self, spec, engine_path: Path | str, meta: dict | None = None):
@@ -61,12 +57,16 @@ class TrtBackend(Backend):
         self.meta = meta
         self.engine = self.context = None
 
+    @property
+    def flavor(self) -> str:
+        return self.spec.runtime
+
     def load(self):
-        ok, why = available(self.spec)
+        ok, why = available(self.spec, self.flavor)
         if not ok:
             head, _, hint = why.partition(": ")
             raise BackendUnavailableError(head + ".", hint)
-        import tensorrt as trt
+        trt = trt_module(self.flavor)
         import torch
         meta = self.meta or read_engine_meta(self.engine_path.parent)
         if meta is None or not self.engine_path.exists():
@@ -80,12 +80,22 @@ class TrtBackend(Backend):
         self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
             raise EngineIncompatibleError(f"TensorRT could not deserialize {self.engine_path}.", rebuild_hint(meta))
-        self.context = self.engine.create_execution_context()
+        self.runtime_cache = None
+        if self.flavor == "trtrtx":
+            config = self.engine.create_runtime_config()
+            self.runtime_cache = config.create_runtime_cache()
+            cache_file = self.engine_path.parent / "runtime.cache"
+            if cache_file.exists():
+                self.runtime_cache.deserialize(cache_file.read_bytes())
+            config.set_runtime_cache(self.runtime_cache)
+            self.context = self.engine.create_execution_context(config)
+        else:
+            self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self.dtypes = {n: _torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
         lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
         self.min_shape, self.max_shape = tuple(lo), tuple(hi)
         return self
@@ -153,4 +163,9 @@ class TrtBackend(Backend):
         return logits
 
     def close(self):
+        if getattr(self, "runtime_cache", None) is not None:  # keep what the JIT compiled for this GPU
+            from ..paths import atomic_path
+            with atomic_path(self.engine_path.parent / "runtime.cache") as tmp:
+                tmp.write_bytes(bytes(self.runtime_cache.serialize()))
+            self.runtime_cache = None
         self.context = self.engine = None

@@ -28,9 +28,9 @@ class Gate:
 
     def judge(self, figures: dict) -> tuple[bool, list[str]]:
         """(passed, reasons it failed). WER is judged only where it was measured on a trained model."""
+        if figures.get("error"):   # nothing measured (or the measurement failed): that is the reason
+            return False, [figures["error"]]
         why = []
-        if figures.get("error"):
-            why.append(figures["error"])
         rel = figures.get("rel_dlogit")
         if rel is None or not rel <= self.max_rel_dlogit:   # NaN fails too
             why.append(f"max |Δlogit| {figures.get('max_abs_dlogit', float('nan')):.3g} is "

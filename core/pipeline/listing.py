@@ -34,7 +34,9 @@ def toolchain_now(names) -> dict:
     """Today's versions of the named tools (TensorRT and the GPU's compute capability as the engines record them)."""
     from ..engine_meta import runtime_env
     env = runtime_env() if {"tensorrt", "gpu_cc"} & set(names) else {}
-    return {n: env[n] if n in ("tensorrt", "gpu_cc") else versions(n)[n] for n in names}
+    if "tensorrt_rtx" in names:
+        env["tensorrt_rtx"] = runtime_env("trtrtx")["tensorrt"]
+    return {n: env[n] if n in ("tensorrt", "gpu_cc", "tensorrt_rtx") else versions(n)[n] for n in names}
 
 
 def artifact_rows(source: str | None = None) -> list[dict]:

@@ -18,6 +18,9 @@ class ExportBuilder(Builder):
     def __init__(self, manifest: Path | None):
         self.manifest = manifest
 
+    def measured_with(self):
+        return {"manifest": str(self.manifest) if self.manifest else None}
+
     def produce(self, spec, tmp, log):
         path = tmp / spec.file
         log(f"exporting {spec.loaded.source} with the {spec.settings['exporter']} exporter, opset "
@@ -28,14 +31,14 @@ class ExportBuilder(Builder):
             raise ExportError(f"torch.onnx.export failed: {err}", "Try --exporter dynamo, or another opset.") from err
         log("onnx.checker and shape inference ...")
         check_and_infer(path)
-        return {"inputs_names": inputs, "outputs": ["logits"], "dynamic_axes": {"batch": 0, "samples/frames": 1}}
+        return {"input_names": inputs, "outputs": ["logits"], "dynamic_axes": {"batch": 0, "samples/frames": 1}}
 
     def measure(self, spec, tmp, log):
         with OrtBackend(BackendSpec("ort", "fp32", "cpu"), tmp / spec.file) as candidate:
             return measure(spec.loaded, candidate, self.manifest, log)
 
 
-class VariantBuilder(Builder):
+class VariantBuilder(ExportBuilder):
     def __init__(self, manifest: Path | None, parent: Artifact):
         self.manifest, self.parent = manifest, parent
 

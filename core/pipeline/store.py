@@ -202,6 +202,10 @@ class Builder:
     def measure(self, spec: Spec, tmp: Path, log) -> dict:
         raise NotImplementedError
 
+    def measured_with(self) -> dict:
+        """What the figures depend on besides the files (e.g. the labelled set): other values re-measure."""
+        return {}
+
 
 def build(stage: Spec, builder: Builder, gate, force: bool = False, log=print) -> Artifact:
     """Build a spec's artifact once: reuse a finished one, else build in a temporary folder, judge it with the
@@ -213,12 +217,18 @@ def build(stage: Spec, builder: Builder, gate, force: bool = False, log=print) -
     inputs = stage.inputs()
     key = digest(inputs)
     dest = stage.dest(key)
-    if not force and (done := read(dest)) and done.meta.get("gate") == gate.limits():
+    current = {"gate": gate.limits(), "measured_with": builder.measured_with()}
+    if not force and (done := read(dest)) and all(done.meta.get(k) == v for k, v in current.items()):
         log(f"{stage.name} {stage.precision}: {done.status}, cached at {dest}")
         return done
     with locked(root, key, log):
-        if not force and (done := read(dest)):  # built by the process we waited for, or judged by another gate
-            if done.meta.get("gate") != gate.limits():
+        if not force and (done := read(dest)):  # built by the process we waited for, or judged otherwise
+            if done.meta.get("measured_with") != current["measured_with"]:  # same files, other labelled set
+                log(f"{stage.name} {stage.precision}: measuring again with {current['measured_with']}")
+                done = Artifact(done.dir, dict(done.meta, figures=builder.measure(stage, done.dir, log),
+                                               measured_with=current["measured_with"]))
+                return rejudge(done, gate, log)
+            if done.meta.get("gate") != current["gate"]:
                 return rejudge(done, gate, log)
             log(f"{stage.name} {stage.precision}: {done.status}, built meanwhile at {dest}")
             return done
@@ -232,11 +242,12 @@ def build(stage: Spec, builder: Builder, gate, force: bool = False, log=print) -
             passed, reasons = gate.judge(figures)
             status = VERIFIED if passed else REJECTED
             log(f"{stage.name} {stage.precision}: {status}" + (f" ({'; '.join(reasons)})" if reasons else ""))
-            meta = {"key": key, "stage": stage.name, "precision": stage.precision, "status": status,
+            meta = {**produced, "key": key, "stage": stage.name, "precision": stage.precision, "status": status,
                     "reasons": reasons, "gate": gate.limits(), "figures": figures, "inputs": inputs,
+                    "measured_with": current["measured_with"],
                     "source": stage.loaded.source, "label": stage.loaded.label,
                     "random_weights": stage.loaded.random_weights, "file": stage.file,
-                    "parent_dir": str(stage.parent.dest()) if stage.parent else None, **produced,
+                    "parent_dir": str(stage.parent.dest()) if stage.parent else None,
                     "bytes": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
                     "build_seconds": round(time.perf_counter() - started, 1),
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -215,6 +215,10 @@ class RepoBuilder(Builder):
         (tmp / "README.md").write_text(self.readme_text, encoding="utf-8")
         return self.meta
 
+    def measured_with(self):
+        return {"parent": self.parent.key if self.parent else None,
+                "parent_figures": (self.parent.meta.get("measured_with") if self.parent else None)}
+
     def measure(self, spec, tmp, log):
         parse_config((tmp / spec.settings["model_name"] / "config.pbtxt").read_text(encoding="utf-8"))
         if self.parent is None:
@@ -256,8 +260,8 @@ def build_repo(loaded, backend: str, name: str | None = None, opts: RepoOptions 
         engine_sha = file_sha256(model_file)
         trt_version = _engine_trt_version(model_file)
         engine_meta = _engine_meta(model_file)
-        if engine_meta.get("inputs"):
-            with_mask = "attention_mask" in engine_meta["inputs"]
+        if engine_meta.get("input_names"):
+            with_mask = "attention_mask" in engine_meta["input_names"]
         profile_max = max((p.get("max", [0])[0] for p in engine_meta.get("profiles", [])), default=None)
         if profile_max and opts.max_batch > profile_max:
             raise ExportError(f"max_batch {opts.max_batch} exceeds the engine's optimization profile (max batch "
