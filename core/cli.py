@@ -153,6 +153,27 @@ def cmd_transcribe(args):
         print(json.dumps(rows, ensure_ascii=False, indent=2))
 
 
+def _number(kind, low, high=None, what="value"):
+    """An argparse type: a number in [low, high], else a one-line error naming the range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (value >= low and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{what} must be {'at least ' + str(low) if high is None else f'between {low} and {high}'}, "
+                                             f"not {text}")
+        return value
+    return parse
+
+
+SECONDS = _number(float, 0.1, 600, "audio seconds per item")   # a longer item is windowed by transcribe()
+BATCH = _number(int, 1, 1024, "the batch size")
+REPEATS = _number(int, 3, 100_000, "repeats per measurement window")
+WARMUP = _number(int, 0, 100_000, "warm-up calls")
+COUNT = _number(int, 1, None, "the count")
+
+
 def _env_line(env: dict) -> str:
     return (f"# {env.get('gpu') or env.get('cpu')} | driver {env.get('driver')} | CUDA {env.get('cuda')} | torch "
             f"{env.get('torch')} | onnxruntime {env.get('onnxruntime') or env.get('onnxruntime-gpu')}")
@@ -319,6 +340,7 @@ def cmd_sweep(args):
     from .audio import load_audio
     from .backends import make_backend
     from .export import parity_audio
+    from .backends.triton_backend import START_HINT
     from .results import save
     from .triton import server
     from .triton.loadtest import prepare_clips, sweep
@@ -343,6 +365,9 @@ def cmd_sweep(args):
             print(f"  c={r['concurrency']} errors, e.g.: {r['error_examples'][0]}", file=sys.stderr)
     if rows and rows[-1].get("server_died"):
         print("the server stopped answering: sweep ended early", file=sys.stderr)
+    if not any(r.get("n") for r in rows):  # nothing answered: a run of NaN rows would only mislead
+        print(f"error: no request to {url} succeeded; nothing saved\n  → {START_HINT}", file=sys.stderr)
+        return 1
     if not args.no_save:
         print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
 
@@ -369,7 +394,9 @@ def cmd_profile(args):
 def cmd_results(args):
     from .results import rows, runs
     if args.run is None:
-        print(_table(runs(), ["id", "created", "kind", "rows", "note"]))
+        saved = runs()
+        print(_table(saved, ["id", "created", "kind", "rows", "note"]) if saved else
+              "no runs saved yet: python -m core bench (or check, wer, sweep) saves one")
     else:
         print(_table(rows(args.run), ["kind", "backend", "scope", "audio_s", "batch", "concurrency", "p50_ms",
                                       "p90_ms", "p99_ms", "audio_s_per_s", "wer", "cer", "cell", "passed", "gpu"]))
@@ -408,9 +435,11 @@ def _triton_commands(add):
     s.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     s.add_argument("--model-name", default=None)
     s.add_argument("--name", default="default", help="local server name (for the default url)")
-    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    s.add_argument("--requests", type=int, default=200, help="max requests per level")
-    s.add_argument("--seconds", type=float, default=30, help="max seconds per level")
+    s.add_argument("--concurrency", type=_number(int, 1, 1024, "the concurrency"), nargs="+",
+                   default=[1, 2, 4, 8, 16, 32])
+    s.add_argument("--requests", type=COUNT, default=200, help="max requests per level")
+    s.add_argument("--seconds", type=_number(float, 0.5, 3600, "seconds per level"), default=30,
+                   help="max seconds per level")
     s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")
     s.add_argument("--audio", nargs="+", help="speech files to send (default: the shipped test clips)")
     s.add_argument("--audio-seconds", type=float, help="tile/crop every clip to this length")
@@ -463,14 +492,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = add("bench", cmd_bench, "Latency/throughput per backend, audio length and batch size (saved to the results DB).")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
-    s.add_argument("--seconds", type=float, nargs="+", default=[1, 5, 10])
-    s.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    s.add_argument("--warmup", type=int, default=5)
-    s.add_argument("--repeats", type=int, default=30)
+    s.add_argument("--seconds", type=SECONDS, nargs="+", default=[1, 5, 10])
+    s.add_argument("--batch", type=BATCH, nargs="+", default=[1, 8])
+    s.add_argument("--warmup", type=WARMUP, default=5)
+    s.add_argument("--repeats", type=REPEATS, default=30)
     s.add_argument("--audio", help="speech to tile to each length (default: seeded noise)")
     s.add_argument("--scope", nargs="+", choices=("compute", "e2e"), default=["compute", "e2e"],
                    help="compute: device inputs -> device logits; e2e: audio -> features -> forward -> text")
-    s.add_argument("--windows", type=int, default=8, help="at most this many measurement windows of --repeats "
+    s.add_argument("--windows", type=_number(int, 3, 1000, "measurement windows"), default=8, help="at most this many measurement windows of --repeats "
                    "calls, until the last three p50s agree within 5%% (else the row is flagged unstable)")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("--no-save", action="store_true")
@@ -478,15 +507,15 @@ def parser() -> argparse.ArgumentParser:
             "length (bucketing, splitting, padding, buffer reuse); exits 1 on any failure.")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
     s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
-    s.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
-    s.add_argument("--seconds", type=float, nargs="+",
+    s.add_argument("--batch", type=BATCH, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
+    s.add_argument("--seconds", type=SECONDS, nargs="+",
                    help="audio lengths (default 0.7 5 6.5 21.5: inside, at, between and past the length buckets)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-save", action="store_true")
     s = add("wer", cmd_wer, "WER/CER of backends over a labelled manifest (CSV/TSV/JSONL; Common Voice TSV).")
     s.add_argument("--manifest", default=None, help="default: the shipped demo held-out set")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=COUNT, help="score only the first N clips")
     s.add_argument("--beam", action="store_true")
     s.add_argument("--show", action="store_true", help="print every reference/hypothesis pair")
     s.add_argument("--no-save", action="store_true")
@@ -550,6 +579,17 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "backend", "") is None:
         args.backend = ["torch:fp32:cpu"]
+    if isinstance(getattr(args, "backend", None), list):  # a misspelt backend is an error before the model loads
+        from .backends import availability
+        for spec in args.backend:
+            try:
+                ok, why = availability(spec)
+            except ValueError as err:
+                ok, why = False, str(err)
+            if not ok and ("unknown" in why or "runtime:precision" in why):
+                print(f"error: backend {spec}: {why}\n  → python -m core info lists every backend and whether it "
+                      "runs here", file=sys.stderr)
+                return 2
     if getattr(args, "manifest", "") is None and args.fn is not cmd_build:  # builds: the gate's own default
         from .paths import DEMO_TESTSET
         args.manifest = DEMO_TESTSET

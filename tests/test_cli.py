@@ -66,3 +66,38 @@ def test_errors_are_actionable(args, message):
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "→" in out.stderr  # every error says what to do next
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--seconds", "0"], "audio seconds per item must be between 0.1 and 600, not 0"),
+    (["bench", "--seconds", "1e9"], "must be between 0.1 and 600, not 1e9"),
+    (["bench", "--batch", "-2"], "the batch size must be between 1 and 1024, not -2"),
+    (["bench", "--repeats", "0"], "repeats per measurement window must be between 3"),
+    (["bench", "--warmup", "-1"], "warm-up calls must be between 0"),
+    (["wer", "--limit", "-3"], "the count must be at least 1, not -3"),
+    (["sweep", "--concurrency", "0"], "the concurrency must be between 1 and 1024, not 0"),
+    (["bench", "--backend", "ort:fp33:cpu"], "unknown precision 'fp33' (known: fp32, fp16, bf16, mixed, int8)"),
+])
+def test_bad_options_are_one_clear_line_before_any_work(args, message):
+    out = cli(*args, check=False)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert "model:" not in out.stderr   # refused before the model was loaded
+
+
+def test_results_on_an_empty_database(tmp_path):
+    env = dict(os.environ, WORKBENCH_ARTIFACTS=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "core", "results"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and "no runs saved yet" in out.stdout and "Empty DataFrame" not in out.stdout
+
+
+def test_sweep_against_no_server_fails_and_saves_nothing(tmp_path):
+    env = dict(os.environ, WORKBENCH_ARTIFACTS=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "core", "sweep", "--model", "random:wav2vec2-tiny", "--url",
+                          "127.0.0.1:1", "--concurrency", "1", "--requests", "2", "--seconds", "2", "--timeout", "2",
+                          "--reference-backend", "torch:fp32:cpu"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 1 and "no request to 127.0.0.1:1 succeeded; nothing saved" in out.stderr
+    assert "Traceback" not in out.stderr
+    from core.results import runs
+    assert runs(path=tmp_path / "results.sqlite") == []

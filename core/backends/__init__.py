@@ -35,7 +35,7 @@ def availability(spec: str | BackendSpec) -> tuple[bool, str]:
     """(usable here, why not) without loading any model."""
     spec = BackendSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.precision not in PRECISIONS:
-        return False, f"unknown precision '{spec.precision}'"
+        return False, f"unknown precision '{spec.precision}' (known: {', '.join(PRECISIONS)})"
     mod = _module(spec.runtime)
     if mod is None:
         return False, f"unknown runtime '{spec.runtime}' (known: {', '.join(RUNTIMES)})"

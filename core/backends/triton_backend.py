@@ -16,7 +16,7 @@ SPECS = ["triton:fp32:http", "triton:fp32:grpc"]
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 START_HINT = ("Start the local server with `python -m core serve --model <model> --backend ort:fp32:cpu`, "
-              "or pass url=host:port of a running Triton server.")
+              "or point WORKBENCH_TRITON_URL=host:port (sweep: --url host:port) at a running Triton server.")
 
 
 class TritonRequestError(WorkbenchError):
