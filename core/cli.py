@@ -136,13 +136,31 @@ def cmd_transcribe(args):
     from .backends import make_backend
     from .transcribe import transcribe
     from .wer import scores
+    from .errors import AudioError
     loaded = _model(args)
-    audios = [load_audio(p, loaded.sample_rate) for p in args.audio]
+    audios, failed = [], 0
+    for path in args.audio:  # one bad file is reported and skipped: the others are still transcribed
+        try:
+            audio = load_audio(path, loaded.sample_rate)
+        except AudioError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if audio.warning:
+            print(f"warning: {audio.warning}", file=sys.stderr)
+        audios.append(audio)
+    if not audios:
+        return 2
     rows = []
     for spec in args.backend:
         with make_backend(spec, loaded) as backend:
             for audio in audios:
-                t = transcribe(audio, backend, loaded, beam=args.beam)
+                try:
+                    t = transcribe(audio, backend, loaded, beam=args.beam)
+                except AudioError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    failed += 1
+                    continue
                 row = {"backend": spec, "audio": audio.name, "seconds": round(audio.duration, 2),
                        "latency_ms": round(t.latency_ms, 1), "text": t.text}
                 if args.reference:
@@ -151,6 +169,7 @@ def cmd_transcribe(args):
                 print(f"[{spec}] {audio.name} ({audio.duration:.1f} s, {t.latency_ms:.0f} ms): {t.text}")
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
+    return 1 if failed else 0
 
 
 def _number(kind, low, high=None, what="value"):
@@ -253,10 +272,13 @@ def cmd_wer(args):
     for spec in args.backend:
         with make_backend(spec, loaded) as backend:
             r = evaluate(backend, loaded, args.manifest, limit=args.limit, beam=args.beam)
+        for skip in r["skipped"]:
+            print(f"warning: skipped {skip['audio']}: {skip['error']}", file=sys.stderr)
         rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
                      "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
                      "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
-                     "n": r["n"], "manifest": str(args.manifest), "env": environment()})
+                     "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.manifest),
+                     "env": environment()})
         if args.show:
             for u in r["utterances"]:
                 print(f"  {u['audio']}: REF {u['reference']}\n  {'':{len(u['audio'])}}  HYP {u['hypothesis']}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio import Audio, windows
-from .errors import BackendUnavailableError
+from .errors import AudioError, BackendUnavailableError
 
 
 @dataclass
@@ -36,6 +36,14 @@ def decode(processor, logits: np.ndarray, beam: bool = False) -> list[str]:
         return list(processor.batch_decode(logits).text)
     tokenizer = getattr(processor, "tokenizer", processor)
     return tokenizer.batch_decode(logits.argmax(-1))
+
+
+def min_samples(model_config) -> int:
+    """The fewest samples the feature encoder turns into one frame (400 for wav2vec2: 25 ms at 16 kHz)."""
+    n = 1
+    for kernel, stride in reversed(list(zip(model_config.conv_kernel, model_config.conv_stride))):
+        n = (n - 1) * stride + kernel
+    return n
 
 
 def frames_per_sample(model_config) -> float:
@@ -86,6 +94,11 @@ def transcribe(audio: Audio, backend, loaded, beam: bool = False, window_s: floa
                overlap_s: float = 2.0) -> Transcript:
     """Transcribe one decoded Audio with a loaded backend."""
     start = time.perf_counter()
+    shortest = min_samples(loaded.model.config)
+    if len(audio.samples) < shortest:
+        raise AudioError(f"{audio.name} is {audio.duration * 1e3:.0f} ms long; the model needs at least "
+                         f"{shortest / audio.sample_rate * 1e3:.0f} ms of audio for one output frame.",
+                         "Record or upload a longer clip.")
     ratio = frames_per_sample(loaded.model.config)
     logits, n = logits_long(backend, loaded.processor, audio.samples, audio.sample_rate, ratio, window_s, overlap_s)
     text = decode(loaded.processor, logits[None], beam)[0]

@@ -49,7 +49,13 @@ def load_manifest(path) -> list[tuple[Path, str]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"Manifest not found: {path}", "Give a CSV, TSV or JSONL file of audio paths and texts.")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path} is not UTF-8 text (byte {err.start} cannot be read as UTF-8).",
+                            "Save the manifest as UTF-8 (Devanagari needs it anyway).") from err
+    if not text.strip():
+        raise ManifestError(f"{path} is empty.", "Add a header and rows of audio path + text.")
     if path.suffix == ".jsonl":
         try:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -57,7 +63,13 @@ def load_manifest(path) -> list[tuple[Path, str]]:
             raise ManifestError(f"{path} is not valid JSONL: {err}", "One JSON object per line.") from err
     else:
         delim = "\t" if path.suffix == ".tsv" or "\t" in text.splitlines()[0] else ","
-        rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
+        quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
+        try:  # strict: an unterminated quote is an error, not a row that swallows the rest of the file
+            rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=quoting, strict=True))
+        except csv.Error as err:
+            raise ManifestError(f"{path} is not valid {'TSV' if delim == chr(9) else 'CSV'}: {err}.",
+                                "Check the quotes on that line (a text with a comma needs \"quotes\" on both "
+                                "sides).") from err
     if not rows:
         raise ManifestError(f"{path} lists no clips.", "Add rows of audio path + text.")
     items = []
@@ -74,13 +86,23 @@ def evaluate(backend, loaded, manifest, limit: int | None = None, beam: bool = F
     """Transcribe every clip of a manifest with a loaded backend and score it."""
     from .audio import load_audio
     from .transcribe import transcribe
+    from .errors import AudioError
     items = load_manifest(manifest)[:limit]
-    refs, hyps, rows = [], [], []
-    for audio_path, ref in items:
-        t = transcribe(load_audio(audio_path, loaded.sample_rate), backend, loaded, beam=beam)
+    refs, hyps, rows, skipped = [], [], [], []
+    for audio_path, ref in items:  # a missing or broken clip is skipped and reported, the rest are scored
+        try:
+            t = transcribe(load_audio(audio_path, loaded.sample_rate), backend, loaded, beam=beam)
+        except AudioError as err:
+            skipped.append({"audio": str(audio_path), "error": err.message})
+            continue
         refs.append(ref)
         hyps.append(t.text)
         rows.append({"audio": audio_path.name, "reference": ref, "hypothesis": t.text})
+    if not refs:
+        raise ManifestError(f"None of the {len(items)} clips of {manifest} could be read "
+                            f"(first: {skipped[0]['error'] if skipped else 'none listed'}).",
+                            "Check the audio paths (relative paths resolve against the manifest's folder).")
     result = scores(refs, hyps)
     result["utterances"] = rows
+    result["skipped"] = skipped
     return result

@@ -88,3 +88,38 @@ def test_windows_cover_and_overlap():
     assert all(e - s == 20 * rate for s, e in spans)
     assert all(a[1] - b[0] >= 2 * rate for a, b in zip(spans, spans[1:]))  # consecutive windows overlap
     assert windows(rate * 3, rate) == [(0, rate * 3)]
+
+
+def test_odd_inputs_get_one_clear_message(tmp_path, capfd, hindi_wav):
+    import io
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(AudioError, match="is a folder, not an audio file"):
+        load_audio(folder)
+    noise = tmp_path / "noise.mp3"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    capfd.readouterr()
+    with pytest.raises(AudioError, match="Cannot decode noise.mp3: not a WAV, FLAC, OGG or MP3 stream"):
+        load_audio(noise)
+    assert capfd.readouterr().err == ""           # the MP3 decoder's own chatter stays out of the terminal
+    with pytest.raises(AudioError) as err:
+        load_audio(io.BytesIO(b"not audio" * 100), name="upload.wav")
+    assert "upload.wav" in err.value.message and "BytesIO" not in err.value.message
+
+
+def test_truncated_wav_decodes_with_a_warning(hindi_wav, tmp_path):
+    data = hindi_wav.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    audio = load_audio(cut)
+    assert "ends early" in audio.warning and "truncated" in audio.warning
+    assert load_audio(hindi_wav).warning == ""
+
+
+def test_a_clip_too_short_for_one_frame_is_refused(tiny):
+    from core.audio import Audio
+    from core.backends import make_backend
+    from core.transcribe import transcribe
+    with make_backend("torch:fp32:cpu", tiny) as backend:
+        with pytest.raises(AudioError, match="is 10 ms long; the model needs at least 25 ms"):
+            transcribe(Audio(np.full(160, 0.1, np.float32), 16000, "click.wav"), backend, tiny)

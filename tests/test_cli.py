@@ -101,3 +101,11 @@ def test_sweep_against_no_server_fails_and_saves_nothing(tmp_path):
     assert "Traceback" not in out.stderr
     from core.results import runs
     assert runs(path=tmp_path / "results.sqlite") == []
+
+
+def test_one_bad_file_does_not_stop_the_others(hindi_wav, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all" * 50)
+    out = cli("transcribe", str(bad), str(hindi_wav), "--model", "random:wav2vec2-tiny", check=False)
+    assert out.returncode == 1 and "Cannot decode bad.wav" in out.stderr and "Traceback" not in out.stderr
+    assert f"] {hindi_wav.name} (" in out.stdout     # the good file was still transcribed

@@ -69,3 +69,28 @@ def test_evaluate_end_to_end(tiny, tiny_onnx, clips):
     # random weights: the hypothesis is noise, so every word is wrong
     assert r["wer"] >= 0.8 and 0 < r["cer"]
     assert r["utterances"][0]["hypothesis"] == r["utterances"][1]["hypothesis"]  # same audio, same text
+
+
+def test_manifest_encoding_empty_and_quotes(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ManifestError, match="is empty"):
+        load_manifest(empty)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,text\na.wav,café\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="is not UTF-8 text"):
+        load_manifest(latin)
+    quote = tmp_path / "quote.csv"
+    quote.write_text('path,text\na.wav,"नमस्ते, दुनिया\nb.wav,x\n', encoding="utf-8")
+    with pytest.raises(ManifestError, match="is not valid CSV"):
+        load_manifest(quote)
+
+
+def test_evaluate_skips_a_missing_clip_and_says_so(tiny, tiny_onnx, clips):
+    from core.backends import make_backend
+    (clips / "m.tsv").write_text("path\tsentence\na.wav\tनमस्ते\nmissing.wav\tदुनिया\nb.wav\tनमस्ते\n",
+                                 encoding="utf-8")
+    with make_backend("ort:fp32:cpu", tiny) as ort:
+        r = evaluate(ort, tiny, clips / "m.tsv")
+    assert r["n"] == 2 and [s["audio"].endswith("missing.wav") for s in r["skipped"]] == [True]
+    assert "not found" in r["skipped"][0]["error"]
