@@ -10,7 +10,8 @@ from core.audio import SUPPORTED, load_audio
 from core.paths import DEMO_TESTSET
 from core.transcribe import transcribe
 from core.wer import load_manifest, scores
-from pages._shared import active_model, available_backends, backend, default_backends, guarded, model_badge
+from core.errors import WorkbenchError
+from pages._shared import active_model, available_backends, backend, default_backends, model_badge, show_error
 
 st.title("Transcribe")
 loaded = active_model()
@@ -75,24 +76,43 @@ if not clips:
     st.caption("Add audio above: upload, record, or pick a sample.")
 
 if go:
-    results = []
+    results, problems, notes = [], [], []
     with st.status("Transcribing …", expanded=False) as status:
-        with guarded():
-            audios = [load_audio(data, loaded.sample_rate, name=name) for name, data in clips]
-            for spec in specs:
-                status.update(label=f"Loading {spec} (ONNX is exported on first use) …")
+        audios = []
+        for name, data in clips:  # a bad clip is reported and skipped: the others still go through
+            try:
+                audios.append(load_audio(data, loaded.sample_rate, name=name))
+            except WorkbenchError as err:
+                problems.append(err)
+        notes += [a.warning for a in audios if a.warning]
+        for spec in specs if audios else []:
+            status.update(label=f"Loading {spec} …")
+            try:
                 be = backend(loaded, spec)
-                for a in audios:
-                    status.update(label=f"{spec}: {a.name}")
+            except Exception as err:  # noqa: BLE001 — shown below, the other backends go on
+                problems.append(err)
+                continue
+            for a in audios:
+                status.update(label=f"{spec}: {a.name}")
+                try:
                     t = transcribe(a, be, loaded)
-                    row = {"audio": a.name, "backend": spec, "audio_s": round(a.duration, 2),
-                           "latency_ms": t.latency_ms, "text": t.text}
-                    if reference.strip():
-                        row.update({k: v for k, v in scores([reference], [t.text]).items() if k != "n"})
-                    results.append(row)
-        status.update(label=f"Done: {len(results)} transcripts", state="complete" if results else "error")
-    st.session_state["transcripts"] = results
-    st.session_state["transcript_audio"] = dict(clips)
+                except Exception as err:  # noqa: BLE001
+                    problems.append(err)
+                    continue
+                row = {"audio": a.name, "backend": spec, "audio_s": round(a.duration, 2),
+                       "latency_ms": t.latency_ms, "text": t.text}
+                if reference.strip():
+                    row.update({k: v for k, v in scores([reference], [t.text]).items() if k != "n"})
+                results.append(row)
+        status.update(label=f"Done: {len(results)} transcripts" + (f", {len(problems)} problems" if problems else ""),
+                      state="complete" if results else "error")
+    for note in notes:
+        st.warning(note, icon=":material/warning:")
+    for err in problems:  # outside the status box, where they are seen
+        show_error(err)
+    if results:  # a run that produced nothing leaves the earlier transcripts on the page
+        st.session_state["transcripts"] = results
+        st.session_state["transcript_audio"] = dict(clips)
 
 results = st.session_state.get("transcripts") or []
 if results:

@@ -106,6 +106,18 @@ def test_transcribe_two_backends_with_reference(app, hindi_wav, tiny_onnx):
     assert app.get("plotly_chart")  # the latency chart
 
 
+def test_a_bad_upload_beside_a_good_one(app, hindi_wav, tiny_onnx):
+    """The good clip is transcribed, the bad one is reported outside the status box by its name."""
+    page(app, "pages/transcribe.py")
+    app.file_uploader(key="uploads").set_value([(hindi_wav.name, hindi_wav.read_bytes(), "audio/wav"),
+                                                 ("broken.wav", b"not audio" * 100, "audio/wav")]).run()
+    app.multiselect(key="transcribe_backends").set_value(["torch:fp32:cpu"]).run()
+    next(b for b in app.button if b.label == "Transcribe").click().run()
+    assert not app.exception
+    assert [r["audio"] for r in app.session_state["transcripts"]] == [hindi_wav.name]
+    assert any("Cannot decode broken.wav" in e.value and "BytesIO" not in e.value for e in app.error)
+
+
 def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path, tiny_onnx):
     manifest = tmp_path / "set.tsv"
     manifest.write_text(f"path\tsentence\n{hindi_wav}\tनमस्ते आज मौसम बहुत अच्छा है\n", encoding="utf-8")
