@@ -164,13 +164,40 @@ def finished_artifacts() -> list[dict]:
     return [dict(r, artifact=str(Path(r["dir"]).relative_to(artifacts_dir()))) for r in artifact_rows()]
 
 
+def slots() -> int:
+    """How many jobs run at once: builds and benchmarks each want the machine's cores (2 here: one at a time)."""
+    return int(os.environ.get("WORKBENCH_JOB_SLOTS", max(1, (os.cpu_count() or 2) // 2)))
+
+
+def _take_slot(log) -> object:
+    """Block until one of the job slots is free (a file lock each, released when this process ends)."""
+    import fcntl
+    jobs_dir().mkdir(parents=True, exist_ok=True)
+    said = False
+    while True:
+        for i in range(slots()):
+            f = open(jobs_dir() / f".slot{i}", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                f.close()
+        if not said:
+            log.write(f"queued: waiting for one of {slots()} job slot(s) to free up\n".encode())
+            said = True
+        time.sleep(0.25)
+
+
 def _supervise(job_dir: Path) -> int:
-    """Run the job's command in this (new) session, log its output, record how it ended."""
+    """Wait for a job slot, run the job's command in this (new) session, log its output, record how it ended."""
     job = Job(job_dir)
     state = json.loads((job_dir / "state.json").read_text(encoding="utf-8"))
-    state.update(status="running", pid=os.getpid(), started=_now())
+    state.update(pid=os.getpid())
     write_json_atomic(job_dir / "state.json", state)
     with open(job.log_path, "ab", buffering=0) as log:
+        slot = _take_slot(log)  # held (locked) while the command runs
+        state.update(status="running", started=_now())
+        write_json_atomic(job_dir / "state.json", state)
         log.write(f"$ python -m core {' '.join(state['command'])}\n".encode())
         child = subprocess.Popen([sys.executable, "-m", "core", *state["command"]], cwd=REPO_ROOT,
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -181,6 +208,7 @@ def _supervise(job_dir: Path) -> int:
             child.send_signal(signum)
         signal.signal(signal.SIGTERM, forward)
         code = child.wait()
+        slot.close()  # the next queued job may start
     cancelled = (job_dir / "cancel").exists()
     state.update(status="cancelled" if cancelled else "done" if code == 0 else "failed", exit_code=code,
                  ended=_now())

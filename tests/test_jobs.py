@@ -68,3 +68,20 @@ def test_finished_artifacts_lists_pipeline_artifacts_with_gate_figures(tiny_onnx
     assert row["artifact"] == str(tiny_onnx.dir.relative_to(tiny_onnx.dir.parent.parent))
     assert row["model"] == "random:wav2vec2-tiny" and row["precision"] == "fp32" and row["status"] == "verified"
     assert row["max_abs_dlogit"] == tiny_onnx.meta["figures"]["max_abs_dlogit"] > 0
+
+
+def test_jobs_queue_for_the_cores_one_at_a_time(artifacts):
+    """Two builds started together on two cores: the second waits (queued) until the first is done."""
+    assert jobs.slots() == 1 or os.environ.get("WORKBENCH_JOB_SLOTS")
+    long = ["bench", "--model", "random:wav2vec2-tiny", "--seconds", "1", "--batch", "1", "--repeats", "100000",
+            "--no-save"]
+    first = jobs.start(long, label="long")
+    deadline = time.monotonic() + 30
+    while first.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = jobs.start(["results"], label="waits")
+    time.sleep(2)
+    assert second.status == "queued" and "queued: waiting" in second.log()
+    first.cancel(grace_s=5)
+    state = second.wait(timeout=60)
+    assert state["status"] == "done" and state["started"] >= first.state()["ended"]

@@ -204,3 +204,9 @@ def test_repository_rejects_bad_requests(tiny, tiny_onnx):
         build_repo(tiny, "torch:fp32:cpu", log=lambda *_: None)
     with pytest.raises(ExportError, match="engine"):
         build_repo(tiny, "trt:fp16:cuda", log=lambda *_: None)
+
+
+def test_restricted_api_text_is_translated():
+    from core.backends.triton_backend import server_message
+    msg = server_message(Exception("[403] This API is restricted, expecting header 'triton-access-token'"))
+    assert "restricted Triton API" in msg and "[403]" not in msg and "triton-access-token" not in msg

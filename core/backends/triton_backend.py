@@ -55,6 +55,8 @@ def server_message(err: Exception) -> str:
     """The useful part of a Triton error: PyTriton forwards whole Python tracebacks, keep their last line."""
     text = err.message() if hasattr(err, "message") and callable(err.message) else str(err)
     text = (text or str(err)).strip()
+    if "API is restricted" in text:  # PyTriton guards some endpoints with an access token the client lacks
+        return "the server refuses this request: it is a restricted Triton API (an access token is required)"
     if "Traceback (most recent call last)" in text:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*: ", line)]
