@@ -29,8 +29,11 @@ elif KINDS.get(kind) == "random":
 if st.button("Use this model", type="primary", disabled=not source, icon=":material/check:"):
     with guarded(), st.spinner(f"Loading {source} …"):
         load(source)
-        st.session_state["model_source"] = source
-        st.toast(f"Active model: {source}", icon=":material/check:")
+        st.session_state["model_source"] = st.session_state["model_switched"] = source
+    if st.session_state.get("model_switched") == source:
+        st.rerun()  # the sidebar, drawn before this page, must show the new model at once
+if switched := st.session_state.pop("model_switched", None):
+    st.toast(f"Active model: {switched}", icon=":material/check:")
 
 st.divider()
 loaded = active_model()

@@ -78,6 +78,12 @@ def test_models_page_shows_the_model_and_switches(app):
     app.button[0].click().run()
     assert any("No model folder" in e.value for e in app.error)  # a clear message, not a traceback
     assert not app.exception
+    app.segmented_control(key="model_kind").set_value("Demo model (offline)").run()
+    next(b for b in app.button if b.label == "Use this model").click().run()
+    side = " ".join(m.value for m in app.sidebar.markdown)
+    assert "synthetic-speech demo model" in side and "wav2vec2-tiny" not in side   # the sidebar follows at once
+    app.session_state["model_source"] = "random:wav2vec2-tiny"   # the other tests of this module use the tiny model
+    app.run()
 
 
 def test_unbuilt_backend_says_how_to_build_it(app, hindi_wav):
