@@ -212,12 +212,30 @@ def cmd_bench(args):
         from .audio import load_audio
         source = load_audio(args.audio, loaded.sample_rate).samples
     rows = []
+    steps = len(args.backend) * (len(args.seconds) * len(args.batch) * len(args.scope) + bool(args.wer_manifest))
+    done = [0]
+
+    def tick(r):  # `progress:` lines feed the dashboard's job view
+        done[0] += 1
+        print(f"progress: {done[0] / steps:.2f} {r['backend']} [{r['scope']}] {r['audio_s']:g} s x{r['batch']}: "
+              f"p50 {r['p50_ms']:.2f} ms{'' if r['stable'] else ' (unstable)'}", file=sys.stderr, flush=True)
     for spec in args.backend:
         rows += bench_spec(spec, loaded, args.seconds, args.batch, args.warmup, args.repeats, tuple(args.scope),
-                           source, max_windows=args.windows,
-                           progress=lambda r: print(f"  {r['backend']} [{r['scope']}] {r['audio_s']:g} s x{r['batch']}: "
-                                                    f"p50 {r['p50_ms']:.2f} ms{'' if r['stable'] else ' (unstable)'}",
-                                                    file=sys.stderr))
+                           source, max_windows=args.windows, progress=tick)
+        if args.wer_manifest:  # accuracy in the same run, so WER and latency chart together
+            from .backends import make_backend
+            from .envinfo import environment
+            from .wer import evaluate
+            with make_backend(spec, loaded) as backend:
+                r = evaluate(backend, loaded, args.wer_manifest, limit=args.wer_limit)
+            rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
+                         "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
+                         "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
+                         "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.wer_manifest),
+                         "env": environment()})
+            done[0] += 1
+            print(f"progress: {done[0] / steps:.2f} {spec}: WER {r['wer']:.3f} on {r['n']} clips", file=sys.stderr,
+                  flush=True)
     latency = [dict(r, ci95=_ci(r), stable="yes" if r["stable"] else "NO") for r in rows if r["kind"] == "latency"]
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "env"} | {"env": r["env"]} for r in rows],
@@ -230,7 +248,8 @@ def cmd_bench(args):
         print(_table(latency, ["backend", "scope", "audio_s", "batch", "p50_ms", "ci95", "p90_ms", "p99_ms", "stable",
                                "rtf", "audio_s_per_s", "cold_start_s", "peak_mem_mb"]))
     if not args.no_save:
-        print(f"saved as run {save(rows, 'latency', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+        kind = "benchmark" if args.wer_manifest else "latency"
+        print(f"saved as run {save(rows, kind, note=args.note or ' '.join(sys.argv[1:]))}", file=sys.stderr)
 
 
 def cmd_check(args):
@@ -524,6 +543,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--windows", type=_number(int, 3, 1000, "measurement windows"), default=8, help="at most this many measurement windows of --repeats "
                    "calls, until the last three p50s agree within 5%% (else the row is flagged unstable)")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.add_argument("--wer-manifest", default=None, help="also score WER/CER on this labelled set, in the same run")
+    s.add_argument("--wer-limit", type=COUNT, default=None, help="first N clips of --wer-manifest")
+    s.add_argument("--note", default=None, help="the run's note in the results database")
     s.add_argument("--no-save", action="store_true")
     s = add("check", cmd_check, "Conformance matrix: each backend against PyTorch FP32 at every batch size and "
             "length (bucketing, splitting, padding, buffer reuse); exits 1 on any failure.")

@@ -1,21 +1,16 @@
 """Benchmark: latency (compute and e2e scopes) and peak memory per backend × audio length × batch, WER on a
 labelled set; then any stored run, by kind, and the comparison of two runs."""
 import json
-from pathlib import Path
+import re
 
 import pandas as pd
 import streamlit as st
 
-from core.backends import make_backend
-from core.bench import bench_spec
-from core.envinfo import environment
+from core import jobs
 from core.paths import DEMO_TESTSET
-from core.results import rows as result_rows, save
-from core.wer import evaluate
+from core.results import rows as result_rows
 from pages._runs import compare_two_runs, run_picker, show_run
-from pages._shared import active_model, available_backends, default_backends, guarded, model_badge
-
-SCOPES = ("compute", "e2e")
+from pages._shared import active_model, available_backends, default_backends, model_badge
 
 st.title("Benchmark")
 loaded = active_model()
@@ -38,35 +33,46 @@ with st.form("bench"):
 if run:
     if not (specs and seconds and batches):
         st.error("Pick at least one backend, audio length and batch size.")
-    else:
-        steps = len(specs) * (len(seconds) * len(batches) * len(SCOPES) + (1 if manifest else 0))
-        done, out = [0], []
-        bar = st.progress(0.0, text="starting …")
-        with guarded():
-            for spec in specs:
-                bar.progress(done[0] / steps, text=f"loading {spec} …")
+    else:  # a background job: leaving the page or reloading it does not lose the run
+        args = ["bench", "--model", loaded.source, *[a for b in specs for a in ("--backend", b)],
+                "--seconds", *[f"{x:g}" for x in sorted(seconds)], "--batch", *[str(b) for b in sorted(batches)],
+                "--warmup", str(int(warmup)), "--repeats", str(int(repeats)),
+                "--note", f"dashboard: {', '.join(specs)} on {loaded.source}"]
+        if manifest:
+            args += ["--wer-manifest", manifest, "--wer-limit", str(int(limit))]
+        job = jobs.start(args, label=f"Benchmark · {', '.join(specs)}")
+        st.session_state["bench_job"] = job.id
 
-                def tick(row, spec=spec):
-                    done[0] += 1
-                    bar.progress(min(done[0] / steps, 1.0), text=f"{spec} [{row['scope']}]: {row['audio_s']:g} s × "
-                                                                 f"{row['batch']} → p50 {row['p50_ms']:.1f} ms")
-                # bench_spec loads and closes the backend itself, so that load time and peak memory are its own
-                out += bench_spec(spec, loaded, sorted(seconds), sorted(batches), warmup=int(warmup),
-                                  repeats=int(repeats), scopes=SCOPES, progress=tick)
-                if manifest:
-                    bar.progress(done[0] / steps, text=f"{spec}: WER on {Path(manifest).name} …")
-                    with make_backend(spec, loaded) as be:
-                        r = evaluate(be, loaded, manifest, limit=int(limit))
-                        out.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
-                                    "random_weights": loaded.random_weights, "backend": spec,
-                                    "runtime": be.spec.runtime, "precision": be.precision, "device": be.device,
-                                    "wer": r["wer"], "cer": r["cer"], "n": r["n"], "manifest": str(manifest),
-                                    "env": environment()})
-                    done[0] += 1
-            run_id = save(out, "benchmark", note=f"dashboard: {', '.join(specs)} on {loaded.source}")
-            bar.progress(1.0, text=f"done — saved as run {run_id}")
-            st.session_state["bench_run"] = run_id
-            st.session_state["bench_pick"] = run_id  # the picker below opens on the run just measured
+
+SAVED = re.compile(r"saved as run (\d+)")
+
+
+@st.fragment(run_every=1.0)
+def bench_job():
+    """The running benchmark job's progress; when it ends, the run it saved becomes the one shown below."""
+    jid = st.session_state.get("bench_job")
+    job = jobs.get(jid) if jid else None
+    if job is None:
+        return
+    state, (fraction, message) = job.state(), job.progress()
+    if state.get("status") in jobs.ACTIVE:
+        st.progress(fraction or 0.0, text=("queued: another job is running …" if state["status"] == "queued"
+                                           else message[-140:] or "starting …"))
+        if st.button("Cancel benchmark", icon=":material/stop:"):
+            job.cancel()
+        return
+    saved = SAVED.findall(job.log())
+    if state.get("status") == "done" and saved:
+        st.success(f"Benchmark done — saved as run {saved[-1]}", icon=":material/check_circle:")
+        if st.session_state.get("bench_run") != int(saved[-1]):
+            st.session_state["bench_run"] = st.session_state["bench_pick"] = int(saved[-1])
+            st.rerun()  # the whole page: the picker below opens on the new run
+    else:
+        st.error(f"The benchmark job {state.get('status')}: " + (job.log(2000).strip().splitlines() or ["no output"])[-1],
+                 icon=":material/error:")
+
+
+bench_job()
 
 st.subheader("Results")
 picked = run_picker("bench_pick")

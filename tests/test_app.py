@@ -138,8 +138,13 @@ def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path, tiny_onnx):
     app.text_input[0].set_value(str(manifest))
     app.button[0].click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
+    job = jobs.get(app.session_state["bench_job"])   # measured in a background job, not inside the page
+    assert job.state()["command"][:3] == ["bench", "--model", "random:wav2vec2-tiny"]
+    assert job.wait(timeout=240)["status"] == "done", job.log()
+    app.run()
     assert len(runs()) == before + 1
     data = app.session_state["bench_run"]
+    assert any("saved as run" in m.value for m in app.success)
     from core.results import rows
     got = rows(data)
     assert {(r["backend"], r["batch"], r["scope"]) for r in got if r["kind"] == "latency"} == \
@@ -153,6 +158,8 @@ def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path, tiny_onnx):
     app.radio(key="bench_view_scope").set_value("e2e").run()
     assert not app.exception and "e2e" in app.get("plotly_chart")[0].proto.spec
     app.button[0].click().run()  # a second run: the two can be compared
+    assert jobs.get(app.session_state["bench_job"]).wait(timeout=240)["status"] == "done"
+    app.run()
     assert len(runs()) == before + 2
     assert [s.label for s in app.selectbox] == ["Run", "Run A", "Run B"]
     compare = app.get("plotly_chart")[-1].proto.spec

@@ -146,8 +146,9 @@ def test_benchmark_runs_and_charts(page):
     goto(page, "Benchmark")
     for value in ("5", "4"):  # keep it small: 1 s audio, batch 1 (the tiny model, two backends)
         page.get_by_role("button", name=f"Remove {value}", exact=True).click()
-    page.get_by_role("button", name="Run benchmark").click()
-    page.get_by_text("saved as run").wait_for(timeout=90_000)
+    page.get_by_role("button", name="Run benchmark").click()   # a background job; the page follows it
+    page.get_by_text("saved as run").wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)   # the run it saved, charted below
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() >= 1
     shot(page, "5-benchmark")
