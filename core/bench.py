@@ -93,15 +93,16 @@ def speech_items(loaded, seconds: float, batch: int, source: np.ndarray | None =
     else seeded noise (never zeros, which can run faster than real data)."""
     n = int(seconds * loaded.sample_rate)
     rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(batch):
-        if source is not None and len(source):
-            base = np.tile(source, int(np.ceil((n + len(source)) / len(source))))
-            off = int(rng.integers(0, len(source)))
-            items.append(base[off:off + n].astype(np.float32))
-        else:
-            items.append((0.1 * rng.standard_normal(n)).astype(np.float32))
-    return items
+    if source is not None and len(source):
+        return [tile_speech(source, n, rng) for _ in range(batch)]
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for _ in range(batch)]
+
+
+def tile_speech(source: np.ndarray, n: int, rng) -> np.ndarray:
+    """n samples of `source` laid end to end, from a random offset (every item a different stretch)."""
+    base = np.tile(source, int(np.ceil((n + len(source)) / len(source))))
+    off = int(rng.integers(0, len(source)))
+    return base[off:off + n].astype(np.float32)
 
 
 def speech_input(loaded, seconds: float, batch: int, source: np.ndarray | None = None, seed: int = 0):

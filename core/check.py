@@ -13,6 +13,7 @@ import numpy as np
 
 from .backends import make_backend
 from .backends.fast_backend import BUCKETS_S
+from .bench import tile_speech
 from .envinfo import environment
 from .transcribe import decode, features, real_frames
 
@@ -55,19 +56,13 @@ def speech_source(loaded, clips: int = 12) -> np.ndarray:
     return np.concatenate([a.samples for a in parity_audio(loaded, n=clips)])
 
 
-def _cut(source: np.ndarray, n: int, rng) -> np.ndarray:
-    base = np.tile(source, int(np.ceil((n + len(source)) / len(source))))
-    off = int(rng.integers(0, len(source)))
-    return base[off:off + n].astype(np.float32)
-
-
 def cells(loaded, source: np.ndarray, batches=BATCHES, lengths: dict | None = None, seed: int = 0) -> list[Cell]:
     lengths = lengths or LENGTHS_S
     rng = np.random.default_rng(seed)
     rate = loaded.sample_rate
 
     def batch_of(seconds):
-        return [_cut(source, int(s * rate), rng) for s in seconds]
+        return [tile_speech(source, int(s * rate), rng) for s in seconds]
     out = [Cell(f"{b} x {s:g} s ({name})", batch_of([s] * b)) for b in batches for name, s in lengths.items()]
     mix = list(lengths.values())
     out += [Cell(f"{b} x mixed {'/'.join(f'{s:g}' for s in mix)} s (padded)", batch_of(mix * (b // len(mix)) +

@@ -42,7 +42,8 @@ def conv_frames(model_config, samples: int) -> int:
 def make_infer(backend, loaded):
     """The inference callable PyTriton binds: a list of requests in, a list of {'logits'} out."""
     cfg = loaded.model.config
-    min_samples = next(n for n in range(1, 100_000) if conv_frames(cfg, n) >= 1)
+    from ..transcribe import min_samples
+    shortest = min_samples(cfg)
     use_mask = loaded.uses_attention_mask
 
     def run(rows: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
@@ -58,9 +59,9 @@ def make_infer(backend, loaded):
         rows, masks, owners = [], [], []
         for k, req in enumerate(requests):
             x = np.asarray(req["input_values"], np.float32)
-            if x.shape[-1] < min_samples:
-                raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {min_samples} "
-                                 f"({min_samples / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
+            if x.shape[-1] < shortest:
+                raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
+                                 f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
             m = req.data.get("attention_mask")
             m = np.ones(x.shape, np.int64) if m is None else np.asarray(m, np.int64)
             if m.shape != x.shape:
