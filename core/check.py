@@ -180,11 +180,7 @@ def run_check(loaded, specs: list[str], reference: str | None = None, batches=BA
     reference = reference or reference_spec()
     matrix = cells(loaded, speech_source(loaded), batches, lengths)
     refs = {}
-    with make_backend(reference, loaded) as ref:
-        if ref.device == "cuda":
-            import torch
-            torch.backends.cudnn.allow_tf32 = False   # the reference is FP32, not TF32
-            torch.backends.cuda.matmul.allow_tf32 = False
+    with make_backend(reference, loaded) as ref:   # torch:fp32:cuda loads with TF32 off
         for cell in matrix:
             refs[cell.label] = _run(ref, loaded, cell.items)
             if cell.again is not None:

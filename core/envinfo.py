@@ -10,7 +10,8 @@ LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", 
              "nvidia-pytriton", "tritonclient", "numpy", "jiwer")
 
 
-def _version(dist: str) -> str | None:
+def version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -42,7 +43,7 @@ def environment() -> dict:
     except ImportError:
         pass
     for lib in LIBRARIES:
-        env[lib] = _version(lib)
+        env[lib] = version(lib)
     try:  # with both onnxruntime and onnxruntime-gpu installed, one module is imported: record that one
         import onnxruntime
         env["onnxruntime"] = onnxruntime.__version__

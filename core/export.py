@@ -11,7 +11,6 @@ from .audio import Audio
 from .errors import ParityError
 from .paths import DEMO_TESTSET
 
-OPSET = 17
 TWO_GB = 2 * 1024**3
 
 

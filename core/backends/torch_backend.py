@@ -51,6 +51,8 @@ class TorchBackend(Backend):
             raise BackendUnavailableError("PyTorch cannot see a CUDA GPU.",
                                           "Run on a machine with an NVIDIA GPU and a CUDA build of torch, or use device 'cpu'.")
         self.dtype = getattr(torch, DTYPES[self.precision])
+        if self.device == "cuda" and self.precision == "fp32":  # FP32 means FP32: cuDNN convs default to TF32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         model = copy.deepcopy(self.loaded.model)
         model.config._attn_implementation = "sdpa"
         self.model = model.to(device=self.device, dtype=self.dtype).eval()

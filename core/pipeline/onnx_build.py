@@ -9,7 +9,7 @@ from ..backends.ort_backend import OrtBackend
 from ..errors import ExportError, ManifestError
 from ..export import check_and_infer, export_graph
 from .gates import Gate
-from .onnx_specs import OnnxExport, OnnxVariant
+from .onnx_specs import OPSET, OnnxExport, OnnxVariant
 from .store import Artifact, Builder, build
 from .verify import default_manifest, measure
 
@@ -86,7 +86,7 @@ def _manifest(manifest) -> Path | None:
     return path
 
 
-def build_onnx(loaded, opset: int = 17, exporter: str = "torchscript", gate: Gate | None = None, manifest=None,
+def build_onnx(loaded, opset: int = OPSET, exporter: str = "torchscript", gate: Gate | None = None, manifest=None,
                force: bool = False, log=print) -> Artifact:
     """The FP32 ONNX export of `loaded`, verified against PyTorch FP32 (built once, then reused)."""
     spec = OnnxExport(loaded, opset, exporter)

@@ -1,9 +1,9 @@
 """What the ONNX artifacts are (their keys), without building anything: backends look them up through these."""
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
+from ..envinfo import version
 from ..paths import DEMO_TESTSET
 from .store import Spec
 
@@ -20,13 +20,7 @@ INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise o
 
 
 def versions(*dists: str) -> dict:
-    out = {}
-    for d in dists:
-        try:
-            out[d] = importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            out[d] = None
-    return out
+    return {d: version(d) for d in dists}
 
 
 class OnnxExport(Spec):

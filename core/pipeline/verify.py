@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends import BackendSpec, availability
+from ..backends import BackendSpec
 from ..backends.torch_backend import TorchBackend
+from ..check import reference_spec
 from ..export import compare, parity_audio
 from ..paths import DEMO_TESTSET
 from .fingerprint import file_sha256, model_fingerprint
@@ -14,12 +15,8 @@ _REFERENCE_WER: dict[tuple, dict] = {}   # (model, reference, manifest) -> score
 
 
 def reference(loaded) -> TorchBackend:
-    """PyTorch FP32 on the GPU when there is one (TF32 off), else on the CPU."""
-    device = "cuda" if availability("torch:fp32:cuda")[0] else "cpu"
-    if device == "cuda":
-        import torch
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    return TorchBackend(BackendSpec("torch", "fp32", device), loaded)
+    """PyTorch FP32 on the GPU when there is one (TF32 off), else on the CPU: the conformance check's reference."""
+    return TorchBackend(BackendSpec.parse(reference_spec()), loaded)
 
 
 def default_manifest() -> Path | None:
