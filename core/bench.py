@@ -7,6 +7,8 @@ Two scopes, named in every row:
 Per row: warm-up, then measurement windows of `repeats` calls until the p50s of the last three windows agree
 within STABLE_WITHIN (perf_analyzer's stability rule), at most `max_windows`; percentiles and a bootstrap
 95 % interval of p50 over those three windows. Cold start (load, first call on the shape) is reported apart.
+Energy: NVML's GPU energy counter is read through the timed windows of each row (topped up with more calls
+to at least core.energy.MIN_WINDOW_S) -> joules and dollars per audio-hour; None with a reason off the GPU.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backends.base import on_gpu
+from .energy import EnergyMeter
 from .envinfo import environment
 from .memory import MemoryTracker
 
@@ -124,8 +127,9 @@ def scope_call(scope: str, backend, loaded, items):
 
 def bench_backend(backend, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warmup: int = 5, repeats: int = 30,
                   source: np.ndarray | None = None, progress=None, scopes=SCOPES, max_windows: int = MAX_WINDOWS,
-                  load_s: float | None = None) -> list[dict]:
-    """One latency row per (scope, audio length, batch) for a loaded backend."""
+                  load_s: float | None = None, gpu_price: float | None = None) -> list[dict]:
+    """One latency row per (scope, audio length, batch) for a loaded backend, with its energy and cost per
+    audio-hour (`gpu_price` $/hour, else core.energy's default table)."""
     env = environment()
     rows = []
     for seconds in seconds_list:
@@ -137,14 +141,23 @@ def bench_backend(backend, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warm
                 fn()                       # the first call on this shape: compiles/captures on some backends
                 sync(backend.device)
                 first_call_s = time.perf_counter() - t
-                m = measure(fn, backend.device, warmup, repeats, max_windows)
+                for _ in range(warmup):
+                    fn()
+                with EnergyMeter(backend.device) as meter:   # the timed windows, + calls up to a window NVML resolves
+                    m = measure(fn, backend.device, 0, repeats, max_windows)
+                    calls = repeats * len(m["window_p50s"])
+                    while meter.short():
+                        fn()
+                        calls += 1
+                    sync(backend.device)
                 row = {"kind": "latency", "scope": scope, "model": loaded.source, "model_label": loaded.label,
                        "random_weights": loaded.random_weights, "backend": backend.name,
                        "runtime": backend.spec.runtime, "precision": backend.precision, "device": backend.device,
                        "audio_s": seconds, "batch": batch, "warmup": warmup, **summarize(m["times"], seconds, batch),
                        "stable": m["stable"], "windows": len(m["window_p50s"]), "window_p50s": m["window_p50s"],
                        "load_s": load_s, "first_call_s": first_call_s,
-                       "cold_start_s": None if load_s is None else load_s + first_call_s, "env": env}
+                       "cold_start_s": None if load_s is None else load_s + first_call_s,
+                       **meter.result(calls * seconds * batch, gpu_price), "env": env}
                 rows.append(row)
                 if progress:
                     progress(row)
@@ -153,8 +166,9 @@ def bench_backend(backend, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warm
 
 def bench_spec(spec: str, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warmup: int = 5, repeats: int = 30,
                scopes=SCOPES, source: np.ndarray | None = None, progress=None, options: dict | None = None,
-               max_windows: int = MAX_WINDOWS) -> list[dict]:
-    """Load a backend, measure it, close it: latency rows (with cold start and peak memory) + one memory row."""
+               max_windows: int = MAX_WINDOWS, gpu_price: float | None = None) -> list[dict]:
+    """Load a backend, measure it, close it: latency rows (with cold start, peak memory, energy and cost per
+    audio-hour) + one memory row."""
     from .backends import make_backend
     backend = make_backend(spec, loaded, **(options or {}))
     with MemoryTracker(backend.device, pids=backend.server_pids()) as mem:
@@ -164,7 +178,7 @@ def bench_spec(spec: str, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warmu
             sync(backend.device)
             load_s = time.perf_counter() - t
             rows = bench_backend(backend, loaded, seconds_list, batches, warmup, repeats, source, progress, scopes,
-                                 max_windows, load_s)
+                                 max_windows, load_s, gpu_price)
         finally:
             backend.close()
     peak = mem.result()

@@ -109,7 +109,8 @@ def latency_table(rows) -> pd.DataFrame:
     df = df.sort_values(["scope", "backend", "audio_s", "batch"], key=lambda c: c.map(order).fillna(len(order))
                         if c.name == "scope" else c, kind="stable")
     cols = ["backend", "scope", "audio_s", "batch", "p50_ms", "p90_ms", "p99_ms", "p50_ci95_ms", "stable", "windows",
-            "mean_ms", "cold_start_s", "peak_mem_mb", "mem_scope", "rtf", "audio_s_per_s", "gpu"]
+            "mean_ms", "cold_start_s", "peak_mem_mb", "mem_scope", "rtf", "audio_s_per_s", "energy_j_per_audio_h",
+            "usd_per_audio_h", "gpu"]
     return df[[c for c in cols if c in df]].reset_index(drop=True)
 
 

@@ -221,7 +221,7 @@ def cmd_bench(args):
               f"p50 {r['p50_ms']:.2f} ms{'' if r['stable'] else ' (unstable)'}", file=sys.stderr, flush=True)
     for spec in args.backend:
         rows += bench_spec(spec, loaded, args.seconds, args.batch, args.warmup, args.repeats, tuple(args.scope),
-                           source, max_windows=args.windows, progress=tick)
+                           source, max_windows=args.windows, progress=tick, gpu_price=args.gpu_price)
         if args.wer_manifest:  # accuracy in the same run, so WER and latency chart together
             from .backends import make_backend
             from .envinfo import environment
@@ -246,7 +246,11 @@ def cmd_bench(args):
         print("# scope compute: device inputs -> device logits; e2e: audio -> features -> forward -> greedy text. "
               "p50 CI: 95 % bootstrap")
         print(_table(latency, ["backend", "scope", "audio_s", "batch", "p50_ms", "ci95", "p90_ms", "p99_ms", "stable",
-                               "rtf", "audio_s_per_s", "cold_start_s", "peak_mem_mb"]))
+                               "rtf", "audio_s_per_s", "cold_start_s", "peak_mem_mb", "energy_j_per_audio_h",
+                               "usd_per_audio_h"]))
+        for why in dict.fromkeys(f"{r['backend']}: {r[k]}" for r in latency for k in ("energy_reason", "usd_reason")
+                                 if r.get(k)):
+            print(f"# no energy/cost figure for {why}")
     if not args.no_save:
         kind = "benchmark" if args.wer_manifest else "latency"
         print(f"saved as run {save(rows, kind, note=args.note or ' '.join(sys.argv[1:]))}", file=sys.stderr)
@@ -543,6 +547,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--windows", type=_number(int, 3, 1000, "measurement windows"), default=8, help="at most this many measurement windows of --repeats "
                    "calls, until the last three p50s agree within 5%% (else the row is flagged unstable)")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.add_argument("--gpu-price", type=_number(float, 0.01, 1000, "the GPU price in $/hour"), default=None,
+                   help="$ per GPU-hour for usd_per_audio_h (default: core.energy's dated table for H200/H100/A100)")
     s.add_argument("--wer-manifest", default=None, help="also score WER/CER on this labelled set, in the same run")
     s.add_argument("--wer-limit", type=COUNT, default=None, help="first N clips of --wer-manifest")
     s.add_argument("--note", default=None, help="the run's note in the results database")

@@ -82,6 +82,13 @@ def show_run(data: list[dict], key: str, compact: bool = False) -> None:
                 tab.plotly_chart(fig, width="stretch", key=f"{key}_tab{i}")
         if "latency" in kinds:
             _table(charts.latency_table(data), f"{key}_lat_table")
+            why = dict.fromkeys(f"{r['backend']}: {r[k]}" for r in data if r.get("kind") == "latency"
+                                for k in ("energy_reason", "usd_reason") if r.get(k))
+            if why:  # an empty energy/cost cell is explained, never shown as zero
+                st.caption("No energy / cost figure for " + "; ".join(why))
+            price = next((r for r in data if r.get("gpu_price_usd_h")), None)
+            if price:
+                st.caption(f"Cost at \\${price['gpu_price_usd_h']:g} per GPU-hour ({price.get('gpu_price_source')})")
         extra = pd.DataFrame([r for r in data if r.get("kind") in ("accuracy", "memory")])
         if not compact and not extra.empty:
             cols = ["kind", "backend", "wer", "cer", "n", "peak_mem_mb", "mem_scope", "peak_device_mb",
