@@ -195,6 +195,41 @@ def wer_vs_latency(rows, scope: str = "compute") -> go.Figure:
     return fig
 
 
+def wer_rtfx_table(rows) -> pd.DataFrame:
+    """One point per accuracy row that has an RTFx (core.wer.evaluate: audio seconds / transcription seconds over
+    the labelled set), labelled by backend and, when the rows span several runs, the run; `pareto` marks the points
+    no other point beats on both WER (lower) and RTFx (higher)."""
+    cols = ["label", "backend", "run_id", "wer", "cer", "rtfx", "batch_size", "n", "pareto"]
+    pts = [r for r in _of_kind(rows, "accuracy") if _finite(r.get("wer")) and _finite(r.get("rtfx"))]
+    if not pts:
+        return pd.DataFrame(columns=cols)
+    many = len({r.get("run_id") for r in pts}) > 1
+    df = pd.DataFrame([{"label": r["backend"] + (f" · #{r.get('run_id')}" if many else ""), "backend": r["backend"],
+                        "run_id": r.get("run_id"), "wer": r["wer"], "cer": r.get("cer"), "rtfx": r["rtfx"],
+                        "batch_size": r.get("batch_size"), "n": r.get("n")} for r in pts])
+    front = set(pareto_front(list(zip(-df["rtfx"], df["wer"]))))   # higher RTFx is better: negate it
+    df["pareto"] = [i in front for i in range(len(df))]
+    return df[cols]
+
+
+def wer_vs_rtfx(rows) -> go.Figure:
+    """WER against RTFx as the Open ASR Leaderboard plots it (up and to the left of the frontier: dominated)."""
+    title = "WER vs RTFx (end to end over the labelled set), Pareto frontier circled"
+    df = wer_rtfx_table(rows)
+    if df.empty:
+        return _empty(title, "needs WER rows with an RTFx (python -m core wer, or a benchmark with a labelled set)")
+    fig = _fig(title, xaxis_title="RTFx (audio seconds per second, higher is better)", yaxis_title="WER")
+    fig.add_scatter(x=df["rtfx"], y=df["wer"], mode="markers+text", text=df["label"], textposition="top center",
+                    marker=dict(size=12), name="backend · run", cliponaxis=False, customdata=df[["batch_size", "n"]],
+                    hovertemplate="%{text}<br>RTFx %{x:.1f}<br>WER %{y:.3f}<br>batch %{customdata[0]}, "
+                                  "%{customdata[1]} clips<extra></extra>")
+    f = df[df["pareto"]].sort_values("rtfx")
+    fig.add_scatter(x=f["rtfx"], y=f["wer"], mode="lines+markers", name="Pareto frontier",
+                    line=dict(dash="dash", color="crimson"), marker=dict(size=16, symbol="circle-open",
+                                                                         color="crimson", line=dict(width=2)))
+    return fig
+
+
 def latency_vs_length(rows, scope: str = "compute") -> go.Figure:
     df, scope = _latency(rows, scope)
     title = _scoped("Latency vs audio length (p50, smallest batch)", scope)

@@ -232,7 +232,7 @@ def cmd_bench(args):
                          "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
                          "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
                          "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.wer_manifest),
-                         "env": environment()})
+                         "rtfx": r["rtfx"], "batch_size": r["batch_size"], "env": environment()})
             done[0] += 1
             print(f"progress: {done[0] / steps:.2f} {spec}: WER {r['wer']:.3f} on {r['n']} clips", file=sys.stderr,
                   flush=True)
@@ -294,20 +294,24 @@ def cmd_wer(args):
     rows = []
     for spec in args.backend:
         with make_backend(spec, loaded) as backend:
-            r = evaluate(backend, loaded, args.manifest, limit=args.limit, beam=args.beam)
+            r = evaluate(backend, loaded, args.manifest, limit=args.limit, beam=args.beam, batch_size=args.batch_size)
         for skip in r["skipped"]:
             print(f"warning: skipped {skip['audio']}: {skip['error']}", file=sys.stderr)
         rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
                      "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
                      "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
-                     "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.manifest),
-                     "env": environment()})
+                     "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.manifest), "rtfx": r["rtfx"],
+                     "batch_size": r["batch_size"], "audio_s_total": r["audio_s_total"],
+                     "transcribe_s_total": r["transcribe_s_total"], "env": environment()})
         if args.show:
             for u in r["utterances"]:
                 print(f"  {u['audio']}: REF {u['reference']}\n  {'':{len(u['audio'])}}  HYP {u['hypothesis']}")
     if loaded.random_weights:
         print("note: random weights — these WER/CER figures are meaningless", file=sys.stderr)
-    print(_table(rows, ["backend", "n", "wer", "cer"]))
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+    else:  # RTFx: audio seconds / transcription seconds, end to end, batched by sorted duration, after warm-up
+        print(_table(rows, ["backend", "n", "wer", "cer", "rtfx", "batch_size"]))
     if not args.no_save:
         print(f"saved as run {save(rows, 'accuracy', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
 
@@ -568,6 +572,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=COUNT, help="score only the first N clips")
     s.add_argument("--beam", action="store_true")
     s.add_argument("--show", action="store_true", help="print every reference/hypothesis pair")
+    s.add_argument("--batch-size", type=BATCH, default=1, help="clips per batch for RTFx, sorted by duration "
+                   "(1: clip by clip; >1 pads similar lengths together, as the Open ASR Leaderboard does)")
+    s.add_argument("--json", action="store_true", help="print the rows (wer, cer, rtfx, …) as JSON")
     s.add_argument("--no-save", action="store_true")
     s = add("variants", cmd_variants, "Build several ONNX precision variants (`build fp16|mixed|int8` for each).")
     s.add_argument("--precision", nargs="+", choices=VARIANTS, default=list(VARIANTS))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import ManifestError
 
+WINDOW_S = 20.0   # transcribe()'s window: longer clips are windowed one by one
 PATH_KEYS = ("path", "audio", "audio_filepath", "file", "filename", "wav")
 TEXT_KEYS = ("sentence", "text", "transcript", "transcription", "reference")
 
@@ -82,27 +83,61 @@ def load_manifest(path) -> list[tuple[Path, str]]:
     return items
 
 
-def evaluate(backend, loaded, manifest, limit: int | None = None, beam: bool = False) -> dict:
-    """Transcribe every clip of a manifest with a loaded backend and score it."""
+def evaluate(backend, loaded, manifest, limit: int | None = None, beam: bool = False, batch_size: int = 1,
+             warmup_batches: int = 1) -> dict:
+    """Transcribe every clip of a manifest with a loaded backend and score it, timing RTFx the way the Open ASR
+    Leaderboard does: clips decoded first (file reading is not timed), sorted by duration and cut into batches of
+    `batch_size` (similar lengths pad little), `warmup_batches` run once untimed, then every batch timed end to end
+    (audio -> features -> forward -> text); rtfx = total audio seconds / total transcription seconds."""
+    import time
     from .audio import load_audio
-    from .transcribe import transcribe
+    from .transcribe import transcribe, transcribe_batch
     from .errors import AudioError
     items = load_manifest(manifest)[:limit]
-    refs, hyps, rows, skipped = [], [], [], []
+    clips, skipped = [], []
     for audio_path, ref in items:  # a missing or broken clip is skipped and reported, the rest are scored
         try:
-            t = transcribe(load_audio(audio_path, loaded.sample_rate), backend, loaded, beam=beam)
+            clips.append((audio_path, ref, load_audio(audio_path, loaded.sample_rate)))
         except AudioError as err:
             skipped.append({"audio": str(audio_path), "error": err.message})
-            continue
-        refs.append(ref)
-        hyps.append(t.text)
-        rows.append({"audio": audio_path.name, "reference": ref, "hypothesis": t.text})
-    if not refs:
+    order = sorted(range(len(clips)), key=lambda i: clips[i][2].duration)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def run(batch: list[int]) -> list[str | None]:
+        audios = [clips[i][2] for i in batch]
+        # one padded batch when every clip fits one model window; else (and for beam search) clip by clip, windowed
+        if len(batch) > 1 and not beam and max(a.duration for a in audios) <= WINDOW_S:
+            return transcribe_batch([a.samples for a in audios], backend, loaded)
+        texts = []
+        for a in audios:
+            try:
+                texts.append(transcribe(a, backend, loaded, beam=beam, window_s=WINDOW_S).text)
+            except AudioError as err:   # too short for one frame: reported, not scored
+                skipped.append({"audio": a.name, "error": err.message})
+                texts.append(None)
+        return texts
+
+    unreadable = len(skipped)
+    for batch in batches[:warmup_batches]:
+        run(batch)
+    del skipped[unreadable:]   # the timed pass below reports the warm-up's too-short clips again
+    hyps: dict[int, str | None] = {}
+    seconds = 0.0
+    for batch in batches:
+        t = time.perf_counter()
+        texts = run(batch)
+        seconds += time.perf_counter() - t
+        hyps.update(zip(batch, texts))
+    scored = [i for i in range(len(clips)) if hyps.get(i) is not None]
+    if not scored:
         raise ManifestError(f"None of the {len(items)} clips of {manifest} could be read "
                             f"(first: {skipped[0]['error'] if skipped else 'none listed'}).",
                             "Check the audio paths (relative paths resolve against the manifest's folder).")
-    result = scores(refs, hyps)
-    result["utterances"] = rows
+    result = scores([clips[i][1] for i in scored], [hyps[i] for i in scored])
+    audio_s = sum(clips[i][2].duration for i in scored)
+    result.update(rtfx=audio_s / seconds if seconds > 0 else None, audio_s_total=audio_s, transcribe_s_total=seconds,
+                  batch_size=batch_size, warmup_batches=min(warmup_batches, len(batches)))
+    result["utterances"] = [{"audio": clips[i][0].name, "reference": clips[i][1], "hypothesis": hyps[i]}
+                            for i in scored]
     result["skipped"] = skipped
     return result

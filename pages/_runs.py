@@ -91,7 +91,7 @@ def show_run(data: list[dict], key: str, compact: bool = False) -> None:
                 st.caption(f"Cost at \\${price['gpu_price_usd_h']:g} per GPU-hour ({price.get('gpu_price_source')})")
         extra = pd.DataFrame([r for r in data if r.get("kind") in ("accuracy", "memory")])
         if not compact and not extra.empty:
-            cols = ["kind", "backend", "wer", "cer", "n", "peak_mem_mb", "mem_scope", "peak_device_mb",
+            cols = ["kind", "backend", "wer", "cer", "rtfx", "batch_size", "n", "peak_mem_mb", "mem_scope", "peak_device_mb",
                     "peak_host_rss_mb", "load_s"]
             _table(extra[[c for c in cols if c in extra]], f"{key}_acc_table")
     if "sweep" in kinds:

@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from core import jobs
+from core import charts, jobs
 from core.paths import DEMO_TESTSET
 from core.results import rows as result_rows
 from pages._runs import compare_two_runs, run_picker, show_run
@@ -87,6 +87,13 @@ else:
                        f"run-{picked['id']}.csv", "text/csv", icon=":material/download:")
     d2.download_button("JSON", json.dumps(data, indent=2, ensure_ascii=False, default=str), f"run-{picked['id']}.json",
                        "application/json", icon=":material/download:")
+
+st.subheader("WER vs RTFx across runs")
+accuracy = [r for r in result_rows(kind="accuracy") if r.get("rtfx") is not None]
+newest = sorted({r["run_id"] for r in accuracy}, reverse=True)[:10]   # the ten newest runs that measured RTFx
+st.plotly_chart(charts.wer_vs_rtfx([r for r in accuracy if r["run_id"] in newest]), width="stretch", key="wer_rtfx")
+st.caption("RTFx as the Open ASR Leaderboard computes it: total audio seconds / total transcription seconds over the "
+           "labelled set, end to end, batched by sorted duration after a warm-up (`python -m core wer --batch-size N`).")
 
 st.subheader("Compare two runs")
 compare_two_runs("cmp", st.session_state.get("bench_view_scope"))
