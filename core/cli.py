@@ -253,7 +253,8 @@ def cmd_bench(args):
             print(f"# no energy/cost figure for {why}")
     if not args.no_save:
         kind = "benchmark" if args.wer_manifest else "latency"
-        print(f"saved as run {save(rows, kind, note=args.note or ' '.join(sys.argv[1:]))}", file=sys.stderr)
+        print(f"saved as run {save(rows, kind, note=args.note or ' '.join(sys.argv[1:]), command=_command())}",
+              file=sys.stderr)
 
 
 def cmd_check(args):
@@ -281,7 +282,8 @@ def cmd_check(args):
                                                                          f"{bad[0]['reason']}" if bad else ""),
               file=sys.stderr)
     if not args.no_save:
-        print(f"saved as run {save(rows, 'conformance', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+        print(f"saved as run {save(rows, 'conformance', note=' '.join(sys.argv[1:]), command=_command())}",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -313,7 +315,8 @@ def cmd_wer(args):
     else:  # RTFx: audio seconds / transcription seconds, end to end, batched by sorted duration, after warm-up
         print(_table(rows, ["backend", "n", "wer", "cer", "rtfx", "batch_size"]))
     if not args.no_save:
-        print(f"saved as run {save(rows, 'accuracy', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+        print(f"saved as run {save(rows, 'accuracy', note=' '.join(sys.argv[1:]), command=_command())}",
+              file=sys.stderr)
 
 
 def cmd_variants(args):
@@ -418,7 +421,7 @@ def cmd_sweep(args):
         print(f"error: no request to {url} succeeded; nothing saved\n  → {START_HINT}", file=sys.stderr)
         return 1
     if not args.no_save:
-        print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]))}", file=sys.stderr)
+        print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]), command=_command())}", file=sys.stderr)
 
 
 def cmd_profile(args):
@@ -438,6 +441,18 @@ def cmd_profile(args):
         print(f"fused in: {', '.join(s['new_ops']) or '-'}\nfused away: {', '.join(s['gone_ops']) or '-'}")
         print(_table(hist.to_dict("records"), list(hist.columns)))
     print("progress: 1.0 done", file=sys.stderr)
+
+
+def _command() -> str:
+    """This invocation as a shell command, saved with its run so a report can say how to reproduce it."""
+    import shlex
+    return "python -m core " + shlex.join(sys.argv[1:])
+
+
+def cmd_report(args):
+    from .report import write
+    out = write(args.run, args.format, args.out)
+    print(f"wrote {out}")
 
 
 def cmd_results(args):
@@ -622,6 +637,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("results", help="List stored runs, or the rows of one run.")
     s.set_defaults(fn=cmd_results)
     s.add_argument("--run", type=int)
+    s = sub.add_parser("report", help="Write one stored run as a self-contained report: environment, method, tables, "
+                                      "charts (HTML) and the commands that reproduce them.")
+    s.set_defaults(fn=cmd_report)
+    s.add_argument("--run", type=_number(int, 1, None, "the run id"), required=True,
+                   help="run id (python -m core results lists them)")
+    s.add_argument("--format", choices=("md", "html"), default="html")
+    s.add_argument("--out", default=None, help="file to write (default: artifacts/reports/run-N.<format>)")
     return p
 
 

@@ -19,7 +19,7 @@ COLUMNS = ("kind", "model", "model_label", "random_weights", "backend", "runtime
            "items_per_s", "wer", "cer", "n", "errors", "scope")
 TEXT = {"kind", "model", "model_label", "backend", "runtime", "precision", "device", "scope"}
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, created TEXT, kind TEXT, note TEXT);
+CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, created TEXT, kind TEXT, note TEXT, command TEXT);
 CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, run_id INTEGER REFERENCES runs(id),
     {", ".join(f"{c} {'TEXT' if c in TEXT else 'REAL'}" for c in COLUMNS)},
     gpu TEXT, env TEXT, extra TEXT);
@@ -50,14 +50,17 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     for c in COLUMNS:
         if c not in have:
             con.execute(f"ALTER TABLE results ADD COLUMN {c} {'TEXT' if c in TEXT else 'REAL'}")
+    if "command" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:  # runs saved before commands
+        con.execute("ALTER TABLE runs ADD COLUMN command TEXT")
     return con
 
 
-def save(rows: list[dict], kind: str, note: str = "", path: Path | None = None) -> int:
-    """Store rows as one run; returns the run id."""
+def save(rows: list[dict], kind: str, note: str = "", path: Path | None = None, command: str | None = None) -> int:
+    """Store rows as one run; returns the run id. `command`: the shell command that reproduces it (reports)."""
     with connect(path) as con:
-        run_id = con.execute("INSERT INTO runs (created, kind, note) VALUES (?, ?, ?)",
-                             (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), kind, note)).lastrowid
+        run_id = con.execute("INSERT INTO runs (created, kind, note, command) VALUES (?, ?, ?, ?)",
+                             (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), kind, note,
+                              command)).lastrowid
         for row in rows:
             env = row.get("env") or {}
             extra = {k: v for k, v in row.items() if k not in COLUMNS and k != "env"}
@@ -136,6 +139,13 @@ def runs(path: Path | None = None, limit: int = 50) -> list[dict]:
                     run["counts"][d["kind"]] = run["counts"].get(d["kind"], 0) + 1
                     run["usable"][d["kind"]] = run["usable"].get(d["kind"], 0) + usable(d)
         return out
+
+
+def run(run_id: int, path: Path | None = None) -> dict | None:
+    """One run's id, created, kind, note and command, or None."""
+    with connect(path) as con:
+        r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return None if r is None else dict(r, kind=KIND_ALIASES.get(r["kind"], r["kind"]))
 
 
 def default_run(kinds=("latency", "accuracy", "sweep", "conformance", "memory"), path: Path | None = None,

@@ -2,12 +2,14 @@
 labelled set; then any stored run, by kind, and the comparison of two runs."""
 import json
 import re
+from functools import partial
 
 import pandas as pd
 import streamlit as st
 
 from core import charts, jobs
 from core.paths import DEMO_TESTSET
+from core.report import build as build_report
 from core.results import rows as result_rows
 from pages._runs import compare_two_runs, run_picker, show_run
 from pages._shared import active_model, available_backends, default_backends, model_badge
@@ -82,11 +84,16 @@ else:
     data = result_rows(picked["id"])
     show_run(data, "bench_view")
     df = pd.DataFrame(data)
-    d1, d2, _ = st.columns([1, 1, 4])
+    d1, d2, d3, d4, _ = st.columns([1, 1, 1.4, 1.4, 2])
     d1.download_button("CSV", df.drop(columns=["env"], errors="ignore").to_csv(index=False),
                        f"run-{picked['id']}.csv", "text/csv", icon=":material/download:")
     d2.download_button("JSON", json.dumps(data, indent=2, ensure_ascii=False, default=str), f"run-{picked['id']}.json",
                        "application/json", icon=":material/download:")
+    # the report is built when clicked (the HTML inlines plotly.js: megabytes not worth sending on every rerun)
+    for col, fmt, mime in ((d3, "html", "text/html"), (d4, "md", "text/markdown")):
+        col.download_button(f"Report ({fmt.upper()})", partial(build_report, picked["id"], fmt),
+                            f"run-{picked['id']}-report.{fmt}", mime, icon=":material/description:",
+                            key=f"report_{fmt}", help="python -m core report --run N --format " + fmt)
 
 st.subheader("WER vs RTFx across runs")
 accuracy = [r for r in result_rows(kind="accuracy") if r.get("rtfx") is not None]
