@@ -62,9 +62,9 @@ def cmd_info(args):
 def _gate_args(s, precision_help: str = "") -> None:
     s.add_argument("--max-rel-dlogit", type=float, default=None,
                    help="gate: max |Δlogit| against PyTorch FP32 as a fraction of its logit scale (default per "
-                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8 0.5)")
+                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8 and int4w 0.5)")
     s.add_argument("--max-wer-delta", type=float, default=None,
-                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8 2)")
+                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8 and int4w 2)")
     s.add_argument("--accept-rejected", action="store_true",
                    help="offer the artifact as a backend even if its gate rejects it (recorded in its meta.json)")
     s.add_argument("--force", action="store_true", help="rebuild even if a finished artifact exists")
@@ -406,10 +406,13 @@ def cmd_sweep(args):
         clips = prepare_clips(loaded, audios, args.audio_seconds, ref)
     print(f"sweep {url} ({args.protocol}) model '{model_name}': {len(clips)} clips, levels {args.concurrency}, "
           f"≤{args.requests} requests / ≤{args.seconds:g} s per level", file=sys.stderr)
-    rows = sweep(loaded, clips, url, args.protocol, model_name, args.concurrency, args.requests, args.seconds,
-                 args.timeout, served_backend=served,
-                 progress=lambda r: print(f"  c={r['concurrency']}: {r['items_per_s']:.2f} req/s, p50 "
-                                          f"{r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr))
+    levels = list(args.concurrency)
+
+    def tick(r):  # `progress:` lines feed the dashboard's job view
+        print(f"progress: {(levels.index(r['concurrency']) + 1) / len(levels):.2f} c={r['concurrency']}: "
+              f"{r['items_per_s']:.2f} req/s, p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr)
+    rows = sweep(loaded, clips, url, args.protocol, model_name, levels, args.requests, args.seconds,
+                 args.timeout, served_backend=served, progress=tick)
     print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
                         "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms"]))
     for r in rows:
@@ -528,8 +531,9 @@ def parser() -> argparse.ArgumentParser:
                         ("export", "Alias of `build onnx`: the FP32 ONNX export, verified against PyTorch.")):
         s = add(name, cmd_build, help_)
         if name == "build":
-            s.add_argument("stage", choices=("onnx", "fp16", "mixed", "int8"),
-                           help="onnx: the FP32 export; fp16/mixed/int8: ONNX Runtime precision variants of it. "
+            s.add_argument("stage", choices=("onnx", *VARIANTS),
+                           help="onnx: the FP32 export; fp16/mixed/int8/int4w: ONNX Runtime precision variants of it "
+                                "(int4w: weight-only INT4, blockwise). "
                                 "`build trt|trtrtx|triton` are the trt-build (--flavor trtrtx) and triton-repo "
                                 "commands (see their --help)")
         else:

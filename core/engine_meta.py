@@ -16,7 +16,7 @@ from .pipeline.store import Spec
 
 TRT_MISSING = "TensorRT not installed: install tensorrt-cu12 or tensorrt-cu13"
 RTX_MISSING = "TensorRT for RTX not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
-PRECISIONS = ("fp32", "fp16", "mixed", "int8")
+PRECISIONS = ("fp32", "fp16", "mixed", "int8", "int4w")
 # flavor -> (module, what to install). TensorRT for RTX has TensorRT 10's API; it builds engines without a GPU
 # (ahead of time, for chosen compute capabilities) and JIT-compiles kernels on the RTX GPU that runs them.
 FLAVORS = {"trt": ("tensorrt", TRT_MISSING), "trtrtx": ("tensorrt_rtx", RTX_MISSING)}
@@ -108,21 +108,25 @@ def check_compatible(meta: dict, env: dict) -> tuple[bool, str]:
     return True, ""   # same TensorRT and compute capability: it loads (kernels tuned on another model of GPU)
 
 
-def rebuild_hint(meta: dict) -> str:
+def rebuild_hint(meta: dict, env: dict | None = None) -> str:
     flavor = " --flavor trtrtx" if meta.get("flavor") == "trtrtx" else ""
+    if flavor and env and env.get("gpu_cc") and not rtx_runs_on(env["gpu_cc"], ()):  # no rebuild helps there
+        return (f"TensorRT-RTX does not run on {env['gpu']} at all: use trt:{meta.get('precision', 'fp16')}:cuda, "
+                "ort:…:cuda or fast:…:cuda on this GPU, and this engine on an RTX-class GPU.")
     return (f"Build it for this machine: python -m core trt-build --model {meta.get('source', '<model>')} "
             f"--precision {meta.get('precision', 'fp16')}{flavor} (or the Build page).")
 
 
 def ensure_compatible(meta: dict, env: dict | None = None) -> None:
     flavor = meta.get("flavor", "trt")
-    ok, reason = check_compatible(meta, env or runtime_env(flavor))
+    env = env or runtime_env(flavor)
+    ok, reason = check_compatible(meta, env)
     if not ok:
         if reason in (TRT_MISSING, RTX_MISSING):
             head, _, hint = reason.partition(": ")
             raise EngineIncompatibleError(head + ".", hint)
         what = "TensorRT-RTX" if flavor == "trtrtx" else "TensorRT"
-        raise EngineIncompatibleError(f"Cannot load this {what} engine: {reason}.", rebuild_hint(meta))
+        raise EngineIncompatibleError(f"Cannot load this {what} engine: {reason}.", rebuild_hint(meta, env))
 
 
 
@@ -179,9 +183,9 @@ class EngineSettings:
 
 
 def strongly_typed(precision: str, flavor: str = "trt") -> bool:
-    """INT8 engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where there is no weak
-    typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is gone), from the ONNX variants."""
-    if precision == "int8" or (flavor == "trtrtx" and precision != "fp32"):
+    """INT8 and int4w engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where there is
+    no weak typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is gone), from the ONNX variants."""
+    if precision in ("int8", "int4w") or (flavor == "trtrtx" and precision != "fp32"):
         return True
     if precision not in ("fp16", "mixed"):
         return False

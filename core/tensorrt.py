@@ -164,6 +164,11 @@ class EngineBuilder(Builder):
         builder = trt.Builder(logger)
         network, _parser = _network(trt, builder, logger, self.parent.path, spec.strong)
         inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+        # the engine's I/O as the network declares it: checkable without deserializing (which needs the GPU)
+        io = [{"name": t.name, "mode": mode, "dtype": t.dtype.name, "shape": list(t.shape)}
+              for mode, ts in (("input", [network.get_input(i) for i in range(network.num_inputs)]),
+                               ("output", [network.get_output(i) for i in range(network.num_outputs)]))
+              for t in ts]
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gb * GiB))
         config.builder_optimization_level = settings.optimization_level
@@ -209,7 +214,7 @@ class EngineBuilder(Builder):
                      "gpu_cc": spec.env["gpu_cc"],
                      # TensorRT-RTX: the compute capabilities chosen ([]: its portable set, RTX_PORTABLE and later)
                      "targets_cc": targets if spec.flavor == "trtrtx" else [spec.env["gpu_cc"]],
-                     "cuda": full.get("cuda"), "driver": full.get("driver"), "input_names": inputs,
+                     "cuda": full.get("cuda"), "driver": full.get("driver"), "input_names": inputs, "io": io,
                      "source_onnx": str(self.parent.path),
                      "conv": {"kernel": list(loaded.model.config.conv_kernel),
                               "stride": list(loaded.model.config.conv_stride)},

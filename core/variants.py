@@ -1,5 +1,5 @@
-"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32) and INT8
-(static Q/DQ, calibrated on real audio), plus the graph inspection they need. The variants are built, verified
+"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32), INT8
+(static Q/DQ, calibrated on real audio) and int4w (weight-only INT4, blockwise), plus the graph inspection they need. The variants are built, verified
 and cached by core.pipeline (onnx_build)."""
 from __future__ import annotations
 
@@ -229,6 +229,37 @@ def _to_int8(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, cal
             "calibration_clips": names, "q_nodes": ops["QuantizeLinear"], "dq_nodes": ops["DequantizeLinear"]}
 
 
+def _to_int4w(src: Path, dst: Path, exclude, block: int, log) -> dict:
+    """ONNX Runtime's weight-only quantizer (round-to-nearest, blockwise symmetric INT4) in its QDQ form: each
+    MatMul weight becomes INT4 + scales behind a DequantizeLinear; needs no calibration data. (Its QDQ form is
+    INT4 only: "MatMul only supports QOperator format for 8 bits quantization", onnxruntime 1.31.)"""
+    import logging
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    model = onnx.load(str(src))
+    excluded = sorted({n for names in fp32_nodes(model, exclude).values() for n in names})
+    log(f"quantizing MatMul weights to INT4 (blocks of {block}, symmetric; {len(excluded)} nodes excluded) ...")
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, quant_format=QuantFormat.QDQ, bits=4)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=True, quant_format=QuantFormat.QDQ,
+                                     nodes_to_exclude=excluded, algo_config=config)
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, quiet.level = quiet.level, logging.WARNING   # it logs every node it visits at INFO
+    try:
+        quantizer.process()
+    finally:
+        quiet.setLevel(level)
+    out = quantizer.model.model
+    _save(out, dst)
+    ops = Counter(n.op_type for n in out.graph.node)
+    if not ops["DequantizeLinear"]:
+        raise ExportError("The INT4 weight-only quantizer quantized no MatMul weights.",
+                          "Check the model's ONNX graph (it needs MatMul nodes with constant weights).")
+    return {"quantizer": "onnxruntime MatMulNBitsQuantizer (RTN)", "format": "QDQ", "weights": f"int4 symmetric, "
+            f"blocks of {block}", "activations": "fp32", "excluded_nodes": excluded,
+            "quantized_matmuls": ops["DequantizeLinear"], "opset": [o.version for o in out.opset_import if not o.domain]}
+
+
 # ---------------------------------------------------------------- checks recorded with each variant
 
 def _ort_devices(precision: str, loaded) -> list[str]:
@@ -236,7 +267,7 @@ def _ort_devices(precision: str, loaded) -> list[str]:
     import onnxruntime as ort
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     big = sum(p.numel() for p in loaded.model.parameters()) > 50e6
-    if precision != "int8" and cuda and big:
+    if precision not in ("int8", "int4w") and cuda and big:
         return ["cuda", "cpu"]
     return ["cpu"] + (["cuda"] if cuda else [])
 

@@ -52,11 +52,11 @@ with st.container(border=True):
     st.caption("Each is built once per content key (the model's files, its parent, the settings, the toolchain), "
                "checked by its gate against PyTorch FP32 on real speech and, on a trained model, by the WER delta "
                "on the demo set — and offered as a backend only if it passes (or you accept it below).")
-    c = st.columns(5)
+    c = st.columns(len(VARIANTS) + 2)
     action(c[0], "Export ONNX (FP32)", ["build", "onnx"], "python -m core build onnx")
     for i, p in enumerate(VARIANTS, 1):
         action(c[i], f"Build {p.upper()}", ["build", p], f"python -m core build {p}")
-    action(c[4], "Re-export (force)", ["build", "onnx", "--force"], "python -m core build onnx --force")
+    action(c[-1], "Re-export (force)", ["build", "onnx", "--force"], "python -m core build onnx --force")
     st.caption("Gate defaults (`--max-rel-dlogit`, `--max-wer-delta` on the CLI): "
                + " · ".join(f"**{p}** |Δlogit| ≤ {g.max_rel_dlogit:g} of the logit scale, WER +{g.max_wer_delta_points:g}"
                             " points" for p in ("fp32", *VARIANTS) for g in [Gate.default(p)]))
@@ -66,9 +66,13 @@ with st.container(border=True):
             df = pd.DataFrame(mine)[["precision", "status", "why", "accepted", "max_abs_dlogit", "rel_dlogit", "wer",
                                      "wer_fp32", "wer_delta_points", "size_mb", "created", "key"]]
             colour = {"verified": "color: #166534", "rejected": "color: #b91c1c; font-weight: 600",
-                      "stale": "color: #92400e"}
+                      "stale": "color: #92400e", "damaged": "color: #b91c1c; font-weight: 600"}
             st.dataframe(df.style.map(lambda v: colour.get(v, ""), subset=["status"]), hide_index=True,
                          width="stretch")
+            for r in [r for r in mine if r["status"] == "damaged"]:
+                st.error(f"**{r['precision']} damaged**: {r['why']}. It is refused until rebuilt "
+                         f"(`python -m core build {r['precision'] if r['precision'] != 'fp32' else 'onnx'} --force`).",
+                         icon=":material/broken_image:")
             for r in [r for r in mine if r["status"] == "rejected"]:
                 st.error(f"**{r['precision']} rejected**: {r['why']}", icon=":material/block:")
                 if st.checkbox(f"Use the rejected {r['precision']} artifact anyway (recorded in its meta.json)",
@@ -85,9 +89,12 @@ with st.container(border=True):
         st.info("TensorRT engine builds are not in this build (core.tensorrt is missing).", icon=":material/info:")
     else:
         ok, why = availability("trt:fp16:cuda")
+        st.markdown("**TensorRT** — for data-centre GPUs (and any GPU TensorRT 10 supports), built on the GPU that "
+                    "runs it.")
         st.caption("Engines with optimisation profiles over batch × audio length and a persisted timing cache; an "
-                   "engine only runs on the GPU and TensorRT version it was built with.")
-        c = st.columns(4)
+                   "engine only runs on the GPU and TensorRT version it was built with. TensorRT could not be "
+                   "installed where this workbench was developed: this path has not been executed in its own runs.")
+        c = st.columns(5)
         for i, p in enumerate(getattr(trt, "PRECISIONS", ("fp32", "fp16", "mixed", "int8"))):
             action(c[i], f"Engine {p.upper()}", ["trt-build", "--precision", p],
                    f"python -m core trt-build --precision {p}", enabled=ok, why=why, show_why=False)
@@ -103,8 +110,19 @@ with st.container(border=True):
         elif rtx_ok and not trt.rtx_runs_on(env["gpu_cc"], ()):
             st.caption(f":material/block: This GPU ({env['gpu']}, compute capability {env['gpu_cc']}) cannot run "
                        "TensorRT-RTX engines: build them here for an RTX machine, and use trt, ort or fast here.")
+        else:
+            run_ok, run_why = availability("trtrtx:fp16:cuda") if rtx_ok else (False, rtx_why)
+            st.caption(f":material/{'check_circle' if run_ok else 'block'}: "
+                       + ("Engines run on this GPU." if run_ok else f"Not on this machine: {run_why}."))
+        ep_ok, ep_why = availability("ort:fp16:trtrtx")
+        st.caption("ONNX Runtime's TensorRT-RTX EP plugin (`ort:…:trtrtx`, onnxruntime-ep-nv-tensorrt-rtx-cu13): "
+                   + ("can run here." if ep_ok else f"not here — {ep_why}."))
+        st.warning("TensorRT-RTX inference (`trtrtx:…:cuda` and `ort:…:trtrtx`) has never been executed in this "
+                   "project's own runs: no RTX-class GPU was available. Engines build here and are checked as far as "
+                   "a machine without that GPU allows; the lent H200 (compute capability 9.0) refuses them, as "
+                   "tested.", icon=":material/warning:")
         c = st.columns(4)
-        for i, p in enumerate(("fp32", "fp16")):
+        for i, p in enumerate(("fp32", "fp16", "int4w")):
             action(c[i], f"RTX engine {p.upper()}", ["build", "trtrtx", "--precision", p],
                    f"python -m core build trtrtx --precision {p}", enabled=rtx_ok, why=rtx_why, show_why=False)
         with guarded():

@@ -1,9 +1,12 @@
 """Serving: a local Triton server (PyTriton) or any Triton URL, its health and models, and a load sweep
 (core.triton.server / core.triton.loadtest; the CLI equivalents are `serve` and `sweep`)."""
+import re
+
 import pandas as pd
 import streamlit as st
 
-from core import charts
+from core import charts, jobs
+from core.results import rows as result_rows
 from pages._shared import active_model, available_backends, guarded, model_badge, optional
 
 st.title("Serving")
@@ -72,6 +75,8 @@ with c2, st.container(border=True):
             except Exception as err:  # noqa: BLE001 — PyTriton restricts the repository API
                 st.caption(f":gray[The server does not list its models ({str(err)[:80]}).]")
 
+SAVED = re.compile(r"saved as run (\d+)")
+
 st.subheader("Load sweep")
 if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
@@ -86,25 +91,43 @@ else:
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not (conc and ready))
         if not ready:
             st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
-    if go:
-        from core.backends import make_backend
-        from core.export import parity_audio
-        from core.results import save
-        with guarded(), st.status("Sweeping concurrency …", expanded=True) as status:
-            bar = st.progress(0.0)
-            with make_backend("torch:fp32:cpu", loaded) as ref:  # in-process transcripts to check answers against
-                clips = loadtest.prepare_clips(loaded, parity_audio(loaded, n=4), secs, ref)
-            levels = sorted(conc)
+    if go:  # a background job (python -m core sweep): leaving or reloading the page does not lose it
+        args = ["sweep", "--model", loaded.source, "--url", url.removeprefix("http://"), "--protocol", "http",
+                "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
+                "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}"]
+        if local:
+            args += ["--served-backend", local.backend]
+        st.session_state["sweep_job"] = jobs.start(args, label=f"Sweep · {url} · c={sorted(conc)}").id
 
-            def tick(row):
-                bar.progress(levels.index(row["concurrency"]) / len(levels) + 1 / len(levels),
-                             text=f"c={row['concurrency']}: {row['items_per_s']:.1f} req/s, p50 {row['p50_ms']:.0f} ms")
-            rows = loadtest.sweep(loaded, clips, url, "http", model_name, levels, int(requests), float(per_level),
-                                  served_backend=local.backend if local else None, progress=tick)
-            run_id = save(rows, "sweep", note=f"dashboard sweep {url} {levels}")
-            st.session_state["sweep_rows"] = rows
-            status.update(label=f"{len(rows)} levels measured — saved as run {run_id}", state="complete")
-    rows = st.session_state.get("sweep_rows") or []
+    @st.fragment(run_every=1.0)
+    def sweep_job():
+        """The sweep job's progress; when it ends, its saved run is the one shown below."""
+        jid = st.session_state.get("sweep_job")
+        job = jobs.get(jid) if jid else None
+        if job is None:
+            return
+        state, (fraction, message) = job.state(), job.progress()
+        if state.get("status") in jobs.ACTIVE:
+            st.progress(fraction or 0.0, text=("queued: another job is running …" if state["status"] == "queued"
+                                               else message[-140:] or "starting …"))
+            if st.button("Cancel sweep", icon=":material/stop:"):
+                job.cancel()
+            return
+        saved = SAVED.findall(job.log())
+        if state.get("status") == "done" and saved:
+            st.success(f"Sweep done — saved as run {saved[-1]}", icon=":material/check_circle:")
+            if st.session_state.get("sweep_run") != int(saved[-1]):
+                st.session_state["sweep_run"] = int(saved[-1])
+                st.rerun()
+        else:
+            lines = job.log(4000).strip().splitlines() or ["no output"]
+            said = [ln for ln in lines if ln.startswith("error:")] or lines[-1:]
+            st.error(f"The sweep {state.get('status')}: {said[-1].removeprefix('error: ')}", icon=":material/error:")
+
+    sweep_job()
+    run_id = st.session_state.get("sweep_run")
+    rows = result_rows(run_id) if run_id else []
+
     if rows:
         if any(r.get("errors") for r in rows):
             st.warning("Some requests failed: see the errors column.", icon=":material/warning:")

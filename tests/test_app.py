@@ -233,7 +233,7 @@ def test_profile_page_operator_table(app):
     assert table["self_cpu_ms"].is_monotonic_decreasing and len(table) > 3
 
 
-def test_serving_start_sweep_stop_a_real_triton_server():
+def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
     """PyTriton's real Triton server on the tiny model (ONNX Runtime CPU), a two-level sweep, then stop."""
     from core.triton import server
     at = AppTest.from_file("../app.py", default_timeout=180)
@@ -251,7 +251,15 @@ def test_serving_start_sweep_stop_a_real_triton_server():
         at.number_input[1].set_value(2.0)  # seconds per level
         next(b for b in at.button if b.label == "Run sweep").click().run()
         assert not at.error, [e.value for e in at.error]
-        rows = at.session_state["sweep_rows"]
+        job = jobs.get(at.session_state["sweep_job"])       # a background job: it outlives the page
+        assert job.state()["command"][:2] == ["sweep", "--model"]
+        page(at, "pages/overview.py")                         # leave the page while it runs
+        assert job.wait(timeout=240)["status"] == "done", job.log()
+        page(at, "pages/serving.py")                          # back: the finished sweep is shown
+        at.run()
+        assert any("Sweep done — saved as run" in m.value for m in at.success)
+        from core.results import rows as result_rows
+        rows = result_rows(at.session_state["sweep_run"])
         assert [r["concurrency"] for r in rows] == [1, 2]
         assert all(r["n"] > 0 and r["errors"] == 0 and r["server_stats"] for r in rows)
         assert len(at.get("plotly_chart")) == 2

@@ -147,3 +147,22 @@ def test_cli_build_and_artifacts(local_model, capsys):
     if not tensorrt_available()[0]:
         assert main(["build", "trt", *model, "--precision", "fp16"]) == 2        # `build trt` is trt-build
         assert "TensorRT not installed" in capsys.readouterr().err
+
+
+def test_damaged_file_is_refused_listed_and_rebuilt(local_model):
+    from core.pipeline.store import ArtifactDamagedError, damage
+    art = build_onnx(local_model, **QUIET)
+    assert art.meta["file_bytes"] == art.path.stat().st_size and len(art.meta["file_sha256"]) == 64
+    data = art.path.read_bytes()
+    art.path.write_bytes(data[: len(data) // 2])                     # an interrupted copy
+    row = next(r for r in artifact_rows(local_model.source) if r["key"] == art.key[:10])
+    assert row["status"] == "damaged" and "truncated or replaced" in row["why"]
+    with pytest.raises(ArtifactDamagedError, match="was built as"):
+        OnnxExport(local_model).require("python -m core build onnx")
+    art.path.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])   # same size, one byte flipped
+    with pytest.raises(ArtifactDamagedError, match="has changed since it was built"):
+        OnnxExport(local_model).require("python -m core build onnx")
+    said = []
+    again = build_onnx(local_model, log=said.append)                # the next build makes it again
+    assert any("building it again" in s for s in said)
+    assert again.dir == art.dir and damage(again) == "" and again.status == "verified"

@@ -64,7 +64,11 @@ def test_refused_on_the_h200_with_what_to_use_instead(engines):
     assert "NVIDIA H200 (compute capability 9.0)" in why and "trt:…:cuda" in why and "fast:…:cuda" in why
     with pytest.raises(BackendUnavailableError) as err:
         ensure_compatible(meta, H200)
-    assert "Cannot load this TensorRT-RTX engine" in err.value.message and "--flavor trtrtx" in err.value.hint
+    assert "Cannot load this TensorRT-RTX engine" in err.value.message
+    assert "does not run on NVIDIA H200 at all" in err.value.hint and "trt:fp16:cuda" in err.value.hint  # no rebuild helps
+    with pytest.raises(BackendUnavailableError) as err:     # another TensorRT-RTX on an RTX GPU: rebuilding helps
+        ensure_compatible({**meta, "tensorrt": "1.0"}, RTX3050)
+    assert "--flavor trtrtx" in err.value.hint
     assert check_compatible(meta, RTX3050) == (True, "")            # the seed's laptop GPU is its target
     assert not check_compatible({**meta, "targets_cc": ["8.9"]}, RTX3050)[0]
     assert "built with TensorRT-RTX 1.0" in check_compatible({**meta, "tensorrt": "1.0"}, RTX3050)[1]
@@ -78,3 +82,79 @@ def test_backend_says_why_it_cannot_run_here(tiny):
     assert not ok and why.startswith("no CUDA GPU: TensorRT-RTX needs an NVIDIA GPU")
     with pytest.raises(BackendUnavailableError, match="not available: no CUDA GPU"):
         make_backend("trtrtx:fp16:cuda", tiny)
+
+
+def test_engine_io_and_profile_as_the_network_declares_them(engines):
+    """What can be checked of an engine without its GPU: the network TensorRT-RTX parsed and built (I/O names,
+    dtypes, dynamic axes) and the optimisation profile recorded with it."""
+    for precision, art in engines[0].items():
+        io = {t["name"]: t for t in art.meta["io"]}
+        assert list(io) == ["input_values", "attention_mask", "logits"], precision
+        assert io["input_values"] == {"name": "input_values", "mode": "input", "dtype": "FLOAT", "shape": [-1, -1]}
+        assert io["attention_mask"]["dtype"] == "INT64" and io["attention_mask"]["shape"] == [-1, -1]
+        assert io["logits"]["mode"] == "output" and io["logits"]["shape"][:2] == [-1, -1]
+        assert io["logits"]["dtype"] == "FLOAT"              # the FP16 variant keeps FP32 I/O
+        profile = art.meta["profiles"][0]
+        assert profile["inputs"] == ["input_values", "attention_mask"] and profile["opt"] == [1, 32000]
+
+
+def test_changed_onnx_builds_a_new_engine(tiny, tmp_path):
+    """Changed weights mean a changed ONNX parent: a new engine key, the old engine listed as stale."""
+    import torch
+    from core.models import load_model
+    from core.pipeline.listing import artifact_rows
+    from core.tensorrt import build_engine
+    folder = tmp_path / "tiny-rtx"
+    tiny.model.save_pretrained(folder)
+    tiny.processor.save_pretrained(folder)
+    quiet = dict(flavor="trtrtx", log=lambda *_: None)
+    first = build_engine(load_model(str(folder)), "fp32", SMALL, **quiet)
+    changed = load_model(str(folder))
+    with torch.no_grad():
+        changed.model.lm_head.bias[0] += 1.0
+    changed.model.save_pretrained(folder)
+    second = build_engine(load_model(str(folder)), "fp32", SMALL, **quiet)
+    assert second.key != first.key and second.meta["inputs"]["parent"] != first.meta["inputs"]["parent"]
+    old = next(r for r in artifact_rows(str(folder)) if r["key"] == first.key[:10])
+    assert old["status"] == "stale" and "weights changed" in old["why"]
+
+
+def test_truncated_or_corrupt_engine_is_refused_by_name(engines, tmp_path):
+    import shutil
+    from core.backends.base import BackendSpec
+    from core.backends.trt_backend import TrtBackend
+    from core.pipeline.store import ArtifactDamagedError
+    art = engines[0]["fp16"]
+    copy = tmp_path / art.dir.name
+    shutil.copytree(art.dir, copy)
+    plan = copy / "model.plan"
+    data = plan.read_bytes()
+    plan.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ArtifactDamagedError, match="model.plan is .* bytes, but was built as"):
+        TrtBackend(BackendSpec.parse("trtrtx:fp16:cuda"), plan, art.meta).load()
+    plan.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ArtifactDamagedError, match="has changed since it was built"):
+        TrtBackend(BackendSpec.parse("trtrtx:fp16:cuda"), plan, art.meta).load()
+
+
+def test_onnx_runtime_rtx_ep_says_why_it_cannot_run_here():
+    ok, why = availability("ort:fp16:trtrtx")
+    assert not ok
+    try:
+        import onnxruntime_ep_nv_tensorrt_rtx  # noqa: F401
+    except ImportError:
+        assert why.startswith("the TensorRT-RTX EP plugin is not installed: pip install onnxruntime-ep-nv-tensorrt-rtx")
+    else:  # installed on a machine without a driver or RTX GPU (on the H200: "lists no device", see bench/results)
+        assert "did not load" in why or "lists no device" in why or "cannot run on" in why
+
+
+def test_int4_weight_only_engine_from_its_onnx_variant(tiny):
+    """TensorRT-RTX's weight-only INT4: the int4w ONNX variant (blockwise DequantizeLinear) parses and builds as a
+    strongly typed network, smaller than the FP32 engine."""
+    from core.pipeline.onnx_specs import OnnxVariant
+    from core.tensorrt import build_engine
+    art = build_engine(tiny, "int4w", SMALL, flavor="trtrtx", log=lambda *_: None)
+    assert art.dir.name.startswith("trtrtx-int4w-") and art.meta["builder"]["typing"] == "strong"
+    assert art.meta["inputs"]["parent"] == OnnxVariant(tiny, "int4w").key()
+    assert [t["name"] for t in art.meta["io"]] == ["input_values", "attention_mask", "logits"]
+    assert art.meta["status"] == "rejected" and art.meta["reasons"][0].startswith("unverified")

@@ -136,6 +136,30 @@ def test_int8_qdq_variant_runs_on_ort_cpu(tiny, manifest, hindi_wav):
     assert backend.session is None  # closed
 
 
+def test_int4_weight_only_variant(tiny, manifest):
+    """int4w: every MatMul with a constant weight but the final projection reads INT4 weights through a blockwise
+    DequantizeLinear (block_size 16, opset 21); activations stay FP32 (no QuantizeLinear); ORT's CPU EP runs it."""
+    from core.pipeline.onnx_build import build_variant
+    art = build_variant(tiny, "int4w", manifest=manifest, log=lambda *_: None)
+    model = onnx.load(str(art.path))
+    assert [o.version for o in model.opset_import if not o.domain] == [21]
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" not in ops
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(inits[n.input[0]].data_type == TensorProto.INT4 for n in dq)
+    assert all(next(a.i for a in n.attribute if a.name == "block_size") == 16 for n in dq)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.name in art.meta["excluded_nodes"] and n.op_type == "MatMul"]
+    assert len(head) == 1 and producer.get(head[0].input[1]) != "DequantizeLinear"
+    weighted = [n for n in model.graph.node if n.op_type == "MatMul" and n not in head
+                and (n.input[1] in inits or producer.get(n.input[1]) == "DequantizeLinear")]
+    assert weighted and all(producer.get(n.input[1]) == "DequantizeLinear" for n in weighted)
+    assert art.meta["quantized_matmuls"] == len(dq) == len(weighted)
+    _check_recorded(art.meta, manifest)
+    assert art.meta["bytes"] < art.meta["fp32_bytes"]    # demo model: 5.7 MB against 18.1 MB
+
+
 def test_cache_hit_and_no_temp_folders(tmp_path, monkeypatch):
     from core.models import load_model
     from core.pipeline.onnx_build import build_variant

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: CPU EP, CUDA EP (with I/O binding) and the TensorRT EP when present."""
+"""ONNX Runtime backend: CPU EP, CUDA EP (with I/O binding), the TensorRT EP when present, and the TensorRT-RTX EP
+plugin (RTX-class GPUs; an ONNX Runtime plugin library registered at run time)."""
 from __future__ import annotations
 
 import os
@@ -6,18 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine_meta import RTX_PORTABLE, rtx_runs_on, runtime_env
 from ..errors import BackendUnavailableError
 from .base import Backend
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
+             "tensorrt": "TensorrtExecutionProvider", "trtrtx": "NvTensorRTRTXExecutionProvider"}
 INSTALL_HINT = {"cuda": "pip install onnxruntime-gpu (in place of onnxruntime) on a machine with CUDA.",
                 "tensorrt": "pip install onnxruntime-gpu and TensorRT 10 (tensorrt-cu12 or tensorrt-cu13).",
+                "trtrtx": "pip install onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0 on a machine with an RTX-class GPU "
+                          "(compute capability 8.0-8.9 or 12.x) and a CUDA 13 driver.",
                 "cpu": "pip install onnxruntime."}
 
 
-SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
-         "ort:fp16:tensorrt"]
+SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:int4w:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
+         "ort:fp16:tensorrt", "ort:fp32:trtrtx", "ort:fp16:trtrtx"]
 
 
 def available(spec) -> tuple[bool, str]:
@@ -42,9 +46,43 @@ def ort_available(device: str) -> tuple[bool, str]:
         return False, "onnxruntime not installed: " + INSTALL_HINT["cpu"]
     if device not in PROVIDERS:
         return False, f"unknown ONNX Runtime device '{device}' (use {', '.join(PROVIDERS)})"
+    if device == "trtrtx":
+        return rtx_ep_devices()[1:]
     if PROVIDERS[device] not in ort.get_available_providers():
         return False, f"ONNX Runtime has no {PROVIDERS[device]}: " + INSTALL_HINT[device]
     return True, ""
+
+
+_RTX_EP: list = []   # (devices, ok, why) once the plugin has been registered (ONNX Runtime allows it once)
+
+
+def rtx_ep_devices() -> tuple[list, bool, str]:
+    """The TensorRT-RTX EP plugin's devices, registering the plugin library on first use; (devices, ok, why)."""
+    if _RTX_EP:
+        return _RTX_EP[0]
+    import onnxruntime as ort
+    name = PROVIDERS["trtrtx"]
+    try:
+        import onnxruntime_ep_nv_tensorrt_rtx as plugin
+    except ImportError:
+        return [], False, "the TensorRT-RTX EP plugin is not installed: " + INSTALL_HINT["trtrtx"]
+    try:
+        ort.register_execution_provider_library(plugin.get_ep_name(), plugin.get_library_path())
+    except Exception as err:  # noqa: BLE001 — ORT raises its own Fail type; e.g. no libcuda.so.1 on a machine without a driver
+        cause = str(err).rsplit("error: ", 1)[-1].strip().replace(": ", " - ")
+        result = ([], False, f"the TensorRT-RTX EP plugin {plugin.__version__} did not load: {cause}; it needs an "
+                             "NVIDIA driver and an RTX-class GPU")
+    else:
+        devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
+        gpu = runtime_env("trtrtx")   # the same capability rule as TensorRT-RTX engines (portable set)
+        here = f"{gpu['gpu']} (compute capability {gpu['gpu_cc']})" if gpu["gpu"] else "this machine"
+        verb = "cannot run on" if devices else "lists no device on"
+        why = ("" if devices and (not gpu["gpu_cc"] or rtx_runs_on(gpu["gpu_cc"], ())) else
+               f"the TensorRT-RTX EP plugin {plugin.__version__} loaded but {verb} {here} - it runs on RTX-class "
+               f"GPUs (compute capability {', '.join(RTX_PORTABLE)} and later); here use ort:…:cuda, trt or fast")
+        result = (devices, not why, why)
+    _RTX_EP.append(result)
+    return result
 
 
 class OrtBackend(Backend):
@@ -75,6 +113,10 @@ class OrtBackend(Backend):
             providers = [(PROVIDERS["tensorrt"], {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
                                                   "trt_fp16_enable": self.precision in ("fp16", "mixed")}),
                          PROVIDERS["cuda"]]
+        if self.device == "trtrtx":   # a plugin EP is chosen by device, not by name; its JIT cache kept by the model
+            devices = rtx_ep_devices()[0]
+            opts.add_provider_for_devices(devices, {"nv_runtime_cache_path": str(self.onnx_path.parent / "rtx_cache")})
+            providers = None
         self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=providers)
         if self.session.get_providers()[0] != PROVIDERS[self.device]:  # ORT falls back silently otherwise
             raise BackendUnavailableError(f"ONNX Runtime could not start {PROVIDERS[self.device]} "
@@ -89,9 +131,13 @@ class OrtBackend(Backend):
                                        else attention_mask.astype(np.int64))
         return feeds
 
+    # host feeds for the TensorRT-RTX plugin EP: binding its device memory needs the plugin's allocator, untried
+    # here without an RTX GPU, so its timings include the copies
+    HOST_IO = ("cpu", "trtrtx")
+
     def prepare(self, input_values, attention_mask=None):
         feeds = self._feeds(input_values, attention_mask)
-        if self.device == "cpu":
+        if self.device in self.HOST_IO:
             return feeds
         import onnxruntime as ort  # I/O binding: inputs copied to the GPU once, logits left there
         binding = self.session.io_binding()
@@ -101,13 +147,13 @@ class OrtBackend(Backend):
         return binding
 
     def run(self, prepared):
-        if self.device == "cpu":
+        if self.device in self.HOST_IO:
             return self.session.run(["logits"], prepared)[0]
         self.session.run_with_iobinding(prepared)   # returns once the device work is done
         return prepared
 
     def to_host(self, out):
-        if self.device != "cpu":
+        if self.device not in self.HOST_IO:
             out = out.copy_outputs_to_cpu()[0]
         return np.asarray(out, dtype=np.float32)
 

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import BackendUnavailableError, WorkbenchError
 from ..engine_meta import (PRECISIONS, RTX_PORTABLE, EngineIncompatibleError, ensure_compatible, read_engine_meta,
                            rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
+from ..pipeline.store import Artifact, ensure_intact
 from .base import Backend
 
 SPECS = [f"trt:{p}:cuda" for p in PRECISIONS]
@@ -62,17 +63,18 @@ class TrtBackend(Backend):
         return self.spec.runtime
 
     def load(self):
+        meta = self.meta or read_engine_meta(self.engine_path.parent)
+        if meta is None or not self.engine_path.exists():
+            raise EngineIncompatibleError(f"{self.engine_path} is not a finished engine (model.plan with meta.json).",
+                                          "Build it: python -m core trt-build --model <model> --precision "
+                                          f"{self.precision}")
+        ensure_intact(Artifact(self.engine_path.parent, meta))   # a truncated or replaced plan: refused by name
         ok, why = available(self.spec, self.flavor)
         if not ok:
             head, _, hint = why.partition(": ")
             raise BackendUnavailableError(head + ".", hint)
         trt = trt_module(self.flavor)
         import torch
-        meta = self.meta or read_engine_meta(self.engine_path.parent)
-        if meta is None or not self.engine_path.exists():
-            raise EngineIncompatibleError(f"{self.engine_path} is not a finished engine (model.plan with meta.json).",
-                                          "Build it: python -m core trt-build --model <model> --precision "
-                                          f"{self.precision}")
         ensure_compatible(meta)  # before TensorRT sees the bytes: a clear reason, not a serialization assertion
         self.meta = meta
         self._logger = trt.Logger(trt.Logger.WARNING)

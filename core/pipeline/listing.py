@@ -7,7 +7,7 @@ from pathlib import Path
 from ..paths import artifacts_dir
 from .fingerprint import kind_of, source_fingerprint
 from .onnx_specs import versions
-from .store import STALE, digest, read, why_stale
+from .store import DAMAGED, STALE, damage, digest, read, why_stale
 
 
 def current_inputs(meta: dict, cache: dict) -> dict | None:
@@ -49,9 +49,11 @@ def artifact_rows(source: str | None = None) -> list[dict]:
         m, f = art.meta, art.meta.get("figures", {})
         now = current_inputs(m, cache)
         stale = now is not None and digest(now) != m["key"]
+        damaged = damage(art, full=False)   # the size only: listing must not read every file
         rows.append({"key": m["key"][:10], "stage": m["stage"], "precision": m["precision"],
-                     "status": STALE if stale else m["status"], "built_as": m["status"],
-                     "why": why_stale(m.get("inputs", {}), now) if stale else "; ".join(m.get("reasons", [])),
+                     "status": DAMAGED if damaged else STALE if stale else m["status"], "built_as": m["status"],
+                     "why": damaged or (why_stale(m.get("inputs", {}), now) if stale else
+                                        "; ".join(m.get("reasons", []))),
                      "accepted": bool(m.get("accepted")), "model": m.get("source"),
                      "model_hash": m.get("inputs", {}).get("model"), "max_abs_dlogit": f.get("max_abs_dlogit"),
                      "rel_dlogit": f.get("rel_dlogit"), "wer": f.get("wer"), "wer_fp32": f.get("wer_fp32"),

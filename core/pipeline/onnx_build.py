@@ -43,7 +43,7 @@ class VariantBuilder(ExportBuilder):
         self.manifest, self.parent = manifest, parent
 
     def produce(self, spec, tmp, log):
-        from ..variants import _to_fp16, _to_int8
+        from ..variants import _to_fp16, _to_int4w, _to_int8
         dst = tmp / spec.file
         keep = spec.settings["keep_fp32_ops"]
         try:
@@ -54,6 +54,8 @@ class VariantBuilder(ExportBuilder):
                                         "Pass --calib-manifest (a CSV/TSV/JSONL of audio paths and texts).")
                 recipe = _to_int8(self.parent.path, dst, tmp, spec.loaded, calib, spec.settings["calib_size"], keep,
                                   log)
+            elif spec.precision == "int4w":
+                recipe = _to_int4w(self.parent.path, dst, keep, spec.settings["block_size"], log)
             else:
                 recipe = _to_fp16(self.parent.path, dst, keep, log)
         except (ExportError, ManifestError):

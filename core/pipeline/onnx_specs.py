@@ -8,7 +8,7 @@ from ..paths import DEMO_TESTSET
 from .store import Spec
 
 OPSET = 17
-VARIANTS = ("fp16", "mixed", "int8")
+VARIANTS = ("fp16", "mixed", "int8", "int4w")
 RECIPE = 1  # bump when the conversion code changes, so variants rebuild
 LM_HEAD = "lm_head"  # pseudo op type: the final projection producing the logits
 # Numerically sensitive ops kept in FP32 by the mixed variant. LayerNormalization also covers the
@@ -17,6 +17,9 @@ DEFAULT_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum",
                      "ReduceL2", "ReduceLogSumExp", LM_HEAD)
 DEFAULT_CALIB_SIZE = 32
 INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise ops gain nothing from INT8
+# int4w: weight-only INT4 of the MatMul weights, blockwise symmetric (DequantizeLinear with block_size, opset 21):
+# the form TensorRT(-RTX) parses as weight-only quantization; activations stay FP32
+INT4_BLOCK = 16   # blocks of 32 failed the conformance matrix on 0.7 s clips (demo model); bench/NOTES.md
 
 
 def versions(*dists: str) -> dict:
@@ -35,8 +38,8 @@ class OnnxExport(Spec):
 
 
 class OnnxVariant(Spec):
-    """FP16, mixed (FP16 with sensitive ops kept FP32) or INT8 (static Q/DQ, calibrated on real audio), derived
-    from the FP32 export."""
+    """FP16, mixed (FP16 with sensitive ops kept FP32), INT8 (static Q/DQ, calibrated on real audio) or int4w
+    (weight-only INT4, blockwise), derived from the FP32 export."""
     name, file = "onnx", "model.onnx"
 
     def __init__(self, loaded, precision: str, keep_fp32_ops=None, calib_size: int | None = None,
@@ -47,7 +50,8 @@ class OnnxVariant(Spec):
             raise ExportError(f"Unknown precision variant '{precision}'.", f"Choose from {', '.join(VARIANTS)}; "
                               "FP32 is the export itself (python -m core build onnx).")
         if keep_fp32_ops is None:
-            keep = list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD] if precision == "int8" else []
+            keep = (list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD] if precision in ("int8", "int4w")
+                    else [])
         else:
             keep = list(dict.fromkeys(keep_fp32_ops))
             if precision == "fp16" and keep:
@@ -61,6 +65,8 @@ class OnnxVariant(Spec):
             calib = calib_manifest or DEMO_TESTSET
             settings.update(calib_size=calib_size, calib_manifest=str(calib), op_types=list(INT8_OP_TYPES),
                             calib_sha256=file_sha256(calib) if Path(calib).is_file() else None)
+        if precision == "int4w":
+            settings.update(block_size=INT4_BLOCK, symmetric=True, op_types=["MatMul"])
         super().__init__(loaded, precision, parent or OnnxExport(loaded), settings)
 
     def toolchain(self) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import NotBuiltError, WorkbenchError
 from ..paths import artifacts_dir, pid_alive, write_json_atomic
 
-VERIFIED, REJECTED, STALE = "verified", "rejected", "stale"
+VERIFIED, REJECTED, STALE, DAMAGED = "verified", "rejected", "stale", "damaged"
 TMP_PREFIX = ".tmp-"
 
 
@@ -69,6 +69,34 @@ class Artifact:
     def path(self) -> Path:
         """The artifact's main file (model.onnx, model.plan, ...) or its folder."""
         return self.dir / self.meta["file"] if self.meta.get("file") else self.dir
+
+
+class ArtifactDamagedError(WorkbenchError):
+    """An artifact's main file differs from what its build recorded (truncated, overwritten, corrupted)."""
+
+
+def damage(artifact: Artifact, full: bool = True) -> str:
+    """Why the artifact's main file is not the one it was built as ("" when intact): its size, then (full) its
+    sha256, both recorded at build time. Artifacts from before the record are taken as they are."""
+    want_bytes, want_sha = artifact.meta.get("file_bytes"), artifact.meta.get("file_sha256")
+    path = artifact.path
+    if not artifact.meta.get("file") or want_bytes is None:
+        return ""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != want_bytes:
+        return f"{path.name} is {size:,} bytes, but was built as {want_bytes:,} (truncated or replaced)"
+    from .fingerprint import file_sha256
+    if full and want_sha and file_sha256(path) != want_sha:
+        return f"{path.name} has changed since it was built (its sha256 differs): corrupted or replaced"
+    return ""
+
+
+def ensure_intact(artifact: Artifact) -> None:
+    if why := damage(artifact):
+        raise ArtifactDamagedError(f"Refusing {artifact.dir.name}: {why}.",
+                                   "Rebuild it with --force (or delete the folder and build again).")
 
 
 def read(directory: Path) -> Artifact | None:
@@ -185,6 +213,7 @@ class Spec:
             why = f" (the one built before is stale: {stale[0][1]})" if stale else ""
             raise NotBuiltError(f"{what} is not built yet{why}.",
                                 f"Build it on the Build page or with `{build_hint}`.")
+        ensure_intact(art)
         if not art.usable:
             raise NotBuiltError(f"{what} was rejected by its gate: {'; '.join(art.meta.get('reasons', []))}.",
                                 f"Use another precision, loosen the gate, or accept it explicitly (`{build_hint} "
@@ -218,7 +247,11 @@ def build(stage: Spec, builder: Builder, gate, force: bool = False, log=print) -
     key = digest(inputs)
     dest = stage.dest(key)
     current = {"gate": gate.limits(), "measured_with": builder.measured_with()}
-    if not force and (done := read(dest)) and all(done.meta.get(k) == v for k, v in current.items()):
+    done = read(dest)
+    if done and (why := damage(done)):   # same key, but the file is not what was built: build it again
+        log(f"{stage.name} {stage.precision}: {why}; building it again")
+        force = True
+    if not force and done and all(done.meta.get(k) == v for k, v in current.items()):
         log(f"{stage.name} {stage.precision}: {done.status}, cached at {dest}")
         return done
     with locked(root, key, log):
@@ -251,6 +284,9 @@ def build(stage: Spec, builder: Builder, gate, force: bool = False, log=print) -
                     "bytes": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
                     "build_seconds": round(time.perf_counter() - started, 1),
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            if stage.file and (tmp / stage.file).is_file():  # checked before use: a damaged file is refused
+                from .fingerprint import file_sha256
+                meta.update(file_bytes=(tmp / stage.file).stat().st_size, file_sha256=file_sha256(tmp / stage.file))
             write_json_atomic(tmp / "meta.json", meta)
             if dest.exists():  # --force: the old folder goes only once the new one is complete
                 old = root / f"{TMP_PREFIX}old-{key[:10]}-{os.getpid()}"
