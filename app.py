@@ -29,6 +29,25 @@ def _startup() -> int:
 
 
 _startup()
+
+
+def _left_running() -> None:
+    """A server or jobs left by an earlier dashboard (or a shell) are found and offered to stop: each is checked
+    to be the very process recorded (PID, start time, command line) before anything is signalled."""
+    from core import jobs
+    from pages._shared import optional
+    server = optional("core.triton.server")
+    left = server.read_state("default") if server else None
+    if left and left.pid not in server._CHILDREN:
+        st.warning(f"A Triton server started earlier is running: {left.backend} at {left.url('http')} (pid "
+                   f"{left.pid}, since {left.started}).", icon=":material/dns:")
+        if st.button("Stop that server", key="stop_left_server", icon=":material/stop:"):
+            server.stop(left)
+            st.rerun()
+    running = [j for j in jobs.list_jobs() if j.get("status") in jobs.ACTIVE]
+    if running:
+        st.caption(f":material/pending: {len(running)} background job(s) running: "
+                   + ", ".join(j.get("label", j["id"]) for j in running[:3]) + " — cancel them on the Build page.")
 st.html("""<style>
 .transcript {font-size: 1.1rem; line-height: 1.7; padding: .6rem .8rem; border-radius: .5rem;
              background: #f7f8f5; border: 1px solid #e6e8e1; min-height: 3rem; word-break: break-word;}
@@ -65,6 +84,7 @@ with st.sidebar:
     for b in catalogue():
         runtimes[b["backend"].split(":")[0]] = runtimes.get(b["backend"].split(":")[0], False) or b["available"]
     st.markdown(" ".join(f":green-badge[{r}]" if ok else f":gray-badge[~~{r}~~]" for r, ok in runtimes.items()))
+    _left_running()
     with st.expander("Backends here"):
         for b in catalogue():
             st.markdown((":green[●] " if b["available"] else ":gray[○] ") + f"`{b['backend']}`"

@@ -24,9 +24,8 @@ install_python() {
 case "${1:-}" in
   app)
     install_system app; install_python
-    # localhost only by default: the dashboard starts builds and servers and has no login. To open it to a
-    # network you trust: WORKBENCH_ADDRESS=0.0.0.0 bash run.sh app
-    exec python3 -m streamlit run app.py --server.headless true --server.address "${WORKBENCH_ADDRESS:-127.0.0.1}" "${@:2}" ;;
+    # the bind address is .streamlit/config.toml's (127.0.0.1: no login); WORKBENCH_ADDRESS=0.0.0.0 opens it on purpose
+    exec python3 -m streamlit run app.py --server.headless true ${WORKBENCH_ADDRESS:+--server.address "$WORKBENCH_ADDRESS"} "${@:2}" ;;
   test)
     install_system test; install_python
     exec python3 -m pytest -q "${@:2}" ;;

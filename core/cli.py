@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from .errors import WorkbenchError
@@ -191,6 +192,13 @@ BATCH = _number(int, 1, 1024, "the batch size")
 REPEATS = _number(int, 3, 100_000, "repeats per measurement window")
 WARMUP = _number(int, 0, 100_000, "warm-up calls")
 COUNT = _number(int, 1, None, "the count")
+
+
+def HOST_PORT(text: str) -> str:
+    host, sep, port = text.removeprefix("http://").removeprefix("grpc://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"expected host:port (e.g. localhost:8001), got '{text}'")
+    return f"{host}:{port}"
 
 
 def _env_line(env: dict) -> str:
@@ -555,11 +563,15 @@ def parser() -> argparse.ArgumentParser:
     s = add("transcribe", cmd_transcribe, "Transcribe audio files (WAV/FLAC/OGG/MP3) on one or more backends.")
     s.add_argument("audio", nargs="+")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
+                   help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--beam", action="store_true", help="beam search with the model's KenLM LM (if it ships one)")
     s.add_argument("--reference", help="reference text: prints WER/CER per backend")
     s.add_argument("--json", action="store_true")
     s = add("bench", cmd_bench, "Latency/throughput per backend, audio length and batch size (saved to the results DB).")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
+                   help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--seconds", type=SECONDS, nargs="+", default=[1, 5, 10])
     s.add_argument("--batch", type=BATCH, nargs="+", default=[1, 8])
     s.add_argument("--warmup", type=WARMUP, default=5)
@@ -579,6 +591,8 @@ def parser() -> argparse.ArgumentParser:
     s = add("check", cmd_check, "Conformance matrix: each backend against PyTorch FP32 at every batch size and "
             "length (bucketing, splitting, padding, buffer reuse); exits 1 on any failure.")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
+                   help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
     s.add_argument("--batch", type=BATCH, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
     s.add_argument("--seconds", type=SECONDS, nargs="+",
@@ -588,6 +602,8 @@ def parser() -> argparse.ArgumentParser:
     s = add("wer", cmd_wer, "WER/CER of backends over a labelled manifest (CSV/TSV/JSONL; Common Voice TSV).")
     s.add_argument("--manifest", default=None, help="default: the shipped demo held-out set")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
+                   help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--limit", type=COUNT, help="score only the first N clips")
     s.add_argument("--beam", action="store_true")
     s.add_argument("--show", action="store_true", help="print every reference/hypothesis pair")
@@ -673,6 +689,8 @@ def main(argv=None) -> int:
                 print(f"error: backend {spec}: {why}\n  → python -m core info lists every backend and whether it "
                       "runs here", file=sys.stderr)
                 return 2
+    if getattr(args, "triton_url", None):   # read by every triton:… backend this command makes
+        os.environ["WORKBENCH_TRITON_URL"] = args.triton_url
     if getattr(args, "manifest", "") is None and args.fn is not cmd_build:  # builds: the gate's own default
         from .paths import DEMO_TESTSET
         args.manifest = DEMO_TESTSET
@@ -680,4 +698,10 @@ def main(argv=None) -> int:
         return args.fn(args) or 0
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a full, read-only or forbidden artifacts folder, wherever the write happened
+        from .paths import STORAGE_ERRNOS, storage_error
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"error: {storage_error(err, err.filename or 'the artifacts folder')}", file=sys.stderr)
         return 2

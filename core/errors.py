@@ -39,3 +39,7 @@ class ManifestError(WorkbenchError):
 
 class NotBuiltError(WorkbenchError):
     """The artifact a backend needs has not been built (or only a rejected one exists): backends never build."""
+
+
+class StorageError(WorkbenchError):
+    """The artifacts folder (or a file in it) cannot be written: read-only, full, or not permitted."""

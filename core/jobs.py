@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import REPO_ROOT, artifacts_dir, pid_alive, write_json_atomic
+from .paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 
 ACTIVE = ("queued", "running")
 PROGRESS = re.compile(r"^progress:\s*([0-9]*\.?[0-9]+)\s*(.*)$")
@@ -57,7 +57,7 @@ class Job:
             state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {"id": self.id, "status": "unknown", "command": []}
-        if state.get("status") in ACTIVE and state.get("pid") and not pid_alive(state["pid"]):
+        if state.get("status") in ACTIVE and state.get("pid") and not self._ours(state):
             time.sleep(0.2)  # the supervisor may be writing its final state right now
             try:
                 state = json.loads((self.dir / "state.json").read_text(encoding="utf-8"))
@@ -95,20 +95,32 @@ class Job:
                 message = line.strip()
         return fraction, message
 
+    @staticmethod
+    def _ours(state: dict) -> bool:
+        """Whether the job's supervisor still runs: its PID with the start time and command line recorded
+        (a PID alone may have been reused by an unrelated process)."""
+        identity = state.get("identity")
+        if identity is None:   # queued, the supervisor not yet recorded: its PID from start() is all there is
+            from .paths import pid_alive
+            return pid_alive(state.get("pid"))
+        return same_process(identity)
+
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Kill the job's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
+        """Kill the job's whole process group: SIGTERM, then SIGKILL after `grace_s` — only if the recorded
+        process is still the job's supervisor."""
         state = self.state()
         if state.get("status") not in ACTIVE:
             return
         (self.dir / "cancel").touch()
         pid = state.get("pid")
         try:
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+            if self._ours(state):
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while self._ours(state) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if self._ours(state):
+                    os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass
         state = self.state()
@@ -146,7 +158,7 @@ def start(args: list[str], label: str = "") -> Job:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     state = json.loads((job.dir / "state.json").read_text(encoding="utf-8"))
-    if state.get("status") == "queued":  # the supervisor may already have marked it running
+    if state.get("status") == "queued" and not state.get("identity"):  # the supervisor may have recorded itself
         state["pid"] = proc.pid
         write_json_atomic(job.dir / "state.json", state)
     return job
@@ -192,7 +204,7 @@ def _supervise(job_dir: Path) -> int:
     """Wait for a job slot, run the job's command in this (new) session, log its output, record how it ended."""
     job = Job(job_dir)
     state = json.loads((job_dir / "state.json").read_text(encoding="utf-8"))
-    state.update(pid=os.getpid())
+    state.update(pid=os.getpid(), identity=process_identity(os.getpid()))
     write_json_atomic(job_dir / "state.json", state)
     with open(job.log_path, "ab", buffering=0) as log:
         slot = _take_slot(log)  # held (locked) while the command runs

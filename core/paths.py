@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import StorageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "models" / "demo-hindi-synth"
@@ -15,20 +18,42 @@ DEMO_TESTSET = REPO_ROOT / "data" / "demo_testset" / "manifest.tsv"
 def artifacts_dir() -> Path:
     """Root of generated files; WORKBENCH_ARTIFACTS overrides it (tests use a temp dir)."""
     root = Path(os.environ.get("WORKBENCH_ARTIFACTS", REPO_ROOT / "artifacts"))
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(err, root) from err
     return root
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(err: OSError, path: Path | str) -> StorageError:
+    """A full, read-only or forbidden artifacts folder, in the workbench's words."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EROFS: "the file system is read-only"}.get(err.errno, err.strerror or str(err))
+    return StorageError(f"Cannot write {path}: {why}.",
+                        "Free some space, or point WORKBENCH_ARTIFACTS at a writable folder with room "
+                        "(`python -m core artifacts --prune` removes stale artifacts).")
 
 
 @contextlib.contextmanager
 def atomic_path(final: Path | str):
     """Yield a temporary path in the same directory; rename it onto `final` only on success."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    except OSError as err:
+        raise (storage_error(err, final) if err.errno in STORAGE_ERRNOS else err) from err
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, final)
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, final) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -37,6 +62,26 @@ def atomic_path(final: Path | str):
 def write_json_atomic(path: Path | str, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+
+
+def process_identity(pid: int | None) -> dict | None:
+    """What identifies a process beyond its PID (which the OS reuses): its start time and command line."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        return {"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()[:8]}
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def same_process(identity: dict | None) -> bool:
+    """Whether the process recorded in `identity` still runs: same PID, start time and command line, not a
+    zombie. A reused PID (after a reboot, or a long time) is another process and must never be signalled."""
+    if not identity or not pid_alive(identity.get("pid")):
+        return False
+    now = process_identity(identity["pid"])
+    return bool(now) and abs(now["create_time"] - identity["create_time"]) < 0.05 and \
+        now["cmdline"] == identity["cmdline"]
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -5,13 +5,16 @@ Rows are typed by `kind`: "latency" (one timing scope each: "compute" or "e2e"),
 dashboard's "benchmark" runs hold latency, accuracy and memory rows together."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import json
 import math
 import numbers
 import sqlite3
 from pathlib import Path
 
+from .errors import StorageError
 from .paths import artifacts_dir
 
 COLUMNS = ("kind", "model", "model_label", "random_weights", "backend", "runtime", "precision", "device",
@@ -44,6 +47,8 @@ def db_path() -> Path:
 def connect(path: Path | None = None) -> sqlite3.Connection:
     con = sqlite3.connect(path or db_path(), timeout=30)
     con.row_factory = sqlite3.Row
+    # WAL: the dashboard reads while background jobs write, without "database is locked"
+    con.execute("PRAGMA journal_mode=WAL")
     con.executescript(SCHEMA)
     # CREATE TABLE IF NOT EXISTS leaves an older table as it was: add the columns it lacks (e.g. scope)
     have = {r["name"] for r in con.execute("PRAGMA table_info(results)")}
@@ -55,9 +60,35 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def _db(path: Path | None = None):
+    """One connection per use: committed on success, always closed; storage failures in the workbench's words."""
+    where = path or db_path()
+    try:
+        con = connect(path)
+    except sqlite3.OperationalError as err:
+        raise _store_error(err, where) from err
+    try:
+        with con:
+            yield con
+    except sqlite3.OperationalError as err:
+        raise _store_error(err, where) from err
+    finally:
+        con.close()
+
+
+def _store_error(err: sqlite3.OperationalError, where: Path) -> StorageError:
+    text = str(err)
+    writable = os.access(Path(where).parent, os.W_OK)   # False on a read-only file system, even for root
+    why = ("the disk is full" if "full" in text else "it is read-only" if "readonly" in text or "read-only" in text
+           or not writable else "it cannot be opened" if "unable to open" in text else text)
+    return StorageError(f"Cannot use the results database {where}: {why}.",
+                        "Free some space, or point WORKBENCH_ARTIFACTS at a writable folder with room.")
+
+
 def save(rows: list[dict], kind: str, note: str = "", path: Path | None = None, command: str | None = None) -> int:
     """Store rows as one run; returns the run id. `command`: the shell command that reproduces it (reports)."""
-    with connect(path) as con:
+    with _db(path) as con:
         run_id = con.execute("INSERT INTO runs (created, kind, note, command) VALUES (?, ?, ?, ?)",
                              (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), kind, note,
                               command)).lastrowid
@@ -98,7 +129,7 @@ def rows(run_id: int | None = None, kind: str | None = None, path: Path | None =
         where.append(f"kind IN ({', '.join('?' * len(kinds))})")
         args += kinds
     sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY run_id DESC, id"
-    with connect(path) as con:
+    with _db(path) as con:
         return [_decode(r) for r in con.execute(sql, args)]
 
 
@@ -123,7 +154,7 @@ def usable(row: dict) -> bool:
 
 def runs(path: Path | None = None, limit: int = 50) -> list[dict]:
     """The newest runs first: id, created, kind, note, rows, plus `counts` and `usable` ({row kind: number})."""
-    with connect(path) as con:
+    with _db(path) as con:
         out = [dict(r) for r in con.execute(
             "SELECT runs.*, COUNT(results.id) AS rows FROM runs LEFT JOIN results ON results.run_id = runs.id "
             "GROUP BY runs.id ORDER BY runs.id DESC LIMIT ?", (limit,))]
@@ -143,7 +174,7 @@ def runs(path: Path | None = None, limit: int = 50) -> list[dict]:
 
 def run(run_id: int, path: Path | None = None) -> dict | None:
     """One run's id, created, kind, note and command, or None."""
-    with connect(path) as con:
+    with _db(path) as con:
         r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     return None if r is None else dict(r, kind=KIND_ALIASES.get(r["kind"], r["kind"]))
 

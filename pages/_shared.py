@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from contextlib import contextmanager
 
 import streamlit as st
@@ -83,9 +84,29 @@ def _backend(source: str, spec: str, _loaded):
     return be
 
 
+class _OneAtATime:
+    """A backend cached for every browser session, used by one request at a time: the fast (CUDA-graph) and
+    TensorRT backends keep static buffers between prepare and run, and two threads would overwrite each other's."""
+
+    def __init__(self, be):
+        self._backend, self._lock = be, threading.Lock()
+
+    def logits(self, *args, **kwargs):
+        with self._lock:
+            return self._backend.logits(*args, **kwargs)
+
+    def __getattr__(self, name):   # name, spec, precision, …: read-only attributes
+        return getattr(self._backend, name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _shared(source: str, spec: str, _loaded):
+    return _OneAtATime(_backend(source, spec, _loaded))
+
+
 def backend(loaded, spec: str):
-    """A loaded backend, kept between reruns (ONNX files are exported on first use)."""
-    return _backend(loaded.source, spec, loaded)
+    """A loaded backend, kept between reruns and shared by sessions, one logits call at a time."""
+    return _shared(loaded.source, spec, loaded)
 
 
 def optional(module: str):
@@ -99,6 +120,9 @@ def optional(module: str):
 
 
 def show_error(err: Exception) -> None:
+    from core.paths import STORAGE_ERRNOS, storage_error
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:  # a full or read-only artifacts folder
+        err = storage_error(err, err.filename or "the artifacts folder")
     if isinstance(err, WorkbenchError):
         st.error(f"**{err.message}**" + (f"\n\n→ {err.hint}" if err.hint else ""), icon=":material/error:")
     else:

@@ -309,3 +309,27 @@ def test_transcribe_a_shipped_sample_in_one_click(app):
     assert not app.error, [e.value for e in app.error]
     [row] = app.session_state["transcripts"]
     assert row["audio"] == path.name and "wer" in row
+
+
+def test_server_left_from_earlier_is_found_and_offered_to_stop(tiny_onnx):
+    """A server started by another process (a shell, an earlier dashboard) shows in the sidebar with a Stop button
+    that stops exactly that server."""
+    import subprocess
+    import sys
+    from core.paths import REPO_ROOT
+    from core.triton import server
+    out = subprocess.run([sys.executable, "-m", "core", "serve", "--model", "random:wav2vec2-tiny", "--backend",
+                          "ort:fp32:cpu"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    try:
+        left = server.read_state("default")
+        assert left is not None and left.pid not in server._CHILDREN
+        at = AppTest.from_file("../app.py", default_timeout=60)
+        at.run()
+        assert any(f"pid {left.pid}" in w.value for w in at.sidebar.warning)
+        next(b for b in at.sidebar.button if b.label == "Stop that server").click().run()
+        assert server.read_state("default") is None and not server.same_process(left.identity)
+        assert not any("Triton server started earlier" in w.value for w in at.sidebar.warning)
+    finally:
+        server.stop("default")

@@ -76,12 +76,21 @@ def test_errors_are_actionable(args, message):
     (["bench", "--warmup", "-1"], "warm-up calls must be between 0"),
     (["wer", "--limit", "-3"], "the count must be at least 1, not -3"),
     (["sweep", "--concurrency", "0"], "the concurrency must be between 1 and 1024, not 0"),
-    (["bench", "--backend", "ort:fp33:cpu"], "unknown precision 'fp33' (known: fp32, fp16, bf16, mixed, int8)"),
+    (["bench", "--backend", "ort:fp33:cpu"], "unknown precision 'fp33' (known: fp32, fp16, bf16, mixed, int8, int4w)"),
+    (["transcribe", "x.wav", "--triton-url", "nohost"], "expected host:port (e.g. localhost:8001), got 'nohost'"),
 ])
 def test_bad_options_are_one_clear_line_before_any_work(args, message):
     out = cli(*args, check=False)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert "model:" not in out.stderr   # refused before the model was loaded
+
+
+def test_triton_url_is_the_server_triton_backends_use(hindi_wav):
+    """--triton-url reaches the backend: nothing listens on port 1, and the message names that address."""
+    out = cli("transcribe", str(hindi_wav), "--model", "random:wav2vec2-tiny", "--backend", "triton:fp32:http",
+              "--triton-url", "127.0.0.1:1", check=False)
+    assert out.returncode == 2 and "127.0.0.1:1" in out.stderr and "not reachable" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_results_on_an_empty_database(tmp_path):

@@ -182,3 +182,30 @@ def test_grouped_conv_runs_equals_conv1d(groups, kernel, padding, taps):
     ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, b, padding=padding, groups=groups)[..., :21].transpose(1, 2)
     out = grouped_conv_runs(x, tap_runs(w, taps, groups), b, groups, padding, kernel, 21, taps)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_backend_shared_by_dashboard_sessions_is_used_one_call_at_a_time(tiny):
+    """The dashboard caches one backend for every browser session (pages._shared): its wrapper lets one logits call
+    through at a time. Unwrapped, the fast backend's static buffers mix up concurrent calls (4 of 40 results wrong
+    in a trial of this very test, 2026-11-29)."""
+    import threading
+    from core.backends import make_backend
+    from pages._shared import _OneAtATime
+    raw = make_backend("fast:fp32:cpu", tiny).load()
+    shared = _OneAtATime(raw)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1 + i % 3, 16000 * (1 + i % 2))).astype(np.float32) for i in range(8)]
+    want = [raw.logits(x, np.ones(x.shape, np.int64)) for x in xs]
+    wrong = []
+
+    def session(i):
+        for _ in range(5):
+            got = shared.logits(xs[i], np.ones(xs[i].shape, np.int64))
+            if got.shape != want[i].shape or not np.allclose(got, want[i], atol=1e-4):
+                wrong.append(i)
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [] and shared.name == raw.name

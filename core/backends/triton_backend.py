@@ -16,7 +16,8 @@ SPECS = ["triton:fp32:http", "triton:fp32:grpc"]
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 START_HINT = ("Start the local server with `python -m core serve --model <model> --backend ort:fp32:cpu`, "
-              "or point WORKBENCH_TRITON_URL=host:port (sweep: --url host:port) at a running Triton server.")
+              "or give the server's address with --triton-url host:port (sweep: --url host:port; or set "
+              "WORKBENCH_TRITON_URL).")
 
 
 class TritonRequestError(WorkbenchError):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import WorkbenchError
-from ..paths import REPO_ROOT, artifacts_dir, pid_alive, write_json_atomic
+from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 from .serve import MODEL_NAME, libpython_env
 
 
@@ -60,6 +60,7 @@ class ServerInfo:
     model_name: str
     log: str
     started: str
+    identity: dict | None = None   # pid + start time + command line: what `stop` checks before signalling
 
     def url(self, protocol: str = "http") -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
@@ -81,11 +82,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def alive(pid: int) -> bool:
-    proc = _CHILDREN.get(pid)
+def alive(info: "ServerInfo") -> bool:
+    """Whether the server recorded in `info` still runs (not a zombie, not another process under its PID)."""
+    proc = _CHILDREN.get(info.pid)
     if proc is not None:
         return proc.poll() is None
-    return pid_alive(pid)   # a zombie is not a server
+    return same_process(info.identity)
 
 
 def log_tail(path: str | Path, lines: int = 25) -> str:
@@ -103,7 +105,7 @@ def read_state(name: str = "default") -> ServerInfo | None:
         info = ServerInfo(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
-    if not alive(info.pid):
+    if not alive(info):   # gone, or its PID now belongs to another process: forget it, never signal it
         path.unlink(missing_ok=True)
         return None
     return info
@@ -125,7 +127,7 @@ def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
     """Block until the server and its model are ready; a clear error (with the log tail) if it dies or stalls."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not alive(info.pid):
+        if not alive(info):
             code = _CHILDREN[info.pid].returncode if info.pid in _CHILDREN else "?"
             raise TritonServerError(f"The Triton server exited (code {code}) before it was ready. Log tail "
                                     f"({info.log}):\n{log_tail(info.log)}",
@@ -168,7 +170,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
                                 env=env, cwd=REPO_ROOT, start_new_session=True)
     _CHILDREN[proc.pid] = proc
     info = ServerInfo(name, proc.pid, address, *ports, model, backend, model_name, str(log),
-                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), process_identity(proc.pid))
     write_json_atomic(state_dir() / f"{name}.json", asdict(info))
     try:
         return wait_ready(info, timeout_s)
@@ -189,11 +191,15 @@ def stop(server: ServerInfo | str = "default", timeout_s: float = 20.0) -> bool:
     info = read_state(server) if isinstance(server, str) else server
     if info is None:
         return False
+    if not alive(info):   # already gone, or the PID is someone else's now: nothing of ours to signal
+        (state_dir() / f"{info.name}.json").unlink(missing_ok=True)
+        return False
     _signal_group(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while alive(info.pid) and time.monotonic() < deadline:
+    while alive(info) and time.monotonic() < deadline:
         time.sleep(0.2)
-    _signal_group(info.pid, signal.SIGKILL)  # stragglers (stubs, tritonserver) too
+    # stragglers (stubs, tritonserver) too: the group outlives its leader, and its id is not reused while it has members
+    _signal_group(info.pid, signal.SIGKILL)
     if info.pid in _CHILDREN:
         _CHILDREN.pop(info.pid).wait(timeout=10)
     for leftover in glob.glob(f"/dev/shm/pytrtion{info.pid}-*"):  # PyTriton's shared memory after a hard kill
