@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/build.py", title="Build", icon=":material/construction:"),
     st.Page("pages/transcribe.py", title="Transcribe", icon=":material/record_voice_over:"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:"),
+    st.Page("pages/streaming.py", title="Streaming", icon=":material/stream:"),
     st.Page("pages/serving.py", title="Serving", icon=":material/dns:"),
     st.Page("pages/profile.py", title="Profile", icon=":material/troubleshoot:"),
 ]

@@ -34,8 +34,13 @@ def decode(processor, logits: np.ndarray, beam: bool = False) -> list[str]:
                 "Beam search needs a model that ships a KenLM language model (Wav2Vec2ProcessorWithLM).",
                 "Use greedy decoding, or a model with a language_model/ folder and `pip install pyctcdecode kenlm`.")
         return list(processor.batch_decode(logits).text)
+    return decode_ids(processor, logits.argmax(-1))
+
+
+def decode_ids(processor, ids: np.ndarray) -> list[str]:
+    """Greedy CTC text of frame-wise token ids [B, frames] (repeats merged, blanks dropped) by the model's tokenizer."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    return tokenizer.batch_decode(logits.argmax(-1))
+    return tokenizer.batch_decode(ids)
 
 
 def min_samples(model_config) -> int:
@@ -52,10 +57,22 @@ def frames_per_sample(model_config) -> float:
 
 def frame_lengths(model_config, attention_mask: np.ndarray) -> list[int]:
     """Logit frames that belong to real audio for each row of a padded batch (conv arithmetic)."""
-    lengths = attention_mask.sum(-1).astype(np.int64)
+    return [int(n) for n in conv_frames(model_config, attention_mask.sum(-1))]
+
+
+def conv_frames(model_config, samples):
+    """Logit frames the feature encoder makes of `samples` samples (an int or an array of them)."""
+    lengths = np.asarray(samples).astype(np.int64)
     for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride):
         lengths = (lengths - kernel) // stride + 1
-    return [int(n) for n in lengths]
+    return lengths
+
+
+def frame_span(start: int, keep_from: int, keep_to: int, end: int, ratio: float) -> tuple[int, int]:
+    """Frames [lo, hi) of a window over samples [start, end) that hold the samples [keep_from, keep_to) it answers
+    for: sample offsets times frames per sample, rounded, and no further than the window's whole frames."""
+    lo, hi = int(round((keep_from - start) * ratio)), int(round((keep_to - start) * ratio))
+    return lo, min(hi, int(np.floor((end - start) * ratio)))
 
 
 def real_frames(model_config, logits: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
@@ -84,9 +101,8 @@ def logits_long(backend, processor, samples: np.ndarray, rate: int, ratio: float
             k = i + j
             keep_from = 0 if k == 0 else s + half           # sample offsets this window is responsible for
             keep_to = e if k == len(spans) - 1 else spans[k + 1][0] + half
-            lo, hi = int(round((keep_from - s) * ratio)), int(round((keep_to - s) * ratio))
-            valid = int(np.floor((e - s) * ratio))
-            parts.append(out[j, lo:min(hi, valid, out.shape[1])])
+            lo, hi = frame_span(s, keep_from, keep_to, e, ratio)
+            parts.append(out[j, lo:min(hi, out.shape[1])])
     return np.concatenate(parts, axis=0), len(spans)
 
 
