@@ -3,6 +3,7 @@
 import re
 
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from core import charts, jobs
@@ -138,3 +139,14 @@ else:
                 "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms"]
         df = pd.DataFrame(rows)
         st.dataframe(df[[c for c in cols if c in df]], hide_index=True, width="stretch")
+        loads = [dict(g, concurrency=r["concurrency"]) for r in rows for g in (r.get("gpu_load") or [])]
+        if loads:  # one bar per GPU and level: are all chosen GPUs busy, or does one do the work?
+            gl = pd.DataFrame(loads).assign(gpu=lambda d: "GPU " + d["gpu"].astype(str))
+            st.plotly_chart(px.bar(gl, x="concurrency", y="util_mean_pct", color="gpu", barmode="group",
+                                   title="GPU utilisation per level (NVML, sampled every 0.1 s)",
+                                   labels={"util_mean_pct": "mean utilisation %"}).update_xaxes(type="category"),
+                            width="stretch", key="gpu_load_chart")
+            st.dataframe(gl[["concurrency", "gpu", "name", "util_mean_pct", "util_max_pct", "mem_util_mean_pct",
+                             "mem_used_max_mb", "samples"]], hide_index=True, width="stretch")
+        elif reasons := sorted({r["gpu_load_reason"] for r in rows if r.get("gpu_load_reason")}):
+            st.caption(f":gray[No per-GPU load: {'; '.join(reasons)}.]")

@@ -1,6 +1,7 @@
 """Closed-loop load sweep against a Triton server: C client threads send real audio back to back, per
 concurrency level, bounded by a request count and a time limit. Per level: throughput, latency percentiles,
-errors, transcript agreement with an in-process backend, and the server's own queue/compute split."""
+errors, transcript agreement with an in-process backend, the server's own queue/compute split, and each local GPU's
+load while the level ran (NVML; empty with the reason where there is none, or the server is on another machine)."""
 from __future__ import annotations
 
 import threading
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..envinfo import environment
 from ..errors import WorkbenchError
+from .gpus import GpuLoad, local_url
 
 LEVELS = (1, 2, 4, 8, 16, 32)
 
@@ -158,14 +160,17 @@ def sweep(loaded, clips: list[Clip], url: str, protocol: str = "http", model_nam
     factory = lambda: TritonBackend(spec, url=url, model_name=model_name, timeout_s=timeout_s).load()  # noqa: E731
     decode_fn = lambda logits: decode(loaded.processor, logits)[0]  # noqa: E731
     audio_mean = float(np.mean([c.seconds for c in clips]))
+    remote = None if local_url(url) else f"the server at {url} is not on this machine: NVML sees only local GPUs"
     rows = []
     try:
         for level in concurrency:
             before = server_stats(stats_client, protocol, model_name, timeout_s)
-            r = run_level(factory, level, clips, decode_fn, requests, seconds, seconds + 2 * timeout_s + 5)
+            with GpuLoad(why_not=remote) as load:
+                r = run_level(factory, level, clips, decode_fn, requests, seconds, seconds + 2 * timeout_s + 5)
             after = server_stats(stats_client, protocol, model_name, timeout_s)
             row = level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_backend)
             row.update(stats_delta(before, after))
+            row.update(load.result())
             row["server_died"] = after is None and bool(r["errors"])
             rows.append(row)
             if progress:

@@ -35,6 +35,7 @@ class RepoOptions:
     kind: str = "gpu"                # gpu | cpu
     trt_accelerator: bool = False    # ONNX Runtime's TensorRT execution accelerator (onnxruntime models only)
     workspace_bytes: int = 4 << 30
+    gpus: tuple[int, ...] | None = None   # GPU kind: `instances` on each listed GPU; None: on every GPU (Triton's default)
 
 
 def model_config(name: str, platform: str, vocab: int, with_mask: bool, precision: str, opts: RepoOptions):
@@ -61,7 +62,15 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(opts.preferred)))
-    cfg.instance_group.add(count=opts.instances,
+    if opts.gpus is not None:
+        if opts.kind != "gpu":
+            raise ExportError(f"GPUs {list(opts.gpus)} were chosen for a CPU instance group.",
+                              "Leave --gpus out for --kind cpu (or an ort:…:cpu backend), or use --kind gpu.")
+        if not opts.gpus or len(set(opts.gpus)) < len(opts.gpus) or min(opts.gpus) < 0:
+            raise ExportError(f"GPU list {list(opts.gpus)} is not a list of distinct indices >= 0.",
+                              "Give --gpus all, or indices such as --gpus 0 1.")
+    # Triton starts `count` instances on each GPU of `gpus`; without `gpus`, on each GPU it can see
+    cfg.instance_group.add(count=opts.instances, gpus=list(opts.gpus or ()),
                            kind=pb.ModelInstanceGroup.KIND_GPU if opts.kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU)
     if opts.trt_accelerator and platform != "tensorrt_plan":
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -112,7 +121,7 @@ def readme(name: str, platform: str, trt_version: str | None, opts: RepoOptions,
 
 Source model: {meta.get('label', meta.get('source'))}
 Backend: `{platform}` ({meta.get('backend_spec')}), max batch {opts.max_batch}, preferred {list(opts.preferred) or 'none'},
-max queue delay {opts.max_queue_delay_us} µs, {opts.instances} {opts.kind.upper()} instance(s).
+max queue delay {opts.max_queue_delay_us} µs, {placement(opts)}.
 
 ## Start it
 
@@ -142,6 +151,14 @@ clients that send fixed-length windows (e.g. 5 s or 20 s) batch best.
 
 Check NVIDIA's Frameworks Support Matrix for newer releases.
 """
+
+
+def placement(opts: RepoOptions) -> str:
+    if opts.kind == "cpu":
+        return f"{opts.instances} CPU instance(s)"
+    where = f"each of GPUs {', '.join(map(str, opts.gpus))}" if opts.gpus else "each GPU the server sees"
+    return (f"{opts.instances} instance(s) on {where} (instance_group count per GPU; `docker run --gpus` decides "
+            "which GPUs the container sees, numbered from 0 inside it)")
 
 
 def engine_range(meta: dict) -> str:

@@ -4,7 +4,8 @@
 
 Triton's dynamic batcher groups requests; the bound function pads them into one batch (with the attention
 mask, so padding does not change the result), runs backend.logits once, and hands each request back only
-the frames of its own audio. One inference callable (with its own backend) per Triton instance."""
+the frames of its own audio. One inference callable (with its own backend) per Triton instance; with --gpus,
+--instances of them on each chosen GPU (each backend loaded, warmed and called with its GPU as the current device)."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +90,46 @@ def make_infer(backend, loaded):
     return infer
 
 
+PLACEABLE = ("torch", "fast")   # runtimes that put their work on the current CUDA device ("cuda" = the current one)
+
+
+def devices(backend: str, gpus) -> list[int | None]:
+    """The GPU of each instance group: [None] (the backend's own device) without --gpus, else the chosen indices.
+    ONNX Runtime and TensorRT backends open GPU 0 whatever the current device is, so they are refused elsewhere."""
+    from ..backends import BackendSpec
+    from ..backends.base import on_gpu
+    from .gpus import ALL, GpuSelectionError, parse_gpus, visible_gpus
+    if gpus is None:
+        return [None]
+    spec = BackendSpec.parse(backend)
+    if not on_gpu(spec.device):
+        raise GpuSelectionError(f"--gpus places GPU instances, but {spec} runs on '{spec.device}'.",
+                                "Use a GPU backend (fast:fp16:cuda, torch:fp16:cuda), or leave --gpus out.")
+    count = visible_gpus()
+    chosen = parse_gpus(gpus, available=count)
+    ids = list(range(count)) if chosen == ALL else list(chosen)
+    if not ids:
+        raise GpuSelectionError("--gpus all: no GPU is visible to this process.", "Check nvidia-smi and CUDA_VISIBLE_DEVICES.")
+    if spec.runtime not in PLACEABLE and ids != [0]:
+        raise GpuSelectionError(f"{spec.runtime} backends always open GPU 0, so they cannot be spread over GPUs "
+                                f"{ids} in one server.", f"Serve {', '.join(f'{r}:…:cuda' for r in PLACEABLE)} over "
+                                "several GPUs, or one server per GPU with CUDA_VISIBLE_DEVICES set for each.")
+    return ids
+
+
+def placed(infer, index: int | None):
+    """The inference callable with its GPU current: PyTriton calls each instance from its own thread, and the
+    current CUDA device is per thread."""
+    if index is None:
+        return infer
+    from .gpus import on_device
+
+    def on_gpu(requests):
+        with on_device(index):
+            return infer(requests)
+    return on_gpu
+
+
 def _interrupt(*_):
     raise KeyboardInterrupt  # Triton.serve() treats it as "stop": server and workspace are cleaned up
 
@@ -106,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preferred", type=int, nargs="*", default=[])
     p.add_argument("--max-queue-delay-us", type=int, default=500)
     p.add_argument("--instances", type=int, default=1, help="model instances (one backend each)")
+    p.add_argument("--gpus", nargs="+", default=None, metavar="GPU",
+                   help="spread instances over GPUs: 'all' or indices (e.g. 0 1); --instances on each "
+                        "(torch and fast backends; default: the backend's own device)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per ONNX Runtime instance")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
@@ -146,15 +190,25 @@ def main(argv=None) -> int:
     if args.instances < 1 or args.max_batch < 1:
         print("error: --instances and --max-batch must be at least 1", file=sys.stderr)
         return 2
+    from .gpus import on_device
     try:
+        gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
         options = {"threads": args.threads} if args.threads and args.backend.startswith("ort") else {}
-        backends = [make_backend(args.backend, loaded, **options).load() for _ in range(args.instances)]
-        for b in backends if args.warmup_seconds else []:
+        backends, where = [], []
+        for gpu in gpus:
+            for _ in range(args.instances):
+                with on_device(gpu):   # loaded, warmed and later called on its own GPU
+                    backends.append(make_backend(args.backend, loaded, **options).load())
+                where.append(gpu)
+        if gpus != [None]:
+            print(f"PLACED {args.instances} instance(s) on each of GPUs {gpus}", flush=True)
+        for b, gpu in zip(backends, where) if args.warmup_seconds else []:
             t0 = time.perf_counter()
-            sizes = warm_up(b, loaded, args.warmup_seconds, args.max_batch)
-            print(f"WARMED batch sizes {sizes} at {args.warmup_seconds:g} s in {time.perf_counter() - t0:.1f} s",
-                  flush=True)
+            with on_device(gpu):
+                sizes = warm_up(b, loaded, args.warmup_seconds, args.max_batch)
+            print(f"WARMED batch sizes {sizes} at {args.warmup_seconds:g} s in {time.perf_counter() - t0:.1f} s"
+                  + ("" if gpu is None else f" on GPU {gpu}"), flush=True)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -171,7 +225,7 @@ def main(argv=None) -> int:
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
     with Triton(config=config, security_config=security) as triton:
-        triton.bind(model_name=args.model_name, infer_func=[make_infer(b, loaded) for b in backends],
+        triton.bind(model_name=args.model_name, infer_func=[placed(make_infer(b, loaded), g) for b, g in zip(backends, where)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
         print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
