@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-install_system() {  # espeak-ng synthesises test speech; chromium drives the browser tests
-  local want=(espeak-ng libsndfile1)
+install_system() {  # espeak-ng synthesises test speech; chromium drives the browser tests; PortAudio: the microphone
+  local want=(espeak-ng libsndfile1 libportaudio2)
   [ "$1" = test ] && want+=(chromium chromium-driver fonts-lohit-deva)  # Devanagari in the screenshots
+  # the microphone tests' virtual device: a PulseAudio null sink, reached by PortAudio through ALSA's pulse plugin
+  [ "$1" = test ] && want+=(pulseaudio pulseaudio-utils libasound2-plugins)
   local missing=()
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return

@@ -173,6 +173,35 @@ def cmd_transcribe(args):
     return 1 if failed else 0
 
 
+def cmd_record(args):
+    """Record from this machine's audio input, then transcribe the recording exactly as `transcribe` does."""
+    import tempfile
+    import time
+    from pathlib import Path
+    from .microphone import input_devices, record
+    devices = input_devices()
+    if args.list:
+        for d in devices:
+            print(f"{'*' if d.default else ' '} {d.index:3}  {d.name}  ({d.hostapi}, {d.channels} in, "
+                  f"{d.default_rate} Hz)")
+        return 0
+    shown = [0.0]
+
+    def meter(take):  # a countdown and a level bar, four times a second; Ctrl-C stops early
+        if time.monotonic() - shown[0] >= 0.25 or take.finished:
+            shown[0] = time.monotonic()
+            print(f"recording {take.device} at {take.rate} Hz: {max(take.seconds - take.elapsed, 0):5.1f} s left "
+                  f"[{'#' * round(take.meter * 20):20}]", end="\r" if tty else "\n", file=sys.stderr, flush=True)
+    tty = sys.stderr.isatty()  # a terminal gets one line that updates; a log, a line per update
+    take = record(args.seconds, args.device, progress=meter, devices=devices)
+    if tty:
+        print(file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"microphone-{time.strftime('%Y%m%d-%H%M%S')}.wav"
+        path.write_bytes(take.wav_bytes())
+        return cmd_transcribe(argparse.Namespace(**vars(args), audio=[str(path)], beam=False, reference=None))
+
+
 def _number(kind, low, high=None, what="value"):
     """An argparse type: a number in [low, high], else a one-line error naming the range."""
     def parse(text: str):
@@ -567,6 +596,14 @@ def parser() -> argparse.ArgumentParser:
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--beam", action="store_true", help="beam search with the model's KenLM LM (if it ships one)")
     s.add_argument("--reference", help="reference text: prints WER/CER per backend")
+    s.add_argument("--json", action="store_true")
+    s = add("record", cmd_record, "Record from this machine's microphone (sounddevice), then transcribe it like "
+                                  "`transcribe`. Ctrl-C ends the recording early.")
+    s.add_argument("--seconds", type=_number(float, 0.5, 600, "the recording length in seconds"), default=5.0)
+    s.add_argument("--device", default=None, help="input device: index or (part of) its name; default: the "
+                                                  "system's default input")
+    s.add_argument("--list", action="store_true", help="list the input devices with their default rates, and exit")
+    s.add_argument("--backend", action="append", default=None, help=backend_help)
     s.add_argument("--json", action="store_true")
     s = add("bench", cmd_bench, "Latency/throughput per backend, audio length and batch size (saved to the results DB).")
     s.add_argument("--backend", action="append", default=None, help=backend_help)

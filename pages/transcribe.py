@@ -1,7 +1,7 @@
 """Transcribe: the same audio through several backends, transcripts side by side, differences highlighted."""
 import html
-import io
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -28,30 +28,44 @@ with tab_rec:
     rec = st.audio_input("Record a clip", key="browser_rec")
     if rec is not None:
         clips.append(("browser recording.wav", rec.getvalue()))
-with tab_mic:
+with tab_mic:  # the machine the workbench runs on (a workstation); on a server, the browser tab is the way
+    from core import microphone
+    take = st.session_state.pop("mic_take", None)
+    if take is not None and take.blocks:  # a Stop click interrupted the recording run: keep what it recorded
+        take.stopped_early = True
+        st.session_state["server_rec"] = take
     try:
-        import sounddevice as sd
-        inputs = [d for d in sd.query_devices() if d["max_input_channels"] > 0]
-    except Exception as err:  # noqa: BLE001 — no module, no PortAudio, no devices: all mean "not here"
-        sd, inputs, why = None, [], f"sounddevice is not available ({type(err).__name__}: {err})"
-    else:
-        why = "" if inputs else "this machine has no audio input device"
-    if not inputs:
-        st.info(f"Recording from the server's microphone is off: {why}. Upload a file or record in the browser.",
-                icon=":material/mic_off:")
-    else:
-        dev = st.selectbox("Input device", [d["name"] for d in inputs])
-        secs = st.slider("Seconds", 1, 30, 5)
-        if st.button("Record", icon=":material/fiber_manual_record:"):
-            import soundfile as sf
-            with st.spinner(f"Recording {secs} s from {dev} …"):
-                data = sd.rec(int(secs * loaded.sample_rate), samplerate=loaded.sample_rate, channels=1,
-                              device=dev, blocking=True)
-            buf = io.BytesIO()
-            sf.write(buf, data, loaded.sample_rate, format="WAV")
-            st.session_state["server_rec"] = buf.getvalue()
-        if st.session_state.get("server_rec"):
-            clips.append(("server recording.wav", st.session_state["server_rec"]))
+        devices = microphone.input_devices(rescan=st.button("Rescan devices", icon=":material/refresh:"))
+    except WorkbenchError as err:
+        devices = []
+        st.info(f"**Server microphone off: {err.message}**\n\n→ {err.hint}", icon=":material/mic_off:")
+    if devices:
+        c1, c2 = st.columns([3, 2])
+        labels = [d.label for d in devices]
+        dev = devices[labels.index(c1.selectbox("Input device (default sample rate)", labels, key="mic_device"))]
+        secs = c2.slider("Length (s)", 1, 120, 5, key="mic_seconds", help="Stop ends the recording earlier")
+        if st.button("Record", icon=":material/fiber_manual_record:", key="mic_record"):
+            st.button("Stop", icon=":material/stop:", key="mic_stop")  # its click reruns the page: see above
+            meter, clock = st.empty(), st.empty()
+
+            def show(t):  # the level meter and the countdown; the take is kept in case a Stop click interrupts
+                st.session_state["mic_take"] = t
+                meter.progress(t.meter, text=f"level {20 * np.log10(max(t.level, 1e-6)):.0f} dBFS")
+                clock.markdown(f":red[:material/fiber_manual_record:] **{max(t.seconds - t.elapsed, 0):.1f} s left** "
+                               f"· {dev.name} at {t.rate} Hz")
+            try:
+                st.session_state["server_rec"] = microphone.record(secs, dev.index, progress=show, devices=devices)
+            except WorkbenchError as err:
+                show_error(err)
+            st.session_state.pop("mic_take", None)
+            meter.empty()
+            clock.empty()
+    if rec := st.session_state.get("server_rec"):
+        clips.append(("server microphone.wav", rec.wav_bytes()))
+        st.audio(clips[-1][1])
+        st.caption(f"{rec.elapsed:.1f} s from {rec.device} at {rec.rate} Hz"
+                   + (" (stopped early)" if rec.stopped_early else "") + "; resampled to the model's "
+                   f"{loaded.sample_rate} Hz when transcribed.")
 with tab_samples:
     if DEMO_TESTSET.exists():
         items = load_manifest(DEMO_TESTSET)[:12]
