@@ -356,6 +356,45 @@ def cmd_wer(args):
               file=sys.stderr)
 
 
+def cmd_stream(args):
+    from .audio import load_audio
+    from .backends import make_backend
+    from .results import save
+    from .streaming import plan, result_row, stream
+    loaded = _model(args)
+    audio = load_audio(args.audio, loaded.sample_rate)
+    if audio.warning:
+        print(f"warning: {audio.warning}", file=sys.stderr)
+    rows, n = [], len(plan(len(audio.samples), loaded.model.config, loaded.sample_rate, args.chunk_s, args.left_s,
+                           args.right_s))
+    for spec in args.backend:
+        with make_backend(spec, loaded) as backend:
+            def tick(c):  # `progress:` lines feed the dashboard's job view
+                print(f"progress: {(c['chunk'] + 1) / n:.2f} {spec} chunk {c['chunk'] + 1}/{n}: "
+                      f"{c['compute_ms']:.1f} ms, lag {c['lag_s']:.2f} s", file=sys.stderr, flush=True)
+            result = stream(audio, backend, loaded, args.chunk_s, args.left_s, args.right_s, realtime=args.realtime,
+                            progress=tick)
+            rows.append(result_row(result, loaded, backend))
+        if not args.json:
+            r = rows[-1]
+            print(f"# {spec} | {audio.name} {audio.duration:.1f} s | chunk {r['chunk_s']:g} s, left {r['left_s']:g} s, "
+                  f"right {r['right_s']:g} s | arrival {'wall clock' if args.realtime else 'simulated clock'}")
+            print(_table(r["chunk_rows"], ["chunk", "audio_end_s", "buffer_start_s", "buffer_end_s", "compute_ms",
+                                           "available_s", "lag_s"]))
+            print(f"streamed: {r['text']}\noffline:  {r['offline_text']}")
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+    else:  # lag: text available - the chunk's audio end (look-ahead + waiting + compute)
+        print(_table(rows, ["backend", "chunks", "p50_ms", "p99_ms", "lag_p50_s", "lag_p99_s", "lag_max_s", "rtf",
+                            "wer", "cer"]))
+        for r in rows:
+            if r["score_note"]:
+                print(f"# {r['backend']}: {r['score_note']}")
+    if not args.no_save:
+        print(f"saved as run {save(rows, 'streaming', note=' '.join(sys.argv[1:]), command=_command())}",
+              file=sys.stderr)
+
+
 def cmd_variants(args):
     """Several precision variants at once: `build fp16|mixed|int8` for each."""
     codes = []
@@ -395,9 +434,12 @@ def cmd_trt_build(args):
 
 
 def cmd_repo(args):
+    from .triton.gpus import ALL, parse_gpus
     from .triton.repo import RepoOptions, build_repo
+    gpus = parse_gpus(args.gpus)   # for the serving node, not this machine: indices are not checked against it
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred), max_queue_delay_us=args.max_queue_delay_us,
-                       instances=args.instances, kind=args.kind, trt_accelerator=args.trt_accelerator)
+                       instances=args.instances, kind=args.kind, trt_accelerator=args.trt_accelerator,
+                       gpus=None if gpus in (None, ALL) else gpus)
     path = build_repo(_model(args), args.backend, name=args.model_name, opts=opts, engine=args.engine)
     print(path)
     print((path / args.model_name / "config.pbtxt").read_text(encoding="utf-8"))
@@ -520,6 +562,8 @@ def _triton_commands(add):
     s.add_argument("--engine", help="TensorRT engine (.plan) for trt backends")
     s.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind")
     s.add_argument("--trt-accelerator", action="store_true", help="ONNX Runtime's TensorRT accelerator in Triton")
+    s.add_argument("--gpus", nargs="+", default=None, metavar="GPU", help="'all' or GPU indices (e.g. 0 1): "
+                   "instance_group gpus, --instances instances on each; default and 'all': every GPU Triton sees")
     _batching(s)
     s = add("serve", cmd_serve, "Serve a backend through a local Triton server (PyTriton, no container).")
     s.add_argument("--backend", default="ort:fp32:cpu")
@@ -647,6 +691,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=BATCH, default=1, help="clips per batch for RTFx, sorted by duration "
                    "(1: clip by clip; >1 pads similar lengths together, as the Open ASR Leaderboard does)")
     s.add_argument("--json", action="store_true", help="print the rows (wer, cer, rtfx, …) as JSON")
+    s.add_argument("--no-save", action="store_true")
+    s = add("stream", cmd_stream, "Streaming latency: feed a file as if it arrived in real time, in chunks with left/right "
+            "context (buffered CTC); per-chunk latency p50/p99, lag behind real time, WER against offline.")
+    s.add_argument("audio", help="a long audio file (WAV/FLAC/OGG/MP3)")
+    s.add_argument("--backend", action="append", default=None, help=backend_help)
+    s.add_argument("--chunk-s", type=_number(float, 0.02, 600, "the chunk length in seconds"), default=2.0)
+    s.add_argument("--left-s", type=_number(float, 0, 600, "the left context in seconds"), default=4.0)
+    s.add_argument("--right-s", type=_number(float, 0, 600, "the right context (look-ahead) in seconds"), default=1.0)
+    s.add_argument("--realtime", action="store_true", help="sleep until each chunk's audio has arrived (wall clock) "
+                   "instead of simulating arrival with a clock")
+    s.add_argument("--json", action="store_true", help="print the rows (with every chunk's timing) as JSON")
     s.add_argument("--no-save", action="store_true")
     s = add("variants", cmd_variants, "Build several ONNX precision variants (`build fp16|mixed|int8` for each).")
     s.add_argument("--precision", nargs="+", choices=VARIANTS, default=list(VARIANTS))
