@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.audio import Audio  # noqa: E402
 from core.backends import availability, make_backend  # noqa: E402
+from core.backends.base import Backend, BackendSpec  # noqa: E402
 from core.bench import measure, speech_input, summarize  # noqa: E402
 from core.envinfo import environment  # noqa: E402
 from core.transcribe import decode, frame_lengths  # noqa: E402
@@ -53,7 +54,47 @@ VARIANTS = {
     "fast:fp16:hybrid-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "hybrid"}),
     "fast:fp16:gelu-separate+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": False}),
     "fast:bf16:gelu-epilogue+compile+graphs": ("fast:bf16:cuda", {"compile": "default", "gelu_epilogue": True}),
+    # issue 16's yardstick: what a user would write instead (Peer below)
+    "peer:fp16:compile": ("peer:fp16:cuda", {}),
 }
+
+
+class Peer(Backend):
+    """peer:fp16:compile — the unmodified Hugging Face Wav2Vec2ForCTC in FP16 with SDPA attention under
+    torch.compile(mode="reduce-overhead") (CUDA graphs through cudagraph trees), nothing else."""
+    runtime = "peer"
+
+    def __init__(self, loaded):
+        super().__init__(BackendSpec("peer", "fp16", "cuda"))
+        self.loaded = loaded
+
+    def load(self):
+        import copy
+        import torch
+        model = copy.deepcopy(self.loaded.model).to("cuda", torch.float16).eval()
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("sdpa")
+        self.fn = torch.compile(model, mode="reduce-overhead")
+        return self
+
+    def prepare(self, input_values, attention_mask=None):
+        import torch
+        x = torch.from_numpy(np.ascontiguousarray(input_values, np.float32)).to("cuda", torch.float16)
+        m = None
+        if attention_mask is not None and self.loaded.uses_attention_mask:
+            m = torch.from_numpy(np.asarray(attention_mask, np.int64)).to("cuda")
+        return x, m
+
+    def run(self, prepared):
+        import torch
+        with torch.inference_mode():
+            return self.fn(input_values=prepared[0], attention_mask=prepared[1]).logits
+
+    def to_host(self, out):
+        return out.float().cpu().numpy()
+
+    def close(self):
+        self.fn = None
 ODD_LENGTHS_S = (1.3, 3.7, 26.0)   # a 2 s bucket, the 5 s bucket, past the largest bucket (eager)
 ODD_BATCH_S = (4.6, 2.2)           # a padded batch of two
 
@@ -170,7 +211,9 @@ def main(argv=None):
     for name in names:
         spec, opts = VARIANTS[name]
         spec = spec.replace(":cuda", f":{args.device}")
-        ok, why = availability(spec)
+        ok, why = availability(spec.replace("peer:", "torch:"))
+        if spec.startswith("peer:") and args.device != "cuda":
+            ok, why = False, "the peer is measured on CUDA only"
         if not ok:
             skipped.append((name, why))
             log(f"skip {name}: {why}")
@@ -180,7 +223,7 @@ def main(argv=None):
             log(f"skip {name}: time budget spent")
             continue
         t = time.perf_counter()
-        backend = make_backend(spec, loaded, **opts).load()
+        backend = (Peer(loaded) if spec.startswith("peer:") else make_backend(spec, loaded, **opts)).load()
         for w, (values, mask) in workloads.items():
             prepared = backend.prepare(values, mask)
             fn = lambda: backend.run(prepared)  # noqa: E731

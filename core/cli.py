@@ -460,7 +460,7 @@ def cmd_serve(args):
                         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, gpus=args.gpus)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -572,6 +572,8 @@ def _triton_commands(add):
     for proto, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
         s.add_argument(f"--{proto}-port", type=int, default=port)
     s.add_argument("--threads", type=int, help="intra-op threads per ONNX Runtime instance")
+    s.add_argument("--gpus", nargs="+", default=None, metavar="GPU",
+                   help="spread the instances over these GPUs ('all' or indices, e.g. 0 1): --instances on each")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
                    "serving (GPU backends that compile or capture graphs per shape)")

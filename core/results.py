@@ -141,7 +141,7 @@ def usable(row: dict) -> bool:
     """Whether a row holds a measurement worth showing: a failed sweep level (every request an error, p50 NaN,
     stored as NULL) or a latency row without a p50 is not."""
     kind = row.get("kind")
-    if kind in ("latency", "sweep"):
+    if kind in ("latency", "sweep", "streaming"):   # streaming: per-chunk compute p50 of a streamed file
         return _finite(row.get("p50_ms")) and not (row.get("n") == 0 and row.get("errors"))
     if kind == "accuracy":
         return _finite(row.get("wer"))

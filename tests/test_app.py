@@ -10,7 +10,7 @@ from core import jobs
 from core.results import runs
 
 PAGES = ["pages/overview.py", "pages/models.py", "pages/build.py", "pages/transcribe.py", "pages/benchmark.py",
-         "pages/serving.py", "pages/profile.py"]
+         "pages/serving.py", "pages/profile.py", "pages/streaming.py"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,6 +2,8 @@
 (Its CUDA graphs and FP16/BF16 kernels are measured by bench/gpu_w1.py on a GPU.)"""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,32 @@ def test_backend_shared_by_dashboard_sessions_is_used_one_call_at_a_time(tiny):
     for t in threads:
         t.join()
     assert wrong == [] and shared.name == raw.name
+
+
+def test_compile_cache_lives_under_artifacts_unless_named(monkeypatch, tmp_path):
+    from core.backends.fast_backend import use_compile_cache
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    root = use_compile_cache()
+    assert root == tmp_path / "compile-cache"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(root / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")   # a user's own choice wins
+    use_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_capture_all_takes_every_bucket_up_front(tiny):
+    """Every (batch bucket, length bucket, masked/mask-free) graph captured at once; afterwards a call of any
+    bucketed shape replays a graph (no capture on first use) and matches the lazily captured backend."""
+    from core.backends import make_backend
+    up_front = make_backend("fast:fp32:cpu", tiny, buckets_s=(1, 2), batch_buckets=(1, 2)).load()
+    lazy = make_backend("fast:fp32:cpu", tiny, buckets_s=(1, 2), batch_buckets=(1, 2)).load()
+    assert up_front.capture_all() == 2 * 2 * 2 and set(up_front.graphs) == {
+        (b, n, full) for b in (1, 2) for n in (16000, 32000) for full in (True, False)}
+    x = np.random.default_rng(1).standard_normal((2, 24000)).astype(np.float32)
+    mask = np.ones(x.shape, np.int64)
+    mask[1, 20000:] = 0
+    assert np.allclose(up_front.logits(x, mask), lazy.logits(x, mask), atol=1e-5)
+    assert len(up_front.graphs) == 8 and up_front.stats["eager"] == 0

@@ -31,7 +31,7 @@ def served(tiny, tiny_onnx):
                         instances=1, threads=1, warmup_s=1.0, timeout_s=120)
     yield info
     server.stop(info)
-    assert not server.alive(info.pid)
+    assert not server.alive(info)
 
 
 @pytest.fixture(scope="module")

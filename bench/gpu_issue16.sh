@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 16 on a GPU machine, one phase per device call (each under 10 minutes), from the repository root once the
+# wheels are staged (`source /tmp/devwheels/env.sh`; the triton phase also needs /tmp/tv from device_numpy1_env.sh):
+#   w1      W1/W2 of torch fp32 (TF32 off), the peer (HF FP16 + SDPA + torch.compile reduce-overhead) and fast fp16
+#           in one run; demo-set WER of each fast variant (the peer alone takes ~220 s: its recompiles)
+#   cold    cold start of fast fp16 (load + compile + capture of 8 graphs: 5/20 s x batch 1/8): empty compile cache,
+#           then warm, each a fresh process
+#   triton  PyTriton sweep on fast fp16, one then two model instances
+# (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
+# minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
+set -uo pipefail
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton}
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
+case "$phase" in
+  w1)
+    python3 bench/gpu_w1.py --eval-demo --budget-s 420 --warmup 20 --repeats 100 \
+      --variants torch:fp32:cuda,peer:fp16:compile,fast:fp16:compile+graphs \
+      > "$out/w1.log" 2>&1; echo "w1 exit $?" | tee -a "$out/w1.log" ;;
+  cold)
+    python3 bench/gpu_coldstart.py --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_static8.log" 2>&1
+    echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
+  triton)
+    for n in 1 2; do
+      /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch 16 --preferred 8 16 --level-seconds 8 \
+        --concurrency 8 16 32 --instances $n > "$out/triton_instances$n.log" 2>&1; echo "triton x$n exit $?" | tee -a "$out/triton_instances$n.log"
+    done ;;
+  *) echo "unknown phase $phase" >&2; exit 2 ;;
+esac
+cp "$WORKBENCH_ARTIFACTS/results.sqlite" "$out/results-$phase.sqlite" 2>/dev/null
+tail -n 30 "$out"/*.log
