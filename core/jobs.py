@@ -177,8 +177,9 @@ def finished_artifacts() -> list[dict]:
 
 
 def slots() -> int:
-    """How many jobs run at once: builds and benchmarks each want the machine's cores (2 here: one at a time)."""
-    return int(os.environ.get("WORKBENCH_JOB_SLOTS", max(1, (os.cpu_count() or 2) // 2)))
+    """How many jobs run at once: one by default — builds, benchmarks and sweeps each want the whole device (its
+    GPU, or its cores), and two at once would skew each other's timings. WORKBENCH_JOB_SLOTS=N allows more."""
+    return max(1, int(os.environ.get("WORKBENCH_JOB_SLOTS", 1)))
 
 
 def _take_slot(log) -> object:

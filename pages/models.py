@@ -1,6 +1,7 @@
 """Models: choose what every other page works on."""
 import streamlit as st
 
+from core.errors import ModelNotFoundError
 from core.models import ARCHITECTURES, REFERENCE_MODEL
 from pages._shared import active_model, guarded, load, model_badge
 
@@ -28,7 +29,16 @@ elif KINDS.get(kind) == "random":
 
 if st.button("Use this model", type="primary", disabled=not source, icon=":material/check:"):
     with guarded(), st.spinner(f"Loading {source} …"):
-        load(source)
+        try:
+            load(source)
+        except ModelNotFoundError as err:
+            if KINDS.get(kind) != "local":
+                raise
+            # one answer whether the path is missing, not a folder or not a model: the page must not tell a
+            # visitor which server paths exist
+            raise ModelNotFoundError(f"No saved Hugging Face model at {source}.",
+                                     "Give a folder on the dashboard's machine written by save_pretrained() "
+                                     "(config.json, weights, processor files).") from err
         st.session_state["model_source"] = st.session_state["model_switched"] = source
     if st.session_state.get("model_switched") == source:
         st.rerun()  # the sidebar, drawn before this page, must show the new model at once

@@ -76,8 +76,12 @@ def test_models_page_shows_the_model_and_switches(app):
     app.segmented_control(key="model_kind").set_value("Local folder").run()
     app.text_input[0].set_value("/no/such/model").run()
     app.button[0].click().run()
-    assert any("No model folder" in e.value for e in app.error)  # a clear message, not a traceback
+    missing = [e.value for e in app.error]
+    assert any("No saved Hugging Face model at /no/such/model" in e for e in missing)  # a clear message
     assert not app.exception
+    app.text_input[0].set_value("/etc").run()           # exists, but is no model: the same words, so the page
+    app.button[0].click().run()                         # does not reveal which server paths exist
+    assert [e.value.replace("/etc", "/no/such/model") for e in app.error] == missing
     app.segmented_control(key="model_kind").set_value("Demo model (offline)").run()
     next(b for b in app.button if b.label == "Use this model").click().run()
     side = " ".join(m.value for m in app.sidebar.markdown)
@@ -140,7 +144,9 @@ def test_small_benchmark_saves_a_run(app, hindi_wav, tmp_path, tiny_onnx):
     assert not app.exception and not app.error, [e.value for e in app.error]
     job = jobs.get(app.session_state["bench_job"])   # measured in a background job, not inside the page
     assert job.state()["command"][:3] == ["bench", "--model", "random:wav2vec2-tiny"]
+    page(app, "pages/overview.py")                    # leave the page while it runs: the job goes on
     assert job.wait(timeout=240)["status"] == "done", job.log()
+    page(app, "pages/benchmark.py")
     app.run()
     assert len(runs()) == before + 1
     data = app.session_state["bench_run"]

@@ -80,7 +80,7 @@ def page(server, browser):
     pg.get_by_role("heading", name="Benchmark", exact=True).wait_for()
     pg.get_by_test_id("stSidebar").get_by_text("random weights").wait_for()
     nav = pg.get_by_test_id("stSidebarNav").inner_text().split()[1::2]  # icon ligature, title, ...
-    assert nav == ["Overview", "Models", "Build", "Transcribe", "Benchmark", "Serving", "Profile"], nav
+    assert nav == ["Overview", "Models", "Build", "Transcribe", "Benchmark", "Streaming", "Serving", "Profile"], nav
     pg.goto(server)
     pg.get_by_role("heading", name="ASR inference-backend workbench").wait_for()
     return pg
