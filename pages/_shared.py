@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import threading
 from contextlib import contextmanager
 
@@ -147,3 +148,36 @@ def model_badge(loaded) -> None:
         st.caption(f":blue-badge[:material/science: synthetic-speech demo model] {loaded.label}")
     else:
         st.caption(f":green-badge[:material/check: {loaded.kind}] {loaded.label}")
+
+
+SAVED_RUN = re.compile(r"saved as run (\d+)")
+
+
+def follow_job(job_key: str, run_keys: tuple[str, ...], what: str) -> None:
+    """Show the background job named in st.session_state[job_key] (a `python -m core` command that ends by
+    printing "saved as run N"): progress and Cancel while it runs; when done, put N into every key of `run_keys`
+    and rerun the page so its run view opens on it; otherwise the job's own last error line. Call it from a
+    fragment that reruns every second."""
+    from core import jobs
+    jid = st.session_state.get(job_key)
+    job = jobs.get(jid) if jid else None
+    if job is None:
+        return
+    state, (fraction, message) = job.state(), job.progress()
+    if state.get("status") in jobs.ACTIVE:
+        st.progress(fraction or 0.0, text=("queued: another job is running …" if state["status"] == "queued"
+                                           else message[-140:] or "starting …"))
+        if st.button(f"Cancel {what}", icon=":material/stop:"):
+            job.cancel()
+        return
+    saved = SAVED_RUN.findall(job.log())
+    if state.get("status") == "done" and saved:
+        st.success(f"{what.capitalize()} done — saved as run {saved[-1]}", icon=":material/check_circle:")
+        if st.session_state.get(run_keys[0]) != int(saved[-1]):
+            for key in run_keys:
+                st.session_state[key] = int(saved[-1])
+            st.rerun()  # the whole page: its run view opens on the new run
+    else:
+        lines = job.log(4000).strip().splitlines() or ["no output"]
+        said = [ln for ln in lines if ln.startswith("error:")] or lines[-1:]
+        st.error(f"The {what} {state.get('status')}: {said[-1].removeprefix('error: ')}", icon=":material/error:")

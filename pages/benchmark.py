@@ -1,7 +1,6 @@
 """Benchmark: latency (compute and e2e scopes) and peak memory per backend × audio length × batch, WER on a
 labelled set; then any stored run, by kind, and the comparison of two runs."""
 import json
-import re
 from functools import partial
 
 import pandas as pd
@@ -12,7 +11,7 @@ from core.paths import DEMO_TESTSET
 from core.report import build as build_report
 from core.results import rows as result_rows
 from pages._runs import compare_two_runs, run_picker, show_run
-from pages._shared import active_model, available_backends, default_backends, model_badge
+from pages._shared import active_model, available_backends, default_backends, follow_job, model_badge
 
 st.title("Benchmark")
 loaded = active_model()
@@ -46,32 +45,9 @@ if run:
         st.session_state["bench_job"] = job.id
 
 
-SAVED = re.compile(r"saved as run (\d+)")
-
-
 @st.fragment(run_every=1.0)
 def bench_job():
-    """The running benchmark job's progress; when it ends, the run it saved becomes the one shown below."""
-    jid = st.session_state.get("bench_job")
-    job = jobs.get(jid) if jid else None
-    if job is None:
-        return
-    state, (fraction, message) = job.state(), job.progress()
-    if state.get("status") in jobs.ACTIVE:
-        st.progress(fraction or 0.0, text=("queued: another job is running …" if state["status"] == "queued"
-                                           else message[-140:] or "starting …"))
-        if st.button("Cancel benchmark", icon=":material/stop:"):
-            job.cancel()
-        return
-    saved = SAVED.findall(job.log())
-    if state.get("status") == "done" and saved:
-        st.success(f"Benchmark done — saved as run {saved[-1]}", icon=":material/check_circle:")
-        if st.session_state.get("bench_run") != int(saved[-1]):
-            st.session_state["bench_run"] = st.session_state["bench_pick"] = int(saved[-1])
-            st.rerun()  # the whole page: the picker below opens on the new run
-    else:
-        st.error(f"The benchmark job {state.get('status')}: " + (job.log(2000).strip().splitlines() or ["no output"])[-1],
-                 icon=":material/error:")
+    follow_job("bench_job", ("bench_run", "bench_pick"), "benchmark")
 
 
 bench_job()

@@ -1,6 +1,5 @@
 """Serving: a local Triton server (PyTriton) or any Triton URL, its health and models, and a load sweep
 (core.triton.server / core.triton.loadtest; the CLI equivalents are `serve` and `sweep`)."""
-import re
 
 import pandas as pd
 import plotly.express as px
@@ -8,7 +7,7 @@ import streamlit as st
 
 from core import charts, jobs
 from core.results import rows as result_rows
-from pages._shared import active_model, available_backends, guarded, model_badge, optional
+from pages._shared import active_model, available_backends, follow_job, guarded, model_badge, optional
 
 st.title("Serving")
 loaded = active_model()
@@ -76,8 +75,6 @@ with c2, st.container(border=True):
             except Exception as err:  # noqa: BLE001 — PyTriton restricts the repository API
                 st.caption(f":gray[The server does not list its models ({str(err)[:80]}).]")
 
-SAVED = re.compile(r"saved as run (\d+)")
-
 st.subheader("Load sweep")
 if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
@@ -102,28 +99,7 @@ else:
 
     @st.fragment(run_every=1.0)
     def sweep_job():
-        """The sweep job's progress; when it ends, its saved run is the one shown below."""
-        jid = st.session_state.get("sweep_job")
-        job = jobs.get(jid) if jid else None
-        if job is None:
-            return
-        state, (fraction, message) = job.state(), job.progress()
-        if state.get("status") in jobs.ACTIVE:
-            st.progress(fraction or 0.0, text=("queued: another job is running …" if state["status"] == "queued"
-                                               else message[-140:] or "starting …"))
-            if st.button("Cancel sweep", icon=":material/stop:"):
-                job.cancel()
-            return
-        saved = SAVED.findall(job.log())
-        if state.get("status") == "done" and saved:
-            st.success(f"Sweep done — saved as run {saved[-1]}", icon=":material/check_circle:")
-            if st.session_state.get("sweep_run") != int(saved[-1]):
-                st.session_state["sweep_run"] = int(saved[-1])
-                st.rerun()
-        else:
-            lines = job.log(4000).strip().splitlines() or ["no output"]
-            said = [ln for ln in lines if ln.startswith("error:")] or lines[-1:]
-            st.error(f"The sweep {state.get('status')}: {said[-1].removeprefix('error: ')}", icon=":material/error:")
+        follow_job("sweep_job", ("sweep_run",), "sweep")
 
     sweep_job()
     run_id = st.session_state.get("sweep_run")
