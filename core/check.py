@@ -36,7 +36,8 @@ REPEAT_BATCHES = (9, 17)
 # weights near-tied logits flip characters at every precision (H200, 2026-11-29: FP32 ONNX Runtime at 3.6e-6 relative
 # |delta logit| still changed 2 of 470 transcripts), so there the logits and frames decide.
 TOLERANCES = {"fp32": (1e-3, 0.99, 0.01), "fp16": (5e-2, 0.90, 0.02), "bf16": (1e-1, 0.90, 0.03),
-              "mixed": (5e-2, 0.90, 0.02), "int8": (5e-1, 0.80, 0.05), "int4w": (5e-1, 0.80, 0.05)}
+              "mixed": (5e-2, 0.90, 0.02), "int8": (5e-1, 0.80, 0.05), "int4w": (5e-1, 0.80, 0.05),
+              "fp8": (5e-1, 0.80, 0.05)}
 
 
 @dataclass
@@ -74,7 +75,7 @@ def cells(loaded, source: np.ndarray, batches=BATCHES, lengths: dict | None = No
     return out
 
 
-def _run(backend, loaded, items):
+def cell_logits(backend, loaded, items):
     values, mask = features(loaded.processor, items, loaded.sample_rate)
     return real_frames(loaded.model.config, backend.logits(values, mask), mask)
 
@@ -138,10 +139,10 @@ def check_backend(backend, loaded, matrix: list[Cell], refs: dict, progress=None
     rows = []
     for cell in matrix:
         try:
-            out = _run(backend, loaded, cell.items)
+            out = cell_logits(backend, loaded, cell.items)
             if cell.again is not None:  # other data through the same shapes, then the first data again
-                between = compare(loaded, refs[cell.label, "again"], _run(backend, loaded, cell.again))
-                repeat = _run(backend, loaded, cell.items)
+                between = compare(loaded, refs[cell.label, "again"], cell_logits(backend, loaded, cell.again))
+                repeat = cell_logits(backend, loaded, cell.items)
                 m = compare(loaded, out, repeat)
                 first = compare(loaded, refs[cell.label], out)
                 m = _worst([first, between, m])
@@ -167,6 +168,24 @@ def check_backend(backend, loaded, matrix: list[Cell], refs: dict, progress=None
     return rows
 
 
+def latest_verdicts(source: str) -> dict[str, dict]:
+    """The newest saved conformance result of each backend for one model: {backend: {run_id, passed, cells,
+    first_failure}} — what the Build page shows beside each artifact's gate, which measures other things."""
+    from .results import rows
+    out: dict[str, dict] = {}
+    for r in rows(kind="conformance"):   # newest run first
+        if r.get("model") != source:
+            continue
+        v = out.setdefault(r["backend"], {"run_id": r["run_id"], "passed": 0, "cells": 0, "first_failure": None})
+        if r["run_id"] != v["run_id"]:   # an older run of the same backend
+            continue
+        v["cells"] += 1
+        v["passed"] += bool(r["passed"])
+        if not r["passed"] and v["first_failure"] is None:
+            v["first_failure"] = f"{r['cell']}: {r['reason']}"
+    return out
+
+
 def reference_spec() -> str:
     """PyTorch FP32 on this machine's GPU when it has one, else on the CPU."""
     from .backends import availability
@@ -182,9 +201,9 @@ def run_check(loaded, specs: list[str], reference: str | None = None, batches=BA
     refs = {}
     with make_backend(reference, loaded) as ref:   # torch:fp32:cuda loads with TF32 off
         for cell in matrix:
-            refs[cell.label] = _run(ref, loaded, cell.items)
+            refs[cell.label] = cell_logits(ref, loaded, cell.items)
             if cell.again is not None:
-                refs[cell.label, "again"] = _run(ref, loaded, cell.again)
+                refs[cell.label, "again"] = cell_logits(ref, loaded, cell.again)
     rows = []
     for spec in specs:
         with make_backend(spec, loaded, **(options or {}).get(spec, {})) as backend:

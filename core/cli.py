@@ -63,9 +63,9 @@ def cmd_info(args):
 def _gate_args(s, precision_help: str = "") -> None:
     s.add_argument("--max-rel-dlogit", type=float, default=None,
                    help="gate: max |Δlogit| against PyTorch FP32 as a fraction of its logit scale (default per "
-                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8 and int4w 0.5)")
+                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8, int4w and fp8 0.5)")
     s.add_argument("--max-wer-delta", type=float, default=None,
-                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8 and int4w 2)")
+                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8, int4w, fp8 2)")
     s.add_argument("--accept-rejected", action="store_true",
                    help="offer the artifact as a backend even if its gate rejects it (recorded in its meta.json)")
     s.add_argument("--force", action="store_true", help="rebuild even if a finished artifact exists")
@@ -100,7 +100,7 @@ def cmd_build(args):
         art = accept(art, note="python -m core build --accept-rejected")
     print("progress: 1.00 done", flush=True)
     if art.meta.get("calibration_in_eval_set"):
-        print("note: INT8 was calibrated on clips of the evaluation manifest; its WER is optimistic. "
+        print(f"note: {art.precision.upper()} was calibrated on clips of the evaluation manifest; its WER is optimistic. "
               "Pass --calib-manifest with other audio for an unbiased figure.", file=sys.stderr)
     print(json.dumps(_build_summary(art), indent=2, ensure_ascii=False))
     if not art.usable:
@@ -616,7 +616,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "build":
             s.add_argument("stage", choices=("onnx", *VARIANTS),
                            help="onnx: the FP32 export; fp16/mixed/int8/int4w: ONNX Runtime precision variants of it "
-                                "(int4w: weight-only INT4, blockwise). "
+                                "(int4w: weight-only INT4, blockwise; fp8: FP8 E4M3 Q/DQ, for FP8 GPUs). "
                                 "`build trt|trtrtx|triton` are the trt-build (--flavor trtrtx) and triton-repo "
                                 "commands (see their --help)")
         else:

@@ -16,7 +16,7 @@ from .pipeline.store import Spec
 
 TRT_MISSING = "TensorRT not installed: install tensorrt-cu12 or tensorrt-cu13"
 RTX_MISSING = "TensorRT for RTX not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
-PRECISIONS = ("fp32", "fp16", "mixed", "int8", "int4w")
+PRECISIONS = ("fp32", "fp16", "mixed", "int8", "int4w", "fp8")
 # flavor -> (module, what to install). TensorRT for RTX has TensorRT 10's API; it builds engines without a GPU
 # (ahead of time, for chosen compute capabilities) and JIT-compiles kernels on the RTX GPU that runs them.
 FLAVORS = {"trt": ("tensorrt", TRT_MISSING), "trtrtx": ("tensorrt_rtx", RTX_MISSING)}
@@ -185,7 +185,7 @@ class EngineSettings:
 def strongly_typed(precision: str, flavor: str = "trt") -> bool:
     """INT8 and int4w engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where there is
     no weak typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is gone), from the ONNX variants."""
-    if precision in ("int8", "int4w") or (flavor == "trtrtx" and precision != "fp32"):
+    if precision in ("int8", "int4w", "fp8") or (flavor == "trtrtx" and precision != "fp32"):
         return True
     if precision not in ("fp16", "mixed"):
         return False

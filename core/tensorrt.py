@@ -152,7 +152,8 @@ class EngineBuilder(Builder):
         self.parent, self.manifest = parent, manifest
 
     def measured_with(self):
-        return {"manifest": str(self.manifest) if self.manifest else None}
+        from .pipeline.verify import MEASURED_WITH
+        return {"manifest": str(self.manifest) if self.manifest else None, **MEASURED_WITH}
 
     def produce(self, spec, tmp, log):
         trt = _trt(spec.flavor)

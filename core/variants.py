@@ -1,5 +1,5 @@
-"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32), INT8
-(static Q/DQ, calibrated on real audio) and int4w (weight-only INT4, blockwise), plus the graph inspection they need. The variants are built, verified
+"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32), INT8 and
+FP8 (static Q/DQ, calibrated on real audio) and int4w (weight-only INT4, blockwise), plus the graph inspection they need. The variants are built, verified
 and cached by core.pipeline (onnx_build)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import ExportError, ManifestError
 from .export import TWO_GB
-from .pipeline.onnx_specs import INT8_OP_TYPES, LM_HEAD
+from .pipeline.onnx_specs import FP8_CALIB_S, FP8_OP_TYPES, INT8_OP_TYPES, LM_HEAD
 
 CALIB_MAX_SECONDS = 20.0  # the window length transcribe() feeds the model
 _LN_CHAIN = {"Sub", "Pow", "ReduceMean", "Add", "Sqrt", "Div", "Mul"}
@@ -194,9 +194,12 @@ def calibration_clips(loaded, manifest: Path, size: int) -> tuple[list[np.ndarra
     return clips, [p.name for p, _ in items]
 
 
-def _to_int8(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, calib_size: int, exclude, log) -> dict:
-    """quant_pre_process, then static QDQ quantization (symmetric S8S8, per-channel weights: the form
-    TensorRT accepts as an explicitly quantized network) calibrated with MinMax on real audio."""
+def _to_int8(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, calib_size: int, exclude, log,
+             fp8: bool = False) -> dict:
+    """quant_pre_process, then static QDQ quantization calibrated on real audio: INT8 (symmetric S8S8, per-channel
+    weights, MinMax: the form TensorRT accepts as an explicitly quantized network), or with fp8 FP8 E4M3 of the
+    MatMuls, per tensor, calibrated by ONNX Runtime's only float calibrator (Distribution), whose histograms need
+    every clip the same length: the clips are tiled or cut to FP8_CALIB_S."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -214,18 +217,27 @@ def _to_int8(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, cal
     clips, names = calibration_clips(loaded, calib_manifest, calib_size)
     if not clips:
         raise ManifestError(f"{calib_manifest} has no clips to calibrate on.", "Give a manifest with audio.")
-    log(f"calibrating INT8 on {len(clips)} clips ({sum(len(c) for c in clips) / loaded.sample_rate:.1f} s) ...")
+    if fp8:
+        from .bench import tile_speech
+        rng = np.random.default_rng(0)
+        clips = [tile_speech(c, int(FP8_CALIB_S * loaded.sample_rate), rng) for c in clips]
+    what = "FP8" if fp8 else "INT8"
+    log(f"calibrating {what} on {len(clips)} clips ({sum(len(c) for c in clips) / loaded.sample_rate:.1f} s) ...")
     inputs = [i.name for i in model.graph.input]
+    op_types = list(FP8_OP_TYPES if fp8 else INT8_OP_TYPES)
+    kind = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
     quantize_static(str(pre), str(dst), _ClipReader(loaded, clips, inputs), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=excluded,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=model.ByteSize() > TWO_GB,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    per_channel=not fp8, activation_type=kind, weight_type=kind, op_types_to_quantize=op_types,
+                    nodes_to_exclude=excluded, use_external_data_format=model.ByteSize() > TWO_GB,
+                    calibrate_method=CalibrationMethod.Distribution if fp8 else CalibrationMethod.MinMax,
+                    extra_options={} if fp8 else {"ActivationSymmetric": True, "WeightSymmetric": True})
     pre.unlink()
     ops = Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
-    return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
-            "activations": "int8 symmetric", "weights": "int8 symmetric", "calibration": "MinMax",
-            "op_types_quantized": list(INT8_OP_TYPES), "excluded_nodes": excluded,
+    kind_name = "float8 e4m3fn, per tensor" if fp8 else "int8 symmetric"
+    return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": not fp8,
+            "activations": kind_name, "weights": kind_name, "calibration": "Distribution" if fp8 else "MinMax",
+            "op_types_quantized": op_types, "excluded_nodes": excluded,
+            **({"calibration_clip_seconds": FP8_CALIB_S} if fp8 else {}),
             "calibration_clips": names, "q_nodes": ops["QuantizeLinear"], "dq_nodes": ops["DequantizeLinear"]}
 
 
@@ -267,7 +279,7 @@ def _ort_devices(precision: str, loaded) -> list[str]:
     import onnxruntime as ort
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     big = sum(p.numel() for p in loaded.model.parameters()) > 50e6
-    if precision not in ("int8", "int4w") and cuda and big:
+    if precision not in ("int8", "int4w", "fp8") and cuda and big:
         return ["cuda", "cpu"]
     return ["cpu"] + (["cuda"] if cuda else [])
 

@@ -69,6 +69,15 @@ with st.container(border=True):
                       "stale": "color: #92400e", "damaged": "color: #b91c1c; font-weight: 600"}
             st.dataframe(df.style.map(lambda v: colour.get(v, ""), subset=["status"]), hide_index=True,
                          width="stretch")
+            from core.check import latest_verdicts
+            verdicts = latest_verdicts(loaded.source)
+            for r in mine:   # the gate measures the labelled set; the conformance matrix every batch and length
+                for spec, v in verdicts.items():
+                    if spec.startswith(f"ort:{r['precision']}:") and v["passed"] < v["cells"]:
+                        st.warning(f"**{r['precision']}** passed its gate, but `{spec}` fails {v['cells'] - v['passed']}"
+                                   f" of {v['cells']} cells of the conformance matrix (run {v['run_id']}; first: "
+                                   f"{v['first_failure']}). Check it again: `python -m core check --model "
+                                   f"{loaded.source} --backend {spec}`.", icon=":material/rule:")
             for r in [r for r in mine if r["status"] == "damaged"]:
                 st.error(f"**{r['precision']} damaged**: {r['why']}. It is refused until rebuilt "
                          f"(`python -m core build {r['precision'] if r['precision'] != 'fp32' else 'onnx'} --force`).",
@@ -94,8 +103,9 @@ with st.container(border=True):
         st.caption("Engines with optimisation profiles over batch × audio length and a persisted timing cache; an "
                    "engine only runs on the GPU and TensorRT version it was built with. TensorRT could not be "
                    "installed where this workbench was developed: this path has not been executed in its own runs.")
-        c = st.columns(5)
-        for i, p in enumerate(getattr(trt, "PRECISIONS", ("fp32", "fp16", "mixed", "int8"))):
+        precisions = getattr(trt, "PRECISIONS", ("fp32", "fp16", "mixed", "int8"))
+        c = st.columns(len(precisions))
+        for i, p in enumerate(precisions):
             action(c[i], f"Engine {p.upper()}", ["trt-build", "--precision", p],
                    f"python -m core trt-build --precision {p}", enabled=ok, why=why, show_why=False)
         if not ok:
@@ -122,9 +132,11 @@ with st.container(border=True):
                    "a machine without that GPU allows; the lent H200 (compute capability 9.0) refuses them, as "
                    "tested.", icon=":material/warning:")
         c = st.columns(4)
-        for i, p in enumerate(("fp32", "fp16", "int4w")):
-            action(c[i], f"RTX engine {p.upper()}", ["build", "trtrtx", "--precision", p],
-                   f"python -m core build trtrtx --precision {p}", enabled=rtx_ok, why=rtx_why, show_why=False)
+        for i, p in enumerate(("fp32", "fp16", "int4w", "fp8")):
+            fp8 = ["--targets", "8.9", "12.0", "12.1"] if p == "fp8" else []   # GPUs with FP8 tensor cores
+            action(c[i], f"RTX engine {p.upper()}", ["build", "trtrtx", "--precision", p, *fp8],
+                   " ".join(["python -m core build trtrtx --precision", p, *fp8]), enabled=rtx_ok, why=rtx_why,
+                   show_why=False)
         with guarded():
             engines = [r for r in artifact_rows(loaded.source) if r["stage"] in ("trt", "trtrtx")]
             if engines:

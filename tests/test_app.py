@@ -339,3 +339,24 @@ def test_server_left_from_earlier_is_found_and_offered_to_stop(tiny_onnx):
         assert not any("Triton server started earlier" in w.value for w in at.sidebar.warning)
     finally:
         server.stop("default")
+
+
+def test_build_page_warns_when_a_verified_artifact_fails_the_conformance_matrix(app, tiny_onnx, monkeypatch):
+    """A variant's gate measures the labelled set; the conformance matrix measures every batch and length. A saved
+    failing matrix run shows beside the artifact that passed its gate; a newer passing run clears it."""
+    from core import check
+    from core.models import load_model
+    from core.results import save
+    tiny = load_model("random:wav2vec2-tiny")
+    small = dict(batches=[1, 2], lengths={"inside a bucket": 0.7})
+    monkeypatch.setitem(check.TOLERANCES, "fp32", (0.0, 0.99, 0.01))   # a limit no real run meets
+    failing = check.run_check(tiny, ["ort:fp32:cpu"], reference="torch:fp32:cpu", **small)
+    assert not all(r["passed"] for r in failing)
+    run_id = save(failing, "conformance")
+    page(app, "pages/build.py")
+    warned = [w.value for w in app.warning if "conformance matrix" in w.value]
+    assert warned and f"run {run_id}" in warned[0] and "`ort:fp32:cpu` fails" in warned[0]
+    monkeypatch.undo()
+    save(check.run_check(tiny, ["ort:fp32:cpu"], reference="torch:fp32:cpu", **small), "conformance")
+    page(app, "pages/build.py")
+    assert not [w.value for w in app.warning if "conformance matrix" in w.value]

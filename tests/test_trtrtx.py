@@ -158,3 +158,13 @@ def test_int4_weight_only_engine_from_its_onnx_variant(tiny):
     assert art.meta["inputs"]["parent"] == OnnxVariant(tiny, "int4w").key()
     assert [t["name"] for t in art.meta["io"]] == ["input_values", "attention_mask", "logits"]
     assert art.meta["status"] == "rejected" and art.meta["reasons"][0].startswith("unverified")
+
+
+def test_fp8_engine_for_fp8_gpus(tiny):
+    """FP8 engines from the fp8 ONNX variant (Q/DQ in E4M3), built for the RTX GPUs with FP8 tensor cores (8.9, 12.0)."""
+    from core.tensorrt import build_engine
+    settings = EngineSettings(**{**SMALL.__dict__, "targets": ("8.9", "12.0")})
+    art = build_engine(tiny, "fp8", settings, flavor="trtrtx", log=lambda *_: None)
+    assert art.dir.name.startswith("trtrtx-fp8-") and art.meta["builder"]["typing"] == "strong"
+    assert art.meta["targets_cc"] == ["8.9", "12.0"] and art.path.stat().st_size > 100_000
+    assert check_compatible(art.meta, RTX3050)[0] is False          # 8.6: no FP8 tensor cores, not a target

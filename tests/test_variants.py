@@ -160,6 +160,33 @@ def test_int4_weight_only_variant(tiny, manifest):
     assert art.meta["bytes"] < art.meta["fp32_bytes"]    # demo model: 5.7 MB against 18.1 MB
 
 
+def test_fp8_qdq_variant_runs_on_ort_cpu(tiny, manifest, hindi_wav):
+    """fp8: FP8 E4M3 QuantizeLinear/DequantizeLinear around the MatMuls (per tensor, Distribution calibration on
+    clips of one length), the final projection left FP32; ONNX Runtime's CPU EP runs it with graph optimisation
+    off (its Q/DQ fusion has no FP8 kernel), through the workbench's own backend."""
+    from core.audio import load_audio
+    from core.backends import BackendSpec
+    from core.backends.ort_backend import OrtBackend
+    from core.pipeline.onnx_build import build_variant
+    from core.transcribe import features
+    art = build_variant(tiny, "fp8", manifest=manifest, calib_size=3, log=lambda *_: None)
+    model = onnx.load(str(art.path))
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    fp8_weights = [n for n in dq if n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.FLOAT8E4M3FN]
+    assert fp8_weights and art.meta["q_nodes"] > 0 and art.meta["calibration"] == "Distribution"
+    assert art.meta["per_channel"] is False and art.meta["calibration_clip_seconds"] == 4.0
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.name in art.meta["excluded_nodes"] and n.op_type == "MatMul"]
+    assert len(head) == 1 and producer.get(head[0].input[1]) != "DequantizeLinear"
+    _check_recorded(art.meta, manifest)
+    with OrtBackend(BackendSpec("ort", "fp8", "cpu"), art.path) as backend:
+        audio = load_audio(hindi_wav, tiny.sample_rate)
+        values, mask = features(tiny.processor, [audio.samples], tiny.sample_rate)
+        out = backend.logits(values, mask)
+    assert out.dtype == np.float32 and out.shape[0] == 1 and np.isfinite(out).all()
+
+
 def test_cache_hit_and_no_temp_folders(tmp_path, monkeypatch):
     from core.models import load_model
     from core.pipeline.onnx_build import build_variant

@@ -20,7 +20,7 @@ INSTALL_HINT = {"cuda": "pip install onnxruntime-gpu (in place of onnxruntime) o
                 "cpu": "pip install onnxruntime."}
 
 
-SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:int4w:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
+SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:int4w:cpu", "ort:fp8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
          "ort:fp16:tensorrt", "ort:fp32:trtrtx", "ort:fp16:trtrtx"]
 
 
@@ -101,6 +101,9 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(why.split(":")[0] + ".", why.split(": ", 1)[-1])
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.precision == "fp8" and self.device == "cpu":   # the CPU optimizer fuses Q/DQ + MatMul into
+            # QLinearMatMul, which has no FP8 kernel ("Type 'tensor(float8e4m3fn)' ... of operator (QLinearMatMul)")
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads

@@ -19,7 +19,8 @@ class ExportBuilder(Builder):
         self.manifest = manifest
 
     def measured_with(self):
-        return {"manifest": str(self.manifest) if self.manifest else None}
+        from .verify import MEASURED_WITH
+        return {"manifest": str(self.manifest) if self.manifest else None, **MEASURED_WITH}
 
     def produce(self, spec, tmp, log):
         path = tmp / spec.file
@@ -47,13 +48,13 @@ class VariantBuilder(ExportBuilder):
         dst = tmp / spec.file
         keep = spec.settings["keep_fp32_ops"]
         try:
-            if spec.precision == "int8":
+            if spec.precision in ("int8", "fp8"):
                 calib = Path(spec.settings["calib_manifest"])
                 if not calib.is_file():
                     raise ManifestError(f"INT8 calibration needs real audio: no manifest at {calib}.",
                                         "Pass --calib-manifest (a CSV/TSV/JSONL of audio paths and texts).")
                 recipe = _to_int8(self.parent.path, dst, tmp, spec.loaded, calib, spec.settings["calib_size"], keep,
-                                  log)
+                                  log, fp8=spec.precision == "fp8")
             elif spec.precision == "int4w":
                 recipe = _to_int4w(self.parent.path, dst, keep, spec.settings["block_size"], log)
             else:
@@ -65,7 +66,7 @@ class VariantBuilder(ExportBuilder):
                               "See the log above; try --force, or another precision.") from err
         import onnx
         onnx.checker.check_model(str(dst), full_check=False)
-        if spec.precision == "int8":  # calibrating on the set WER is scored on flatters INT8: say so
+        if spec.precision in ("int8", "fp8"):  # calibrating on the set WER is scored on flatters it: say so
             recipe["calibration_in_eval_set"] = bool(self.manifest and Path(spec.settings["calib_manifest"]).resolve()
                                                      == Path(self.manifest).resolve())
         return {**recipe, "fp32_bytes": self.parent.meta.get("bytes")}

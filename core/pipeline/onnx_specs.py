@@ -8,7 +8,7 @@ from ..paths import DEMO_TESTSET
 from .store import Spec
 
 OPSET = 17
-VARIANTS = ("fp16", "mixed", "int8", "int4w")
+VARIANTS = ("fp16", "mixed", "int8", "int4w", "fp8")
 RECIPE = 1  # bump when the conversion code changes, so variants rebuild
 LM_HEAD = "lm_head"  # pseudo op type: the final projection producing the logits
 # Numerically sensitive ops kept in FP32 by the mixed variant. LayerNormalization also covers the
@@ -19,6 +19,9 @@ DEFAULT_CALIB_SIZE = 32
 INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise ops gain nothing from INT8
 # int4w: weight-only INT4 of the MatMul weights, blockwise symmetric (DequantizeLinear with block_size, opset 21):
 # the form TensorRT(-RTX) parses as weight-only quantization; activations stay FP32
+# fp8: FP8 E4M3 Q/DQ around the MatMuls (activations and weights, per tensor), for GPUs with FP8 tensor cores
+FP8_OP_TYPES = ("MatMul",)
+FP8_CALIB_S = 4.0
 INT4_BLOCK = 16   # blocks of 32 failed the conformance matrix on 0.7 s clips (demo model); bench/NOTES.md
 
 
@@ -38,8 +41,8 @@ class OnnxExport(Spec):
 
 
 class OnnxVariant(Spec):
-    """FP16, mixed (FP16 with sensitive ops kept FP32), INT8 (static Q/DQ, calibrated on real audio) or int4w
-    (weight-only INT4, blockwise), derived from the FP32 export."""
+    """FP16, mixed (FP16 with sensitive ops kept FP32), INT8 or FP8 (static Q/DQ, calibrated on real audio) or
+    int4w (weight-only INT4, blockwise), derived from the FP32 export."""
     name, file = "onnx", "model.onnx"
 
     def __init__(self, loaded, precision: str, keep_fp32_ops=None, calib_size: int | None = None,
@@ -50,20 +53,21 @@ class OnnxVariant(Spec):
             raise ExportError(f"Unknown precision variant '{precision}'.", f"Choose from {', '.join(VARIANTS)}; "
                               "FP32 is the export itself (python -m core build onnx).")
         if keep_fp32_ops is None:
-            keep = (list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD] if precision in ("int8", "int4w")
-                    else [])
+            keep = (list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD]
+                    if precision in ("int8", "int4w", "fp8") else [])
         else:
             keep = list(dict.fromkeys(keep_fp32_ops))
             if precision == "fp16" and keep:
                 raise ExportError("The fp16 variant keeps nothing in FP32.", "Use the mixed precision with --keep-fp32.")
         settings = {"recipe": RECIPE, "keep_fp32_ops": keep}
-        if precision == "int8":
+        if precision in ("int8", "fp8"):
             calib_size = DEFAULT_CALIB_SIZE if calib_size is None else int(calib_size)
             if calib_size < 1:
                 raise ExportError(f"Calibration set size must be at least 1 (got {calib_size}).",
                                   "Use --calib-size 32.")
             calib = calib_manifest or DEMO_TESTSET
-            settings.update(calib_size=calib_size, calib_manifest=str(calib), op_types=list(INT8_OP_TYPES),
+            settings.update(calib_size=calib_size, calib_manifest=str(calib),
+                            op_types=list(FP8_OP_TYPES if precision == "fp8" else INT8_OP_TYPES),
                             calib_sha256=file_sha256(calib) if Path(calib).is_file() else None)
         if precision == "int4w":
             settings.update(block_size=INT4_BLOCK, symmetric=True, op_types=["MatMul"])
