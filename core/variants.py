@@ -194,8 +194,8 @@ def calibration_clips(loaded, manifest: Path, size: int) -> tuple[list[np.ndarra
     return clips, [p.name for p, _ in items]
 
 
-def _to_int8(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, calib_size: int, exclude, log,
-             fp8: bool = False) -> dict:
+def _to_qdq(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, calib_size: int, exclude, log,
+            fp8: bool = False) -> dict:
     """quant_pre_process, then static QDQ quantization calibrated on real audio: INT8 (symmetric S8S8, per-channel
     weights, MinMax: the form TensorRT accepts as an explicitly quantized network), or with fp8 FP8 E4M3 of the
     MatMuls, per tensor, calibrated by ONNX Runtime's only float calibrator (Distribution), whose histograms need

@@ -74,7 +74,7 @@ def default_backends(n: int = 2) -> list[str]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _backend(source: str, spec: str, _loaded):
+def _backend(source: str, spec: str, _loaded) -> "_OneAtATime":
     import numpy as np
 
     from core.backends import make_backend
@@ -82,7 +82,7 @@ def _backend(source: str, spec: str, _loaded):
     # one throw-away pass: first calls pay for kernel selection and allocator growth, which is not the
     # latency a user of a warm service sees
     be.logits(np.zeros((1, _loaded.sample_rate), np.float32), np.ones((1, _loaded.sample_rate), np.int64))
-    return be
+    return _OneAtATime(be)
 
 
 class _OneAtATime:
@@ -100,14 +100,9 @@ class _OneAtATime:
         return getattr(self._backend, name)
 
 
-@st.cache_resource(show_spinner=False, max_entries=6)
-def _shared(source: str, spec: str, _loaded):
-    return _OneAtATime(_backend(source, spec, _loaded))
-
-
 def backend(loaded, spec: str):
     """A loaded backend, kept between reruns and shared by sessions, one logits call at a time."""
-    return _shared(loaded.source, spec, loaded)
+    return _backend(loaded.source, spec, loaded)
 
 
 def optional(module: str):

@@ -2,6 +2,7 @@
 plugin (RTX-class GPUs; an ONNX Runtime plugin library registered at run time)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -53,13 +54,9 @@ def ort_available(device: str) -> tuple[bool, str]:
     return True, ""
 
 
-_RTX_EP: list = []   # (devices, ok, why) once the plugin has been registered (ONNX Runtime allows it once)
-
-
+@functools.cache   # ONNX Runtime registers a plugin library once per process
 def rtx_ep_devices() -> tuple[list, bool, str]:
     """The TensorRT-RTX EP plugin's devices, registering the plugin library on first use; (devices, ok, why)."""
-    if _RTX_EP:
-        return _RTX_EP[0]
     import onnxruntime as ort
     name = PROVIDERS["trtrtx"]
     try:
@@ -81,7 +78,6 @@ def rtx_ep_devices() -> tuple[list, bool, str]:
                f"the TensorRT-RTX EP plugin {plugin.__version__} loaded but {verb} {here} - it runs on RTX-class "
                f"GPUs (compute capability {', '.join(RTX_PORTABLE)} and later); here use ort:…:cuda, trt or fast")
         result = (devices, not why, why)
-    _RTX_EP.append(result)
     return result
 
 

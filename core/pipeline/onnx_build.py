@@ -44,7 +44,7 @@ class VariantBuilder(ExportBuilder):
         self.manifest, self.parent = manifest, parent
 
     def produce(self, spec, tmp, log):
-        from ..variants import _to_fp16, _to_int4w, _to_int8
+        from ..variants import _to_fp16, _to_int4w, _to_qdq
         dst = tmp / spec.file
         keep = spec.settings["keep_fp32_ops"]
         try:
@@ -53,8 +53,8 @@ class VariantBuilder(ExportBuilder):
                 if not calib.is_file():
                     raise ManifestError(f"INT8 calibration needs real audio: no manifest at {calib}.",
                                         "Pass --calib-manifest (a CSV/TSV/JSONL of audio paths and texts).")
-                recipe = _to_int8(self.parent.path, dst, tmp, spec.loaded, calib, spec.settings["calib_size"], keep,
-                                  log, fp8=spec.precision == "fp8")
+                recipe = _to_qdq(self.parent.path, dst, tmp, spec.loaded, calib, spec.settings["calib_size"], keep,
+                                 log, fp8=spec.precision == "fp8")
             elif spec.precision == "int4w":
                 recipe = _to_int4w(self.parent.path, dst, keep, spec.settings["block_size"], log)
             else:
