@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from core.backends import availability, make_backend
 from core.backends.fast_backend import FastBackend, build_module, choose_bucket, conv_as_gemm, conv_out_length
 from core.models import build_random
 from core.transcribe import features, frame_lengths
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def hf_logits(model, values, mask=None):
@@ -240,3 +245,19 @@ def test_capture_all_takes_every_bucket_up_front(tiny):
     mask[1, 20000:] = 0
     assert np.allclose(up_front.logits(x, mask), lazy.logits(x, mask), atol=1e-5)
     assert len(up_front.graphs) == 8 and up_front.stats["eager"] == 0
+
+
+def test_compile_cache_used_after_torch_dynamo_is_imported(tmp_path):
+    """Importing torch._dynamo writes Inductor's default cache dir into the environment; the workbench's cache must
+    still win (it did not: every backend but the cold-start bench compiled into /tmp)."""
+    code = ("import torch._dynamo, os\n"
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+            "before = os.environ['TORCHINDUCTOR_CACHE_DIR']\n"
+            "from core.backends.fast_backend import use_compile_cache\n"
+            "root = use_compile_cache()\n"
+            "print(before, cache_dir(), root, sep='\\n')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["WORKBENCH_ARTIFACTS"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    before, used, root = out.stdout.split()
+    assert before != used and used == str(tmp_path / "compile-cache" / "inductor") and root == str(tmp_path / "compile-cache")

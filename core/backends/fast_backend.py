@@ -68,8 +68,12 @@ def use_compile_cache():
     names them), so compiled kernels outlive /tmp and the process: a new process compiles from cache."""
     import os
     from ..paths import artifacts_dir
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     root = artifacts_dir() / "compile-cache"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    # importing torch._dynamo already writes Inductor's default (/tmp/torchinductor_<user>) into the environment:
+    # only a directory the user chose is kept
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
     return root
 
@@ -522,7 +526,9 @@ class FastBackend(Backend):
                 self.call(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
+        # torch.cuda.graph's default capture stream is created once, on the GPU current at its first use: a
+        # backend on another GPU of the same process (Triton instances over GPUs) must capture on its own stream
+        with torch.cuda.graph(g, pool=self.pool, stream=stream):
             out = self.call(x, n, full=full)
         self.graphs[(bb, tb, full)] = (g, x, n, out)
         return self.graphs[(bb, tb, full)]
