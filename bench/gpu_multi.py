@@ -40,6 +40,8 @@ def start(args, gpus: list[int], log: Path) -> tuple[subprocess.Popen, dict]:
            "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"])]
     if args.preferred:
         cmd += ["--preferred", *map(str, args.preferred)]
+    if args.python_backend:
+        cmd.append("--python-backend")
     env = libpython_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     with open(log, "wb") as out:
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--preferred", type=int, nargs="*", default=[8, 16])
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--instances", type=int, default=2, help="model instances on each GPU (the same for every set)")
+    p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (a process "
+                   "per instance) instead of PyTriton (every instance in the serving process)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--start-timeout", type=float, default=900.0)
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
     env = environment()
     print(f"\n# {loaded.label} | {args.backend} | {args.seconds:g} s requests over {args.protocol} | max batch "
           f"{args.max_batch}, preferred {args.preferred}, queue delay {args.max_queue_delay_us} µs | {args.instances} "
-          f"instance(s) per GPU | {env.get('gpu')} | driver {env.get('driver')} | torch {env.get('torch')}")
+          f"instance(s) per GPU, {'Python backend' if args.python_backend else 'PyTriton'} | {env.get('gpu')} | driver {env.get('driver')} | torch {env.get('torch')}")
     print(f"{'GPUs':>6}{'c':>5}{'ok':>7}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'batch':>7}{'x base':>8}  GPU utilisation (mean %)")
     for r in results:

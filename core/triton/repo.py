@@ -53,12 +53,14 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
     if platform == "tensorrt_plan":
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = "model.plan"
+    elif platform == "python":   # core.triton.pybackend: model.py runs a workbench backend
+        cfg.backend = "python"
     else:
         cfg.backend = "onnxruntime"
         cfg.default_model_filename = "model.onnx"
     cfg.input.add(name="input_values", data_type=pb.TYPE_FP32, dims=[-1])
-    if with_mask:
-        cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1])
+    if with_mask:   # optional where the model code fills it in (PyTriton and the Python backend do)
+        cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1], optional=platform == "python")
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(opts.preferred)))

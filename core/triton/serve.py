@@ -41,7 +41,8 @@ def conv_frames(model_config, samples: int) -> int:
 
 
 def make_infer(backend, loaded):
-    """The inference callable PyTriton binds: a list of requests in, a list of {'logits'} out."""
+    """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
+    {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are)."""
     cfg = loaded.model.config
     from ..transcribe import min_samples
     shortest = min_samples(cfg)
@@ -56,22 +57,31 @@ def make_infer(backend, loaded):
             mask[i, :len(r)] = m
         return backend.logits(values, mask if use_mask else None)
 
+    def check(req) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(req["input_values"], np.float32)
+        if x.shape[-1] < shortest:
+            raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
+                             f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
+        m = req.get("attention_mask")
+        m = np.ones(x.shape, np.int64) if m is None else np.asarray(m, np.int64)
+        if m.shape != x.shape:
+            raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
+        return x, m
+
     def infer(requests):
-        rows, masks, owners = [], [], []
+        rows, masks, owners, results = [], [], [], []
         for k, req in enumerate(requests):
-            x = np.asarray(req["input_values"], np.float32)
-            if x.shape[-1] < shortest:
-                raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
-                                 f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
-            m = req.data.get("attention_mask")
-            m = np.ones(x.shape, np.int64) if m is None else np.asarray(m, np.int64)
-            if m.shape != x.shape:
-                raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
+            try:
+                x, m = check(req)
+            except ValueError as err:
+                results.append(err)
+                continue
+            results.append(None)
             rows += list(x)
             masks += list(m)
             owners += [k] * x.shape[0]
         # Models without an attention mask change their output when padded: run equal lengths together only.
-        groups = {0: list(range(len(rows)))} if use_mask else {}
+        groups = {0: list(range(len(rows)))} if use_mask and rows else {}
         if not use_mask:
             for i, r in enumerate(rows):
                 groups.setdefault(len(r), []).append(i)
@@ -80,14 +90,26 @@ def make_infer(backend, loaded):
             logits = run([rows[i] for i in idx], [masks[i] for i in idx])
             for j, i in enumerate(idx):
                 out[i] = logits[j]
-        responses = []
         for k, req in enumerate(requests):
-            frames = conv_frames(cfg, req["input_values"].shape[-1])  # each request gets its own length back
-            mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
-            responses.append({"logits": np.ascontiguousarray(np.stack(mine), np.float32)})
-        return responses
+            if results[k] is None:
+                frames = conv_frames(cfg, np.shape(req["input_values"])[-1])  # each request gets its own length back
+                mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
+                results[k] = {"logits": np.ascontiguousarray(np.stack(mine), np.float32)}
+        return results
 
     return infer
+
+
+def pytriton_infer(infer):
+    """PyTriton's callable: Request objects in, dicts out; one bad request fails its batch (PyTriton answers a
+    batch with one error)."""
+    def call(requests):
+        results = infer([r.data for r in requests])
+        bad = next((r for r in results if isinstance(r, Exception)), None)
+        if bad is not None:
+            raise bad
+        return results
+    return call
 
 
 PLACEABLE = ("torch", "fast")   # runtimes that put their work on the current CUDA device ("cuda" = the current one)
@@ -130,6 +152,22 @@ def placed(infer, index: int | None):
     return on_gpu
 
 
+def serve_python_backend(args, loaded, gpus) -> int:
+    """Each instance a Triton Python-backend process (core.triton.pybackend): on the chosen GPUs, on the backend's
+    GPU (the first one) without --gpus, or on the CPU for CPU backends."""
+    from ..backends import BackendSpec
+    from ..backends.base import on_gpu
+    from . import pybackend
+    from .repo import RepoOptions
+    gpu = on_gpu(BackendSpec.parse(args.backend).device)
+    opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
+                       max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+                       kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
+    if args.threads:
+        print("note: --threads applies to PyTriton serving only", file=sys.stderr)
+    return pybackend.serve(args, loaded, opts)
+
+
 def _interrupt(*_):
     raise KeyboardInterrupt  # Triton.serve() treats it as "stop": server and workspace are cleaned up
 
@@ -151,6 +189,9 @@ def parser() -> argparse.ArgumentParser:
                    help="spread instances over GPUs: 'all' or indices (e.g. 0 1); --instances on each "
                         "(torch and fast backends; default: the backend's own device)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per ONNX Runtime instance")
+    p.add_argument("--python-backend", action="store_true",
+                   help="serve through Triton's own Python backend: each instance its own process (one interpreter "
+                        "per instance and GPU) instead of PyTriton's callables in this process")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -194,6 +235,8 @@ def main(argv=None) -> int:
     try:
         gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
+        if args.python_backend:
+            return serve_python_backend(args, loaded, gpus)
         options = {"threads": args.threads} if args.threads and args.backend.startswith("ort") else {}
         backends, where = [], []
         for gpu in gpus:
@@ -225,7 +268,7 @@ def main(argv=None) -> int:
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
     with Triton(config=config, security_config=security) as triton:
-        triton.bind(model_name=args.model_name, infer_func=[placed(make_infer(b, loaded), g) for b, g in zip(backends, where)],
+        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded)), g) for b, g in zip(backends, where)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
         print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)

@@ -144,7 +144,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           address: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
-          timeout_s: float = 300.0, gpus=None) -> ServerInfo:
+          timeout_s: float = 300.0, gpus=None, python_backend: bool = False) -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`."""
     preflight()
     running = read_state(name)
@@ -163,6 +163,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     cmd += ["--threads", str(threads)] if threads else []
     cmd += ["--warmup-seconds", str(warmup_s)] if warmup_s else []
     cmd += ["--gpus", *map(str, gpus)] if gpus else []   # instances on each chosen GPU (core.triton.serve)
+    cmd += ["--python-backend"] if python_backend else []   # each instance its own process (core.triton.pybackend)
     log = state_dir() / f"{name}.log"
     env = libpython_env()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])

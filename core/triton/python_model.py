@@ -1,0 +1,49 @@
+"""A Triton Python-backend model running a workbench backend; core.triton.pybackend copies it into a model
+repository as <model>/1/model.py. Triton starts every instance of its instance_group as its own stub process (own
+interpreter, own GIL, own GPU), which PyTriton's in-process callables cannot do: on two H200s, four PyTriton
+instances in one process gave 0.84x the throughput of two on one GPU (bench/NOTES.md).
+
+Parameters (config.pbtxt): model, backend, warmup_seconds. The stub imports the workbench through PYTHONPATH,
+which the launcher sets to its own sys.path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend, inside the stub only
+
+INPUTS = ("input_values", "attention_mask")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from core.backends import make_backend
+        from core.models import load_model
+        from core.triton.serve import make_infer, warm_up
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if args["model_instance_kind"] == "GPU":   # this process serves one GPU: "cuda" below means that one
+            import torch
+            torch.cuda.set_device(int(args["model_instance_device_id"]))
+        loaded = load_model(params.get("model") or None)
+        self.backend = make_backend(params["backend"], loaded).load()
+        seconds = float(params.get("warmup_seconds") or 0)
+        if seconds:
+            warm_up(self.backend, loaded, seconds, int(config["max_batch_size"]))
+        self.infer = make_infer(self.backend, loaded)
+
+    def execute(self, requests):
+        feeds = []
+        for request in requests:
+            tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
+            feeds.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
+        responses = []
+        for out in self.infer(feeds):   # a request the model cannot take gets its own error, not its batch's
+            if isinstance(out, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(out))))
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", out["logits"])]))
+        return responses
+
+    def finalize(self):
+        self.backend.close()

@@ -1,0 +1,80 @@
+"""Triton's own Python backend (core.triton.pybackend): a REAL tritonserver (PyTriton's bundled binary) on a
+generated model repository, each instance its own stub process running a workbench backend."""
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import pytest
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+
+from core.triton import server  # noqa: E402
+from core.triton.repo import parse_config  # noqa: E402
+
+TINY = "random:wav2vec2-tiny"
+
+
+@pytest.fixture(scope="module")
+def served(tiny):
+    info = server.start(TINY, "torch:fp32:cpu", name="pyb", max_batch=8, preferred=[4], max_queue_delay_us=2000,
+                        instances=2, warmup_s=1.0, timeout_s=180, python_backend=True)
+    yield info
+    stubs = _stubs(info)
+    server.stop(info)
+    assert not server.alive(info)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
+
+
+def _stubs(info) -> list[psutil.Process]:
+    return [p for p in psutil.Process(info.pid).children(recursive=True) if p.name() == "triton_python_backend_stub"]
+
+
+def test_each_instance_is_its_own_process(served):
+    import tritonclient.http as http
+    client = http.InferenceServerClient(served.url("http"))
+    config = client.get_model_config("asr")
+    assert config["backend"] == "python"
+    assert [(g["count"], g["kind"]) for g in config["instance_group"]] == [(2, "KIND_CPU")]
+    stubs = _stubs(served)
+    assert len(stubs) == 2 and len({p.pid for p in stubs}) == 2
+    assert all(p.cmdline()[1].endswith("asr/1/model.py") for p in stubs)
+
+
+def test_python_backend_passes_the_conformance_matrix(served, tiny):
+    """Every batch size (requests of at most max batch 8) and length, padded mixes and repeats, over gRPC (HTTP
+    is the next test's), against in-process PyTorch FP32: what the instance processes return is what the backend
+    computes."""
+    from core.check import lengths_for, run_check
+    rows = run_check(tiny, ["triton:fp32:grpc"], reference="torch:fp32:cpu", lengths=lengths_for((0.5, 2.0)),
+                     options={"triton:fp32:grpc": {"url": served.url("grpc")}})
+    failed = [(r["backend"], r["cell"], r["reason"]) for r in rows if not r["passed"]]
+    assert rows and not failed
+    assert {r["batch"] for r in rows} >= {1, 9, 33}
+
+
+def test_a_bad_request_gets_its_own_error(served, tiny):
+    import tritonclient.http as http
+    client = http.InferenceServerClient(served.url("http"))
+
+    def request(n):
+        x = np.full((1, n), 0.01, np.float32)
+        inp = http.InferInput("input_values", [1, n], "FP32")
+        inp.set_data_from_numpy(x)
+        return [inp]   # no attention_mask: optional, the model fills it in
+
+    with pytest.raises(Exception, match="needs at least 400"):
+        client.infer("asr", request(10))
+    assert client.infer("asr", request(16000)).as_numpy("logits").shape[:2] == (1, 49)
+
+
+def test_python_repository_config_parses(tmp_path, tiny):
+    from core.triton.pybackend import write_repository
+    from core.triton.repo import RepoOptions
+    root = write_repository(tmp_path, tiny, "fast:fp16:cuda", "asr", RepoOptions(max_batch=16, instances=2, gpus=(0, 1)),
+                            5.0)
+    cfg = parse_config((root / "asr" / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and list(cfg.instance_group[0].gpus) == [0, 1] and cfg.instance_group[0].count == 2
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == {"model": TINY, "backend": "fast:fp16:cuda",
+                                                                     "warmup_seconds": "5"}
+    assert (root / "asr" / "1" / "model.py").read_text().startswith('"""A Triton Python-backend model')
