@@ -15,6 +15,13 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 INPUTS = ("input_values", "attention_mask")
 
 
+def cpu_share(config: dict) -> int:
+    """This machine's cores divided among the instances of the model (count on each listed GPU, or count)."""
+    import os
+    instances = sum(int(g.get("count", 1)) * max(1, len(g.get("gpus") or [])) for g in config.get("instance_group", []))
+    return max(1, (os.cpu_count() or 1) // max(1, instances))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         from core.backends import make_backend
@@ -22,8 +29,12 @@ class TritonPythonModel:
         from core.triton.serve import make_infer, warm_up
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        import torch
+        # every instance process would start a CPU thread pool as large as the machine: share the cores instead
+        # (two H200s, four instance processes took 35 ms of server time a batch, two took 17 ms: oversubscription
+        # is the suspect, not yet re-measured with this share; bench/NOTES.md)
+        torch.set_num_threads(cpu_share(config))
         if args["model_instance_kind"] == "GPU":   # this process serves one GPU: "cuda" below means that one
-            import torch
             torch.cuda.set_device(int(args["model_instance_device_id"]))
         loaded = load_model(params.get("model") or None)
         self.backend = make_backend(params["backend"], loaded).load()
