@@ -29,6 +29,7 @@ from core.models import load_model  # noqa: E402
 from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
 from core.triton.serve import libpython_env  # noqa: E402
 from core.triton.server import free_port  # noqa: E402
+from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
 def start(args, gpus: list[int], log: Path) -> tuple[subprocess.Popen, dict]:
@@ -133,6 +134,9 @@ def main(argv=None) -> int:
                           args.level_seconds, args.timeout, served_backend=args.backend)
         finally:
             stop(proc)
+        for line in log.read_text(errors="replace").splitlines():   # host time per stage of each instance's batches
+            if line.startswith(STAGES):
+                print(f"  {line}", file=sys.stderr, flush=True)
         row["gpus"] = gpus
         results.append(row)
         loads = ", ".join(f"GPU {g['gpu']} {g['util_mean_pct']:.0f} %" for g in row.get("gpu_load") or []) or \

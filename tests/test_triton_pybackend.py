@@ -2,6 +2,8 @@
 generated model repository, each instance its own stub process running a workbench backend."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import psutil
 import pytest
@@ -24,6 +26,10 @@ def served(tiny):
     server.stop(info)
     assert not server.alive(info)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
+    # each instance process writes where its batches' host time went, every 10 s of serving
+    stages = [line for line in Path(info.log).read_text(errors="replace").splitlines() if line.startswith("STAGES")]
+    assert {line.split()[1] for line in stages} == {"asr_0_0", "asr_0_1"}
+    assert all("run " in line and "to_host " in line and "inputs " in line for line in stages)
 
 
 def _stubs(info) -> list[psutil.Process]:

@@ -41,20 +41,27 @@ class TritonPythonModel:
         seconds = float(params.get("warmup_seconds") or 0)
         if seconds:
             warm_up(self.backend, loaded, seconds, int(config["max_batch_size"]))
-        self.infer = make_infer(self.backend, loaded)
+        from core.triton.stages import StageTimes
+        self.stages = StageTimes(f"{args['model_instance_name']} ({args['model_instance_kind']} "
+                                 f"{args['model_instance_device_id']})")
+        self.infer = make_infer(self.backend, loaded, self.stages)
 
     def execute(self, requests):
-        feeds = []
-        for request in requests:
-            tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
-            feeds.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
-        responses = []
-        for out in self.infer(feeds):   # a request the model cannot take gets its own error, not its batch's
-            if isinstance(out, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(out))))
-            else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", out["logits"])]))
+        with self.stages("inputs"):
+            feeds = []
+            for request in requests:
+                tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
+                feeds.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
+        outputs = self.infer(feeds)
+        with self.stages("responses"):
+            responses = []
+            for out in outputs:   # a request the model cannot take gets its own error, not its batch's
+                if isinstance(out, Exception):
+                    responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(out))))
+                else:
+                    responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", out["logits"])]))
         return responses
 
     def finalize(self):
+        print(self.stages.summary(), flush=True)   # into the server's log
         self.backend.close()

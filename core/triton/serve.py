@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .stages import StageTimes
+
 MODEL_NAME = "asr"
 
 
@@ -40,22 +42,31 @@ def conv_frames(model_config, samples: int) -> int:
     return int(n)
 
 
-def make_infer(backend, loaded):
+def make_infer(backend, loaded, stages=None):
     """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
-    {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are)."""
+    {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are). `stages`
+    (core.triton.stages.StageTimes) times the host-side steps of each batch."""
+    from contextlib import nullcontext
     cfg = loaded.model.config
     from ..transcribe import min_samples
     shortest = min_samples(cfg)
     use_mask = loaded.uses_attention_mask
+    timed = stages or (lambda _stage: nullcontext())
 
     def run(rows: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-        width = max(len(r) for r in rows)
-        values = np.zeros((len(rows), width), np.float32)
-        mask = np.zeros((len(rows), width), np.int64)
-        for i, (r, m) in enumerate(zip(rows, masks)):
-            values[i, :len(r)] = r
-            mask[i, :len(r)] = m
-        return backend.logits(values, mask if use_mask else None)
+        with timed("pad"):
+            width = max(len(r) for r in rows)
+            values = np.zeros((len(rows), width), np.float32)
+            mask = np.zeros((len(rows), width), np.int64)
+            for i, (r, m) in enumerate(zip(rows, masks)):
+                values[i, :len(r)] = r
+                mask[i, :len(r)] = m
+        with timed("prepare"):   # host -> device
+            prepared = backend.prepare(values, mask if use_mask else None)
+        with timed("run"):
+            out = backend.run(prepared)
+        with timed("to_host"):   # waits for the GPU
+            return backend.to_host(out)
 
     def check(req) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(req["input_values"], np.float32)
@@ -90,11 +101,14 @@ def make_infer(backend, loaded):
             logits = run([rows[i] for i in idx], [masks[i] for i in idx])
             for j, i in enumerate(idx):
                 out[i] = logits[j]
-        for k, req in enumerate(requests):
-            if results[k] is None:
-                frames = conv_frames(cfg, np.shape(req["input_values"])[-1])  # each request gets its own length back
-                mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
-                results[k] = {"logits": np.ascontiguousarray(np.stack(mine), np.float32)}
+        with timed("split"):
+            for k, req in enumerate(requests):
+                if results[k] is None:
+                    frames = conv_frames(cfg, np.shape(req["input_values"])[-1])  # each request: its own length
+                    mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
+                    results[k] = {"logits": np.ascontiguousarray(np.stack(mine), np.float32)}
+        if stages is not None:
+            stages.batch_done()
         return results
 
     return infer
@@ -268,11 +282,15 @@ def main(argv=None) -> int:
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
     with Triton(config=config, security_config=security) as triton:
-        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded)), g) for b, g in zip(backends, where)],
+        stages = [StageTimes(f"instance {i} (GPU {g})" if g is not None else f"instance {i}") for i, g in enumerate(where)]
+        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t)), g)
+                                                            for b, g, t in zip(backends, where, stages)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
         print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
         triton.serve()
+    for t in stages:
+        print(t.summary(), flush=True)
     for b in backends:
         b.close()
     return 0

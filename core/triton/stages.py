@@ -1,0 +1,38 @@
+"""Host-side time of each stage of a served batch, summarised when the server stops: where a batch's server time goes
+besides the GPU (two H200s: 17-35 ms a batch in the server against 3.6 ms of GPU time; bench/NOTES.md)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+PREFIX = "STAGES"   # the summary line's first word in the server log (bench/gpu_multi.py prints those lines)
+
+
+class StageTimes:
+    """Also printed every `every_s` seconds of serving (after a batch): a server stopped by force never runs the
+    Python backend's finalize()."""
+
+    def __init__(self, label: str = "", every_s: float = 10.0):
+        self.label, self.ms, self.every_s = label, {}, every_s
+        self.last = time.monotonic()
+
+    def batch_done(self) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            print(self.summary(), flush=True)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms.setdefault(stage, []).append((time.perf_counter() - start) * 1e3)
+
+    def summary(self) -> str:
+        """'STAGES <label> batches N | stage p50/p90 ms ...' (run and to_host include the GPU work they wait for)."""
+        n = max((len(v) for v in self.ms.values()), default=0)
+        parts = [f"{k} {np.percentile(v, 50):.2f}/{np.percentile(v, 90):.2f}" for k, v in self.ms.items()]
+        return f"{PREFIX} {self.label} batches {n} | p50/p90 ms: " + ", ".join(parts)
