@@ -22,7 +22,7 @@ if server is None:
 live = ready = False
 c1, c2 = st.columns(2, gap="large")
 with c1, st.container(border=True):
-    st.markdown("#### :material/play_circle: Local Triton server (PyTriton)")
+    st.markdown("#### :material/play_circle: Local Triton server")
     if server is not None:
         info = server.read_state("default")
         if info:
@@ -46,13 +46,28 @@ with c1, st.container(border=True):
                                        help="Run every batch size once at this length before serving: GPU backends "
                                             "that compile or capture CUDA graphs per shape (fast:…) would otherwise "
                                             "time out their first requests.")
+            from core.triton.gpus import visible_gpus
+            c = st.columns(3)
+            instances = c[0].number_input("Instances", 1, 16, 1, key="serve_instances",
+                                          help="Model instances (each with its own backend); with GPUs chosen, on "
+                                               "each of them")
+            gpu_count = visible_gpus() if spec.split(":")[0] in ("fast", "torch") and spec.endswith(":cuda") else 0
+            gpus = c[1].multiselect("GPUs", list(range(gpu_count)), key="serve_gpus", disabled=not gpu_count,
+                                    help="Spread the instances over these GPUs (fast and torch backends on CUDA); "
+                                         "none: the backend's own GPU")
+            processes = c[2].toggle("A process per instance", key="serve_pybackend",
+                                    help="Triton's own Python backend runs each instance as its own process (own "
+                                         "interpreter, own GPU); off: PyTriton calls every instance in one process. "
+                                         "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch),
-                                           max_queue_delay_us=int(delay), warmup_s=float(warmup) or None)
+                                           max_queue_delay_us=int(delay), warmup_s=float(warmup) or None,
+                                           instances=int(instances), gpus=gpus or None, python_backend=processes)
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
-            st.caption("Same as `python -m core serve --backend …`; the server keeps running when you leave the page.")
+            st.caption("Same as `python -m core serve --backend … [--instances N] [--gpus …] [--python-backend]`; "
+                       "the server keeps running when you leave the page.")
 
 with c2, st.container(border=True):
     st.markdown("#### :material/link: Connect")

@@ -276,6 +276,26 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         server.stop("default")
 
 
+def test_serving_page_starts_a_process_per_instance():
+    """The Python-backend toggle: Triton starts each of two instances as its own process, and the page sees it ready."""
+    from core.triton import server
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.run()
+    page(at, "pages/serving.py")
+    try:
+        at.selectbox(key="serve_backend").set_value("torch:fp32:cpu")
+        at.number_input(key="serve_instances").set_value(2)
+        assert at.multiselect(key="serve_gpus").disabled          # a CPU backend: no GPUs to choose
+        at.toggle(key="serve_pybackend").set_value(True)
+        next(b for b in at.button if b.label == "Start server").click().run()
+        assert not at.error, [e.value for e in at.error]
+        info = server.read_state("default")
+        assert "PLACED 2 instance process(es) on the CPU (Triton Python backend)" in Path(info.log).read_text()
+        assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
+    finally:
+        server.stop("default")
+
+
 def test_serving_page_reports_no_server():
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
