@@ -63,9 +63,10 @@ def cmd_info(args):
 def _gate_args(s, precision_help: str = "") -> None:
     s.add_argument("--max-rel-dlogit", type=float, default=None,
                    help="gate: max |Δlogit| against PyTorch FP32 as a fraction of its logit scale (default per "
-                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8, int4w and fp8 0.5)")
+                        "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8, int4w, int8w and fp8 0.5)")
     s.add_argument("--max-wer-delta", type=float, default=None,
-                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8, int4w, fp8 2)")
+                   help="gate: max WER increase against FP32 on the labelled set, in points (default 0.5; int8, "
+                        "int4w, int8w, fp8 2)")
     s.add_argument("--accept-rejected", action="store_true",
                    help="offer the artifact as a backend even if its gate rejects it (recorded in its meta.json)")
     s.add_argument("--force", action="store_true", help="rebuild even if a finished artifact exists")
@@ -409,7 +410,9 @@ def cmd_variants(args):
 
 def cmd_trt_build(args):
     from .errors import BackendUnavailableError
-    from .tensorrt import EngineSettings, build_engine, tensorrt_available
+    from .tensorrt import EngineSettings, build_engine, ensure_flavor_builds, tensorrt_available
+    for precision in args.precision:   # before asking for TensorRT: this answer does not depend on it
+        ensure_flavor_builds(precision, args.flavor)
     ok, why = tensorrt_available(args.flavor)
     if not ok:
         head, _, hint = why.partition(": ")
@@ -615,8 +618,9 @@ def parser() -> argparse.ArgumentParser:
         s = add(name, cmd_build, help_)
         if name == "build":
             s.add_argument("stage", choices=("onnx", *VARIANTS),
-                           help="onnx: the FP32 export; fp16/mixed/int8/int4w: ONNX Runtime precision variants of it "
-                                "(int4w: weight-only INT4, blockwise; fp8: FP8 E4M3 Q/DQ, for FP8 GPUs). "
+                           help="onnx: the FP32 export; the others: ONNX precision variants of it "
+                                "(int4w: weight-only INT4, blockwise; int8w: weight-only INT8, per channel; fp8: FP8 "
+                                "E4M3 Q/DQ, for FP8 GPUs; bf16: for TensorRT(-RTX), verified on an FP32 emulation). "
                                 "`build trt|trtrtx|triton` are the trt-build (--flavor trtrtx) and triton-repo "
                                 "commands (see their --help)")
         else:

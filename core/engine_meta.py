@@ -16,7 +16,12 @@ from .pipeline.store import Spec
 
 TRT_MISSING = "TensorRT not installed: install tensorrt-cu12 or tensorrt-cu13"
 RTX_MISSING = "TensorRT for RTX not installed: pip install tensorrt-rtx-cu13==1.7.1.116"
-PRECISIONS = ("fp32", "fp16", "mixed", "int8", "int4w", "fp8")
+PRECISIONS = ("fp32", "fp16", "mixed", "int8", "int4w", "fp8", "bf16", "int8w")
+# precision -> why TensorRT 10 (flavor "trt") does not build it. Its documentation: "TensorRT quantizes activations and
+# weights for INT8, FP8, and FP4. Weight-only quantization is supported for INT4." (TensorRT 10.11, Working with
+# Quantized Types). TensorRT-RTX builds int8w (tests/test_trtrtx.py).
+NOT_ON_TRT = {"int8w": "TensorRT 10 supports weight-only quantization for INT4 only (its documentation: \"Weight-only "
+                       "quantization is supported for INT4\"); use int4w, or a TensorRT-RTX engine (--flavor trtrtx)"}
 # flavor -> (module, what to install). TensorRT for RTX has TensorRT 10's API; it builds engines without a GPU
 # (ahead of time, for chosen compute capabilities) and JIT-compiles kernels on the RTX GPU that runs them.
 FLAVORS = {"trt": ("tensorrt", TRT_MISSING), "trtrtx": ("tensorrt_rtx", RTX_MISSING)}
@@ -182,10 +187,22 @@ class EngineSettings:
         return {**dataclasses.asdict(self), "keep_fp32_ops": list(self.keep_fp32_ops), "targets": list(self.targets)}
 
 
+def flavor_refuses(precision: str, flavor: str) -> str:
+    """Why this flavor of TensorRT does not build `precision` ("" when it does): known without TensorRT installed."""
+    return NOT_ON_TRT.get(precision, "") if flavor == "trt" else ""
+
+
+def ensure_flavor_builds(precision: str, flavor: str) -> None:
+    if why := flavor_refuses(precision, flavor):
+        raise EngineBuildError(f"No {precision} TensorRT engine: {why}.", f"python -m core build trtrtx --precision "
+                               f"{precision}, or python -m core build trt --precision int4w")
+
+
 def strongly_typed(precision: str, flavor: str = "trt") -> bool:
-    """INT8 and int4w engines are built from the Q/DQ ONNX as strongly typed networks; FP16/mixed too where there is
-    no weak typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is gone), from the ONNX variants."""
-    if precision in ("int8", "int4w", "fp8") or (flavor == "trtrtx" and precision != "fp32"):
+    """INT8, FP8, weight-only and BF16 engines are built from their ONNX variants (Q/DQ, BF16 types) as strongly typed
+    networks; FP16/mixed too where there is no weak typing (TensorRT-RTX, and TensorRT 11 whose FP16 builder flag is
+    gone)."""
+    if precision in ("int8", "int4w", "int8w", "fp8", "bf16") or (flavor == "trtrtx" and precision != "fp32"):
         return True
     if precision not in ("fp16", "mixed"):
         return False
@@ -205,6 +222,7 @@ class TrtEngine(Spec):
         if precision not in PRECISIONS:
             raise EngineBuildError(f"Unknown TensorRT precision '{precision}'.",
                                    f"Choose from {', '.join(PRECISIONS)}.")
+        ensure_flavor_builds(precision, flavor)
         self.name, self.flavor = flavor, flavor
         self.engine_settings = (settings or EngineSettings()).validate()
         self.env = env or runtime_env(flavor)

@@ -1,5 +1,6 @@
 """TensorRT 10 engines from the verified ONNX artifacts: FP32 (TF32 off), FP16, mixed (FP16 with sensitive layers
-pinned to FP32) and INT8 (the Q/DQ variant, explicitly quantized). Optimization profiles for batch and audio
+pinned to FP32), INT8 (the Q/DQ variant, explicitly quantized) and, strongly typed from their ONNX variants, FP8,
+int4w and BF16 (TensorRT-RTX also int8w). Optimization profiles for batch and audio
 length, a persisted timing cache, the builder's log and progress streamed to a callback.
 
 An engine is a pipeline artifact (core.engine_meta.TrtEngine: keyed on its ONNX parent, the settings, the
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 # the compatibility checks and the spec live in core.engine_meta, where the loader (backends.trt_backend) takes them
 from .engine_meta import (FLAVORS, PRECISIONS, RTX_PORTABLE, RTX_TARGETS, TRT_MISSING, EngineBuildError,  # noqa: F401
                           EngineIncompatibleError, EngineSettings, TrtEngine, check_compatible, ensure_compatible,
-                          read_engine_meta, rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
+                          ensure_flavor_builds, flavor_refuses, read_engine_meta, rebuild_hint, rtx_runs_on,
+                          runtime_env, tensorrt_available, trt_module)
 from .errors import BackendUnavailableError
 from .paths import artifacts_dir, atomic_path
 from .pipeline.onnx_specs import DEFAULT_KEEP_FP32
@@ -170,6 +173,9 @@ class EngineBuilder(Builder):
               for mode, ts in (("input", [network.get_input(i) for i in range(network.num_inputs)]),
                                ("output", [network.get_output(i) for i in range(network.num_outputs)]))
               for t in ts]
+        # what the parsed network computes in, layer outputs by type (strongly typed: the ONNX variant's own types)
+        dtypes = Counter(layer.get_output(j).dtype.name for layer in map(network.get_layer, range(network.num_layers))
+                         for j in range(layer.num_outputs))
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gb * GiB))
         config.builder_optimization_level = settings.optimization_level
@@ -216,6 +222,7 @@ class EngineBuilder(Builder):
                      # TensorRT-RTX: the compute capabilities chosen ([]: its portable set, RTX_PORTABLE and later)
                      "targets_cc": targets if spec.flavor == "trtrtx" else [spec.env["gpu_cc"]],
                      "cuda": full.get("cuda"), "driver": full.get("driver"), "input_names": inputs, "io": io,
+                     "network_dtypes": dict(dtypes),
                      "source_onnx": str(self.parent.path),
                      "conv": {"kernel": list(loaded.model.config.conv_kernel),
                               "stride": list(loaded.model.config.conv_stride)},
@@ -248,8 +255,8 @@ def build_engine(loaded, precision: str = "fp16", settings: EngineSettings | Non
     from .pipeline.gates import Gate
     from .pipeline.onnx_build import build_onnx, build_variant
     from .pipeline.verify import default_manifest
+    spec = TrtEngine(loaded, precision, settings, flavor=flavor)   # a precision this flavor refuses: said first
     _trt(flavor)
-    spec = TrtEngine(loaded, precision, settings, flavor=flavor)
     if flavor == "trt" and not spec.env["gpu"]:
         raise BackendUnavailableError("No CUDA GPU visible.", "TensorRT engines are built on and for NVIDIA GPUs "
                                       "(TensorRT for RTX builds without one: --flavor trtrtx).")

@@ -1,9 +1,11 @@
-"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32), INT8 and
-FP8 (static Q/DQ, calibrated on real audio) and int4w (weight-only INT4, blockwise), plus the graph inspection they need. The variants are built, verified
-and cached by core.pipeline (onnx_build)."""
+"""The conversions behind the ONNX precision variants: FP16, mixed (FP16 with sensitive ops kept FP32), BF16, INT8
+and FP8 (static Q/DQ, calibrated on real audio), int4w and int8w (weight-only INT4 blockwise, INT8 per channel), plus
+the graph inspection they need. The variants are built, verified and cached by core.pipeline (onnx_build)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -272,27 +274,171 @@ def _to_int4w(src: Path, dst: Path, exclude, block: int, log) -> dict:
             "quantized_matmuls": ops["DequantizeLinear"], "opset": [o.version for o in out.opset_import if not o.domain]}
 
 
+def _to_int8w(src: Path, dst: Path, exclude, log) -> dict:
+    """Weight-only INT8, a small graph edit written here: each MatMul's constant 2-D weight [in, out] becomes INT8
+    per output channel (symmetric, round to nearest, zero points 0) behind a DequantizeLinear(axis=1); activations
+    stay FP32. ONNX Runtime's MatMulNBitsQuantizer refuses its QDQ form for 8 bits ("MatMul only supports QOperator
+    format for 8 bits quantization", onnxruntime 1.31), and its QOperator form is ONNX Runtime's own MatMulNBits op,
+    not the standard Q/DQ that TensorRT-RTX parses."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    model = onnx.load(str(src))
+    excluded = sorted({n for names in fp32_nodes(model, exclude).values() for n in names})
+    inits = {t.name: t for t in model.graph.initializer}
+    left_alone = {i for n in model.graph.node if n.name in excluded for i in n.input}   # a weight the head shares too
+    weights = list(dict.fromkeys(
+        n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.name not in excluded
+        and n.input[1] in inits and n.input[1] not in left_alone and len(inits[n.input[1]].dims) == 2
+        and inits[n.input[1]].data_type == TensorProto.FLOAT))
+    if not weights:
+        raise ExportError("The INT8 weight-only quantizer found no MatMul with a constant 2-D weight.",
+                          "Check the model's ONNX graph (it needs MatMul nodes with constant weights).")
+    log(f"quantizing {len(weights)} MatMul weights to INT8 (per output channel, symmetric; {len(excluded)} nodes "
+        "excluded) ...")
+    added, dequantize = [], []
+    for name in weights:
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        amax = np.abs(w).max(axis=0)
+        scale = np.where(amax > 0, amax / 127, 1).astype(np.float32)   # an all-zero column: any scale, q = 0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        added += [numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale"),
+                  numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point")]
+        dequantize.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                                           [name], axis=1, name=f"{name}_dequantize"))
+    chosen = set(weights)
+    kept = [t for t in model.graph.initializer if t.name not in chosen]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + added)
+    nodes = dequantize + list(model.graph.node)   # constants only in: first, before anything reads them
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _save(model, dst)
+    matmuls = sum(n.op_type == "MatMul" and n.input[1] in chosen for n in model.graph.node)
+    return {"quantizer": "core.variants._to_int8w (round to nearest)", "format": "QDQ",
+            "weights": "int8 symmetric, per output channel", "activations": "fp32", "excluded_nodes": excluded,
+            "quantized_weights": len(weights), "quantized_matmuls": matmuls}
+
+
+def _to_bf16(src: Path, dst: Path, keep, log) -> dict:
+    """The FP16 conversion (`keep` nodes, Conv among them, left FP32) re-typed to BFLOAT16: FP16 initializers, Cast
+    targets, tensor attributes and value_info. Weights are rounded from the export's FP32 values (nearest even), not
+    from their FP16 copies, whose range clamp and subnormals would round them twice."""
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    recipe = _to_fp16(src, dst, keep, log)
+    model = onnx.load(str(dst))
+    fp32 = {t.name: t for t in onnx.load(str(src)).graph.initializer if t.data_type == TensorProto.FLOAT}
+
+    def bf16(t, original=None):
+        values = numpy_helper.to_array(original if original is not None else t).astype(np.float32)
+        t.CopyFrom(numpy_helper.from_array(values.astype(ml_dtypes.bfloat16), t.name))
+
+    log("re-typing the FP16 tensors to BF16 ...")
+    for t in model.graph.initializer:
+        if t.data_type == TensorProto.FLOAT16:
+            bf16(t, fp32.get(t.name))
+    for node in model.graph.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.BFLOAT16
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                bf16(a.t)
+    for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)   # every op takes the types it is given
+    types = Counter(tensor_types(model).values())
+    if types[TensorProto.FLOAT16]:
+        raise ExportError(f"{types[TensorProto.FLOAT16]} tensors are still FP16 after re-typing to BF16.",
+                          "Report this with your onnx and onnxruntime versions.")
+    _save(model, dst)
+    return {**recipe, "converter": f"{recipe['converter']}, re-typed to bfloat16",
+            "weights": "bfloat16, rounded from FP32 (nearest even)", "bf16_tensors": types[TensorProto.BFLOAT16]}
+
+
+def bf16_emulation(model):
+    """A model ONNX Runtime's CPU EP runs in place of a BF16 one (it has Cast kernels for bfloat16, but no MatMul,
+    Add, ...): FP32 compute, BF16 constants widened (exactly), and every BF16-typed tensor rounded to BF16 by a
+    Cast(BFLOAT16) -> Cast(FLOAT) pair right where it is produced. That is BF16 storage with FP32 arithmetic, what
+    BF16 GEMMs on GPUs do (FP32 accumulation). Changes `model` in place."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    types = tensor_types(model)
+
+    def widen(t):
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for t in model.graph.initializer:
+        if t.data_type == TensorProto.BFLOAT16:
+            widen(t)
+    nodes = []
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.BFLOAT16:
+                widen(a.t)
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.BFLOAT16:
+                a.i = TensorProto.FLOAT
+        nodes.append(node)
+        for i, out in enumerate(node.output):
+            if types.get(out) == TensorProto.BFLOAT16:
+                node.output[i] = f"{out}__fp32"
+                nodes += [helper.make_node("Cast", [f"{out}__fp32"], [f"{out}__bf16"], to=TensorProto.BFLOAT16,
+                                           name=f"{out}__round"),
+                          helper.make_node("Cast", [f"{out}__bf16"], [out], to=TensorProto.FLOAT, name=f"{out}__widen")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]   # it lists BF16 types that are FP32 now
+    return model
+
+
 # ---------------------------------------------------------------- checks recorded with each variant
 
+BF16_EMULATED = "ONNX Runtime CPU on a BF16 emulation (FP32 compute, each BF16 tensor rounded where produced)"
+
+
 def _ort_devices(precision: str, loaded) -> list[str]:
-    """Where to run a variant for its checks: the CPU EP (INT8 Q/DQ, small models), CUDA first for big FP16."""
+    """Where to run a variant for its checks: the CPU EP (Q/DQ, small models), CUDA first for big FP16; BF16 on CUDA
+    only (the CPU EP has no BF16 kernels: _open_variant falls back to the emulation)."""
     import onnxruntime as ort
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if precision == "bf16":
+        return ["cuda"] if cuda else []
     big = sum(p.numel() for p in loaded.model.parameters()) > 50e6
-    if precision not in ("int8", "int4w", "fp8") and cuda and big:
+    if precision not in ("int8", "int4w", "int8w", "fp8") and cuda and big:
         return ["cuda", "cpu"]
     return ["cpu"] + (["cuda"] if cuda else [])
 
 
-def _open_variant(path: Path, precision: str, loaded, log):
+def _open_bf16_emulation(path: Path, log):
+    """ONNX Runtime CPU on bf16_emulation() of the BF16 model at `path`, written to a temporary folder beside the
+    candidate's (never into an artifact) and removed once the session holds it."""
+    import onnx
     from .backends.base import BackendSpec
     from .backends.ort_backend import OrtBackend
+    from .pipeline.store import TMP_PREFIX
+    log("ONNX Runtime's CPU EP has no BF16 kernels: checking the BF16 model through its FP32 emulation")
+    # named like the store's temporary folders (ending in the pid), so a killed build's copy is cleaned up too
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}bf16emu", suffix=f"-{os.getpid()}", dir=path.parent.parent))
+    try:
+        _save(bf16_emulation(onnx.load(str(path))), work / "model.onnx")
+        return OrtBackend(BackendSpec("ort", "bf16", "cpu"), work / "model.onnx").load()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _open_variant(path: Path, precision: str, loaded, log):
+    """A loaded ONNX Runtime backend on the variant at `path`, and how it runs it (recorded as verified_by)."""
+    from .backends.base import BackendSpec
+    from .backends.ort_backend import PROVIDERS, OrtBackend
     errors = []
     for device in _ort_devices(precision, loaded):
         try:
-            return OrtBackend(BackendSpec("ort", precision, device), path).load()
+            return OrtBackend(BackendSpec("ort", precision, device), path).load(), f"ONNX Runtime {PROVIDERS[device]}"
         except Exception as err:  # e.g. an op without an FP16 kernel on this EP
             errors.append(f"{device}: {err}")
             log(f"ONNX Runtime {device} cannot run the {precision} model: {err}")
+    if precision == "bf16":
+        return _open_bf16_emulation(path, log), BF16_EMULATED
     raise ExportError(f"No ONNX Runtime execution provider here runs the {precision} model: {'; '.join(errors)}",
                       "Build it on a machine with onnxruntime-gpu, or use another precision.")

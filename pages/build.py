@@ -51,7 +51,10 @@ with st.container(border=True):
     st.markdown("#### :material/deployed_code: ONNX export and precision variants (ONNX Runtime)")
     st.caption("Each is built once per content key (the model's files, its parent, the settings, the toolchain), "
                "checked by its gate against PyTorch FP32 on real speech and, on a trained model, by the WER delta "
-               "on the demo set — and offered as a backend only if it passes (or you accept it below).")
+               "on the demo set — and offered as a backend only if it passes (or you accept it below). **int8w** is "
+               "weight-only INT8 (per output channel). **bf16** is for TensorRT-RTX and TensorRT engines: ONNX "
+               "Runtime's CPU EP has no BF16 kernels, so its gate runs ONNX Runtime CPU on a BF16 emulation (FP32 "
+               "compute, each BF16 tensor rounded where produced) — recorded as `verified_by` in its meta.json.")
     c = st.columns(len(VARIANTS) + 2)
     action(c[0], "Export ONNX (FP32)", ["build", "onnx"], "python -m core build onnx")
     for i, p in enumerate(VARIANTS, 1):
@@ -106,8 +109,10 @@ with st.container(border=True):
         precisions = getattr(trt, "PRECISIONS", ("fp32", "fp16", "mixed", "int8"))
         c = st.columns(len(precisions))
         for i, p in enumerate(precisions):
+            refused = trt.flavor_refuses(p, "trt")   # e.g. int8w: TensorRT 10 has weight-only INT4 only
             action(c[i], f"Engine {p.upper()}", ["trt-build", "--precision", p],
-                   f"python -m core trt-build --precision {p}", enabled=ok, why=why, show_why=False)
+                   f"python -m core trt-build --precision {p}", enabled=ok and not refused, why=refused or why,
+                   show_why=False)
         if not ok:
             st.caption(f":material/block: Not on this machine: {why}.")
         st.markdown("**TensorRT for RTX** — built ahead of time (no GPU needed) for RTX-class GPUs of compute "
@@ -131,8 +136,9 @@ with st.container(border=True):
                    "project's own runs: no RTX-class GPU was available. Engines build here and are checked as far as "
                    "a machine without that GPU allows; the lent H200 (compute capability 9.0) refuses them, as "
                    "tested.", icon=":material/warning:")
-        c = st.columns(4)
-        for i, p in enumerate(("fp32", "fp16", "int4w", "fp8")):
+        rtx_precisions = ("fp32", "fp16", "bf16", "int4w", "int8w", "fp8")
+        c = st.columns(len(rtx_precisions))
+        for i, p in enumerate(rtx_precisions):
             fp8 = ["--targets", "8.9", "12.0", "12.1"] if p == "fp8" else []   # GPUs with FP8 tensor cores
             action(c[i], f"RTX engine {p.upper()}", ["build", "trtrtx", "--precision", p, *fp8],
                    " ".join(["python -m core build trtrtx --precision", p, *fp8]), enabled=rtx_ok, why=rtx_why,

@@ -76,7 +76,10 @@ def test_errors_are_actionable(args, message):
     (["bench", "--warmup", "-1"], "warm-up calls must be between 0"),
     (["wer", "--limit", "-3"], "the count must be at least 1, not -3"),
     (["sweep", "--concurrency", "0"], "the concurrency must be between 1 and 1024, not 0"),
-    (["bench", "--backend", "ort:fp33:cpu"], "unknown precision 'fp33' (known: fp32, fp16, bf16, mixed, int8, int4w, fp8)"),
+    (["bench", "--backend", "ort:fp33:cpu"],
+     "unknown precision 'fp33' (known: fp32, fp16, bf16, mixed, int8, int4w, int8w, fp8)"),
+    (["build", "trt", "--precision", "int8w"],    # said without TensorRT installed
+     "No int8w TensorRT engine: TensorRT 10 supports weight-only quantization for INT4 only"),
     (["transcribe", "x.wav", "--triton-url", "nohost"], "expected host:port (e.g. localhost:8001), got 'nohost'"),
 ])
 def test_bad_options_are_one_clear_line_before_any_work(args, message):

@@ -3,12 +3,15 @@ compatibility check that refuses data-centre GPUs with the workbench's own messa
 Running an engine needs an RTX-class GPU (compute capability 8.x or 12.x): not available here or on the lent H200."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.backends import availability, make_backend
 from core.engine_meta import (EngineBuildError, EngineSettings, TrtEngine, check_compatible,
                               ensure_compatible)
 from core.errors import BackendUnavailableError
+from core.pipeline.store import read
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is in requirements.txt: run.sh installs it")
 
@@ -168,3 +171,27 @@ def test_fp8_engine_for_fp8_gpus(tiny):
     assert art.dir.name.startswith("trtrtx-fp8-") and art.meta["builder"]["typing"] == "strong"
     assert art.meta["targets_cc"] == ["8.9", "12.0"] and art.path.stat().st_size > 100_000
     assert check_compatible(art.meta, RTX3050)[0] is False          # 8.6: no FP8 tensor cores, not a target
+
+
+def test_bf16_and_int8_weight_only_engines_from_their_onnx_variants(tiny):
+    """BF16 and weight-only INT8 engines: strongly typed builds from their ONNX variants. What the parsed network
+    computes in is recorded (no GPU needed): BF16 layers for bf16; INT8 constants (one per quantized weight) and no
+    16-bit layers for int8w. The I/O stays FP32 logits from FP32 audio."""
+    from core.pipeline.onnx_specs import OnnxVariant
+    from core.tensorrt import build_engine
+    for precision in ("bf16", "int8w"):
+        art = build_engine(tiny, precision, SMALL, flavor="trtrtx", log=lambda *_: None)
+        m = art.meta
+        assert art.dir.name.startswith(f"trtrtx-{precision}-") and m["builder"]["typing"] == "strong"
+        assert m["inputs"]["parent"] == OnnxVariant(tiny, precision).key() and art.path.stat().st_size > 100_000
+        io = {t["name"]: (t["mode"], t["dtype"], t["shape"][:2]) for t in m["io"]}
+        assert io == {"input_values": ("input", "FLOAT", [-1, -1]), "attention_mask": ("input", "INT64", [-1, -1]),
+                      "logits": ("output", "FLOAT", [-1, -1])}
+        assert m["status"] == "rejected" and m["reasons"][0].startswith("unverified: no CUDA GPU")
+        dtypes = m["network_dtypes"]
+        assert "HALF" not in dtypes, precision
+        if precision == "bf16":
+            assert dtypes["BF16"] > 100
+        else:
+            parent = read(Path(m["parent_dir"]))
+            assert "BF16" not in dtypes and dtypes["INT8"] == parent.meta["quantized_weights"]

@@ -201,3 +201,75 @@ def test_cache_hit_and_no_temp_folders(tmp_path, monkeypatch):
     from core.pipeline.onnx_build import build_onnx
     assert first.meta["inputs"]["parent"] == build_onnx(loaded, log=said.append).key
     assert not list(tmp_path.glob("*/.tmp-*"))  # no temp folders left behind
+
+
+def test_bf16_variant_carries_bfloat16_and_keeps_conv_fp32(tiny, manifest):
+    """bf16: the FP16 conversion re-typed to BFLOAT16 (weights rounded from the FP32 export's own values), Conv left
+    FP32 (the ONNX spec's Conv has no bfloat16); valid ONNX under strict shape inference. ONNX Runtime's CPU EP has no
+    BF16 kernels, so the gate ran it as an FP32 emulation, written beside the artifact and removed."""
+    import ml_dtypes
+    from onnx import numpy_helper
+    from core.pipeline.onnx_build import build_onnx, build_variant
+    from core.variants import BF16_EMULATED
+    art = build_variant(tiny, "bf16", manifest=manifest, log=lambda *_: None)
+    assert art.dir.name.startswith("onnx-bf16-") and art.meta["figures"]["verified_by"] == BF16_EMULATED
+    onnx.checker.check_model(str(art.path), full_check=True)
+    model, types = _types(art.path)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert TensorProto.FLOAT16 not in types.values()
+    assert types["input_values"] == TensorProto.FLOAT and types["logits"] == TensorProto.FLOAT
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and art.meta["kept_fp32"] == {"Conv": len(convs)}
+    assert all(types[t] == TensorProto.FLOAT for n in convs for t in [*n.input, *n.output] if t)
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert matmuls and all(types[n.output[0]] == TensorProto.BFLOAT16 for n in matmuls)
+    # each BF16 weight is its FP32 value rounded once to the nearest BF16
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(build_onnx(tiny, log=lambda *_: None).path))
+            .graph.initializer}
+    weights = [t for t in model.graph.initializer if t.data_type == TensorProto.BFLOAT16 and np.prod(t.dims) >= 256]
+    assert len(weights) >= 8 and art.meta["bf16_tensors"] > len(weights)
+    for t in weights:
+        assert np.array_equal(numpy_helper.to_array(t), fp32[t.name].astype(ml_dtypes.bfloat16)), t.name
+    _check_recorded(art.meta, manifest)
+    assert art.meta["figures"]["conformance_cells"] == 9 and art.meta["figures"]["rel_dlogit"] < 0.1
+    assert sorted(p.name for p in art.dir.iterdir()) == ["meta.json", "model.onnx"]
+    assert not list(art.dir.parent.glob(".tmp-*"))              # the emulation's temporary folder is gone
+
+
+def test_int8_weight_only_variant_runs_on_ort_cpu_close_to_fp32(tiny, tiny_onnx, manifest, hindi_wav):
+    """int8w: every MatMul with a constant 2-D weight but the final projection reads INT8 weights through a
+    DequantizeLinear per output channel (axis 1, symmetric: INT8 zero points of 0); activations stay FP32; ONNX
+    Runtime's CPU EP runs it, close to the FP32 export."""
+    from onnx import numpy_helper
+    from core.audio import load_audio
+    from core.backends import BackendSpec
+    from core.backends.ort_backend import OrtBackend
+    from core.pipeline.onnx_build import build_variant
+    from core.transcribe import features
+    art = build_variant(tiny, "int8w", manifest=manifest, log=lambda *_: None)
+    model = onnx.load(str(art.path))
+    assert "QuantizeLinear" not in [n.op_type for n in model.graph.node]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tiny_onnx.path)).graph.initializer}
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dq) == art.meta["quantized_weights"] >= 8
+    for name, node in dq.items():
+        q, scale, zero = (inits[i] for i in node.input)
+        assert q.dtype == np.int8 and zero.dtype == np.int8 and not zero.any()
+        assert [a.i for a in node.attribute if a.name == "axis"] == [1] and scale.shape == (q.shape[1],)
+        # round to nearest: every weight within half a step of its FP32 value
+        assert np.all(np.abs(q * scale - fp32[name]) <= scale / 2 + 1e-7), name
+    head = [n for n in model.graph.node if n.name in art.meta["excluded_nodes"] and n.op_type == "MatMul"]
+    assert len(head) == 1 and head[0].input[1] in inits and inits[head[0].input[1]].dtype == np.float32
+    weighted = [n for n in model.graph.node if n.op_type == "MatMul" and n not in head
+                and (n.input[1] in inits or n.input[1] in dq)]
+    assert weighted and all(n.input[1] in dq for n in weighted) and art.meta["quantized_matmuls"] == len(weighted)
+    _check_recorded(art.meta, manifest)
+    assert art.meta["bytes"] < art.meta["fp32_bytes"]
+    audio = load_audio(hindi_wav, tiny.sample_rate)
+    values, mask = features(tiny.processor, [audio.samples], tiny.sample_rate)
+    with OrtBackend(BackendSpec("ort", "int8w", "cpu"), art.path) as int8w, \
+            OrtBackend(BackendSpec("ort", "fp32", "cpu"), tiny_onnx.path) as reference:
+        out, ref = int8w.logits(values, mask), reference.logits(values, mask)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert 0 < np.abs(out - ref).max() < 0.05 * max(1.0, np.abs(ref).max())   # lossy, but by little

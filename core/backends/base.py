@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "bf16", "mixed", "int8", "int4w", "fp8")
+PRECISIONS = ("fp32", "fp16", "bf16", "mixed", "int8", "int4w", "int8w", "fp8")
 GPU_DEVICES = ("cuda", "tensorrt", "trtrtx")   # devices whose work is timed with CUDA events
 
 

@@ -19,16 +19,22 @@ INSTALL_HINT = {"cuda": "pip install onnxruntime-gpu (in place of onnxruntime) o
                 "trtrtx": "pip install onnxruntime-ep-nv-tensorrt-rtx-cu13==0.5.0 on a machine with an RTX-class GPU "
                           "(compute capability 8.0-8.9 or 12.x) and a CUDA 13 driver.",
                 "cpu": "pip install onnxruntime."}
+# checked with onnxruntime 1.31: MatMul, Add, ... of the BF16 variant are NOT_IMPLEMENTED on the CPU EP
+NO_BF16_ON_CPU = ("ONNX Runtime's CPU EP has no BF16 kernels: the bf16 variant is for TensorRT-RTX and TensorRT "
+                  "engines (python -m core build trtrtx --precision bf16); its gate checks it on the CPU through an "
+                  "FP32 emulation of its BF16 rounding. For BF16 on this machine: torch:bf16:cpu")
 
 
-SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:int4w:cpu", "ort:fp8:cpu", "ort:fp32:cuda", "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda",
-         "ort:fp16:tensorrt", "ort:fp32:trtrtx", "ort:fp16:trtrtx"]
+SPECS = ["ort:fp32:cpu", "ort:int8:cpu", "ort:int4w:cpu", "ort:int8w:cpu", "ort:fp8:cpu", "ort:fp32:cuda",
+         "ort:fp16:cuda", "ort:mixed:cuda", "ort:int8:cuda", "ort:fp16:tensorrt", "ort:fp32:trtrtx", "ort:fp16:trtrtx"]
 
 
 def available(spec) -> tuple[bool, str]:
     from ..pipeline.onnx_specs import VARIANTS
     if spec.precision not in ("fp32", *VARIANTS):
         return False, f"ONNX variants are fp32, {', '.join(VARIANTS)}, not '{spec.precision}'"
+    if spec.precision == "bf16" and spec.device == "cpu":
+        return False, NO_BF16_ON_CPU
     return ort_available(spec.device)
 
 

@@ -8,18 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, WorkbenchError
-from ..engine_meta import (PRECISIONS, RTX_PORTABLE, EngineIncompatibleError, ensure_compatible, read_engine_meta,
-                           rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
+from ..engine_meta import (PRECISIONS, RTX_PORTABLE, EngineIncompatibleError, ensure_compatible, flavor_refuses,
+                           read_engine_meta, rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
 from ..pipeline.store import Artifact, ensure_intact
 from .base import Backend
 
-SPECS = [f"trt:{p}:cuda" for p in PRECISIONS]
+SPECS = [f"trt:{p}:cuda" for p in PRECISIONS if not flavor_refuses(p, "trt")]
 
 
 def available(spec, flavor: str = "trt") -> tuple[bool, str]:
     what = "TensorRT-RTX" if flavor == "trtrtx" else "TensorRT"
     if spec.precision not in PRECISIONS:
         return False, f"{what} engines here are {', '.join(PRECISIONS)}, not '{spec.precision}'"
+    if why := flavor_refuses(spec.precision, flavor):
+        return False, f"no {spec.precision} {what} engine: {why}"
     if spec.device != "cuda":
         return False, f"{what} runs on 'cuda' only, not '{spec.device}': use {flavor}:{spec.precision}:cuda"
     ok, why = tensorrt_available(flavor)

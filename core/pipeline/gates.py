@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from ..check import TOLERANCES
 
 # WER delta limits in percentage points: a variant may cost this much accuracy against FP32 and still pass
-WER_DELTA_POINTS = {"fp32": 0.5, "fp16": 0.5, "bf16": 0.5, "mixed": 0.5, "int8": 2.0, "int4w": 2.0, "fp8": 2.0}
+WER_DELTA_POINTS = {"fp32": 0.5, "fp16": 0.5, "bf16": 0.5, "mixed": 0.5, "int8": 2.0, "int4w": 2.0, "int8w": 2.0,
+                    "fp8": 2.0}
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """How the ONNX artifacts are built and measured (the specs are in onnx_specs): the export through torch.onnx,
-the variants through ONNX Runtime's float16 converter and static quantizer."""
+the variants through ONNX Runtime's float16 converter (BF16: re-typed from it) and quantizers (int8w: core.variants'
+own weight-only edit)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,7 +45,7 @@ class VariantBuilder(ExportBuilder):
         self.manifest, self.parent = manifest, parent
 
     def produce(self, spec, tmp, log):
-        from ..variants import _to_fp16, _to_int4w, _to_qdq
+        from ..variants import _to_bf16, _to_fp16, _to_int4w, _to_int8w, _to_qdq
         dst = tmp / spec.file
         keep = spec.settings["keep_fp32_ops"]
         try:
@@ -57,6 +58,10 @@ class VariantBuilder(ExportBuilder):
                                  log, fp8=spec.precision == "fp8")
             elif spec.precision == "int4w":
                 recipe = _to_int4w(self.parent.path, dst, keep, spec.settings["block_size"], log)
+            elif spec.precision == "int8w":
+                recipe = _to_int8w(self.parent.path, dst, keep, log)
+            elif spec.precision == "bf16":
+                recipe = _to_bf16(self.parent.path, dst, keep, log)
             else:
                 recipe = _to_fp16(self.parent.path, dst, keep, log)
         except (ExportError, ManifestError):
@@ -73,9 +78,9 @@ class VariantBuilder(ExportBuilder):
 
     def measure(self, spec, tmp, log):
         from ..variants import _open_variant
-        candidate = _open_variant(tmp / spec.file, spec.precision, spec.loaded, log)
+        candidate, verified_by = _open_variant(tmp / spec.file, spec.precision, spec.loaded, log)
         try:
-            return measure(spec.loaded, candidate, self.manifest, log)
+            return {**measure(spec.loaded, candidate, self.manifest, log), "verified_by": verified_by}
         finally:
             candidate.close()
 

@@ -8,7 +8,7 @@ from ..paths import DEMO_TESTSET
 from .store import Spec
 
 OPSET = 17
-VARIANTS = ("fp16", "mixed", "int8", "int4w", "fp8")
+VARIANTS = ("fp16", "mixed", "int8", "int4w", "fp8", "bf16", "int8w")
 RECIPE = 1  # bump when the conversion code changes, so variants rebuild
 LM_HEAD = "lm_head"  # pseudo op type: the final projection producing the logits
 # Numerically sensitive ops kept in FP32 by the mixed variant. LayerNormalization also covers the
@@ -23,6 +23,10 @@ INT8_OP_TYPES = ("MatMul", "Conv", "Gemm")  # weight-bearing ops; element-wise o
 FP8_OP_TYPES = ("MatMul",)
 FP8_CALIB_S = 4.0
 INT4_BLOCK = 16   # blocks of 32 failed the conformance matrix on 0.7 s clips (demo model); bench/NOTES.md
+# bf16: the FP16 conversion re-typed to BFLOAT16; Conv stays FP32 (the ONNX spec's Conv has no bfloat16 type)
+BF16_KEEP_FP32 = ("Conv",)
+# int8w: weight-only INT8 of the MatMul weights, per output channel, symmetric; activations stay FP32
+WEIGHT_ONLY = ("int4w", "int8w")
 
 
 def versions(*dists: str) -> dict:
@@ -41,8 +45,8 @@ class OnnxExport(Spec):
 
 
 class OnnxVariant(Spec):
-    """FP16, mixed (FP16 with sensitive ops kept FP32), INT8 or FP8 (static Q/DQ, calibrated on real audio) or
-    int4w (weight-only INT4, blockwise), derived from the FP32 export."""
+    """FP16, mixed (FP16 with sensitive ops kept FP32), INT8 or FP8 (static Q/DQ, calibrated on real audio),
+    int4w / int8w (weight-only INT4 blockwise / INT8 per channel) or BF16, derived from the FP32 export."""
     name, file = "onnx", "model.onnx"
 
     def __init__(self, loaded, precision: str, keep_fp32_ops=None, calib_size: int | None = None,
@@ -54,11 +58,13 @@ class OnnxVariant(Spec):
                               "FP32 is the export itself (python -m core build onnx).")
         if keep_fp32_ops is None:
             keep = (list(DEFAULT_KEEP_FP32) if precision == "mixed" else [LM_HEAD]
-                    if precision in ("int8", "int4w", "fp8") else [])
+                    if precision in ("int8", "fp8", *WEIGHT_ONLY) else [])
         else:
             keep = list(dict.fromkeys(keep_fp32_ops))
             if precision == "fp16" and keep:
                 raise ExportError("The fp16 variant keeps nothing in FP32.", "Use the mixed precision with --keep-fp32.")
+        if precision == "bf16":   # not a choice: without it the graph is not valid ONNX
+            keep = list(dict.fromkeys([*BF16_KEEP_FP32, *keep]))
         settings = {"recipe": RECIPE, "keep_fp32_ops": keep}
         if precision in ("int8", "fp8"):
             calib_size = DEFAULT_CALIB_SIZE if calib_size is None else int(calib_size)
@@ -71,6 +77,8 @@ class OnnxVariant(Spec):
                             calib_sha256=file_sha256(calib) if Path(calib).is_file() else None)
         if precision == "int4w":
             settings.update(block_size=INT4_BLOCK, symmetric=True, op_types=["MatMul"])
+        if precision == "int8w":
+            settings.update(per_channel=True, symmetric=True, op_types=["MatMul"])
         super().__init__(loaded, precision, parent or OnnxExport(loaded), settings)
 
     def toolchain(self) -> dict:
