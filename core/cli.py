@@ -458,12 +458,13 @@ def cmd_serve(args):
         print(f"running: pid {info.pid}, http {info.url('http')}, grpc {info.url('grpc')}, model '{info.model_name}' "
               f"({info.backend}), log {info.log}" if info else f"no running server named '{args.name}'")
         return
-    print(f"starting Triton (PyTriton) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
+    how = "Triton's Python backend" if args.python_backend else "PyTriton"
+    print(f"starting Triton ({how}) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
     info = server.start(args.model, args.backend, name=args.name, model_name=args.model_name, address=args.address,
                         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
-                        timeout_s=args.timeout, gpus=args.gpus)
+                        timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -577,6 +578,9 @@ def _triton_commands(add):
     s.add_argument("--threads", type=int, help="intra-op threads per ONNX Runtime instance")
     s.add_argument("--gpus", nargs="+", default=None, metavar="GPU",
                    help="spread the instances over these GPUs ('all' or indices, e.g. 0 1): --instances on each")
+    s.add_argument("--python-backend", action="store_true",
+                   help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
+                        "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
                    "serving (GPU backends that compile or capture graphs per shape)")
