@@ -73,6 +73,17 @@ def rtx_runs_on(cc: str | None, targets) -> bool:
     return cc in RTX_PORTABLE or major > 12 or (major == 12 and minor > 1)
 
 
+RTX_ELSEWHERE = ("here use a TensorRT engine (trt:…:cuda), ONNX Runtime (ort:…:cuda) or the fast backend "
+                 "(fast:…:cuda)")
+
+
+def rtx_not_here(env: dict, targets=()) -> str:
+    """The one sentence for a GPU that TensorRT-RTX (its engines, its ONNX Runtime EP) does not run on."""
+    supported = ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
+    return (f"TensorRT-RTX runs on GPUs of compute capability {supported} (RTX-class), but this GPU is {env['gpu']} "
+            f"(compute capability {env['gpu_cc']}); {RTX_ELSEWHERE}")
+
+
 def _rtx_compatible(meta: dict, env: dict) -> tuple[bool, str]:
     targets = meta.get("targets_cc") or []
     supported = ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
@@ -85,9 +96,7 @@ def _rtx_compatible(meta: dict, env: dict) -> tuple[bool, str]:
         return False, (f"no CUDA GPU is visible: this TensorRT-RTX engine runs on RTX-class GPUs of compute "
                        f"capability {supported}")
     if not rtx_runs_on(env.get("gpu_cc"), targets):
-        return False, (f"this TensorRT-RTX engine runs on GPUs of compute capability {supported} (RTX-class), but "
-                       f"this GPU is {env['gpu']} (compute capability {env['gpu_cc']}); here use a TensorRT engine "
-                       "(trt:…:cuda), ONNX Runtime (ort:…:cuda) or the fast backend (fast:…:cuda)")
+        return False, rtx_not_here(env, targets)
     return True, ""
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine_meta import RTX_PORTABLE, rtx_runs_on, runtime_env
+from ..engine_meta import RTX_PORTABLE, rtx_not_here, rtx_runs_on, runtime_env
 from ..errors import BackendUnavailableError
 from .base import Backend
 
@@ -78,11 +78,15 @@ def rtx_ep_devices() -> tuple[list, bool, str]:
     else:
         devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
         gpu = runtime_env("trtrtx")   # the same capability rule as TensorRT-RTX engines (portable set)
-        here = f"{gpu['gpu']} (compute capability {gpu['gpu_cc']})" if gpu["gpu"] else "this machine"
         verb = "cannot run on" if devices else "lists no device on"
-        why = ("" if devices and (not gpu["gpu_cc"] or rtx_runs_on(gpu["gpu_cc"], ())) else
-               f"the TensorRT-RTX EP plugin {plugin.__version__} loaded but {verb} {here} - it runs on RTX-class "
-               f"GPUs (compute capability {', '.join(RTX_PORTABLE)} and later); here use ort:…:cuda, trt or fast")
+        loaded = f"the TensorRT-RTX EP plugin {plugin.__version__} loaded but {verb}"
+        if devices and (not gpu["gpu_cc"] or rtx_runs_on(gpu["gpu_cc"], ())):
+            why = ""
+        elif gpu["gpu"]:
+            why = f"{loaded} this GPU - {rtx_not_here(gpu)}"
+        else:
+            why = (f"{loaded} this machine - it needs an RTX-class GPU (compute capability "
+                   f"{', '.join(RTX_PORTABLE)} and later)")
         result = (devices, not why, why)
     return result
 

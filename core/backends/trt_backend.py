@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, WorkbenchError
-from ..engine_meta import (PRECISIONS, RTX_PORTABLE, EngineIncompatibleError, ensure_compatible, flavor_refuses,
-                           read_engine_meta, rebuild_hint, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
+from ..engine_meta import (PRECISIONS, EngineIncompatibleError, ensure_compatible, flavor_refuses, read_engine_meta,
+                           rebuild_hint, rtx_not_here, rtx_runs_on, runtime_env, tensorrt_available, trt_module)
 from ..pipeline.store import Artifact, ensure_intact
 from .base import Backend
 
@@ -31,8 +31,7 @@ def available(spec, flavor: str = "trt") -> tuple[bool, str]:
     if not env["gpu"]:
         return False, f"no CUDA GPU: {what} needs an NVIDIA GPU and a CUDA build of torch"
     if flavor == "trtrtx" and not rtx_runs_on(env["gpu_cc"], ()):
-        return False, (f"TensorRT-RTX runs on RTX-class GPUs (compute capability {', '.join(RTX_PORTABLE)} and "
-                       f"later), not on {env['gpu']} ({env['gpu_cc']}): use trt, ort or fast here")
+        return False, rtx_not_here(env)
     return True, ""
 
 
