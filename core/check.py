@@ -173,9 +173,7 @@ def latest_verdicts(source: str) -> dict[str, dict]:
     first_failure}} — what the Build page shows beside each artifact's gate, which measures other things."""
     from .results import rows
     out: dict[str, dict] = {}
-    for r in rows(kind="conformance"):   # newest run first
-        if r.get("model") != source:
-            continue
+    for r in rows(kind="conformance", model=source):   # newest run first
         v = out.setdefault(r["backend"], {"run_id": r["run_id"], "passed": 0, "cells": 0, "first_failure": None})
         if r["run_id"] != v["run_id"]:   # an older run of the same backend
             continue

@@ -57,6 +57,7 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
             con.execute(f"ALTER TABLE results ADD COLUMN {c} {'TEXT' if c in TEXT else 'REAL'}")
     if "command" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:  # runs saved before commands
         con.execute("ALTER TABLE runs ADD COLUMN command TEXT")
+    con.execute("CREATE INDEX IF NOT EXISTS results_kind_model ON results (kind, model)")   # after the columns exist
     return con
 
 
@@ -118,12 +119,17 @@ def _decode(r: sqlite3.Row) -> dict:
     return d
 
 
-def rows(run_id: int | None = None, kind: str | None = None, path: Path | None = None) -> list[dict]:
-    """Result rows (newest run first), env and extra decoded, legacy kinds and scopes normalised."""
+def rows(run_id: int | None = None, kind: str | None = None, path: Path | None = None,
+         model: str | None = None) -> list[dict]:
+    """Result rows (newest run first), env and extra decoded, legacy kinds and scopes normalised; `model`: one
+    model's rows (its source)."""
     where, args = [], []
     if run_id is not None:
         where.append("run_id = ?")
         args.append(run_id)
+    if model is not None:
+        where.append("model = ?")
+        args.append(model)
     if kind:
         kinds = _kinds(kind)
         where.append(f"kind IN ({', '.join('?' * len(kinds))})")

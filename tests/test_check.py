@@ -127,3 +127,23 @@ def test_transcripts_gate_trained_models_only():
     assert not ok and "transcript CER" in why
     assert verdict(dict(m, frame_agree=0.5), "fp16", random_weights=True)[1].startswith("frame agreement")
     assert text_cer(["", ""], ["", ""]) == 0.0 and text_cer([""], ["क"]) == 1.0
+
+
+def test_latest_verdicts_take_one_models_newest_run(monkeypatch, tmp_path):
+    """What the Build page shows beside each artifact: per backend, the newest saved check run of this model only."""
+    from core import results
+    from core.check import latest_verdicts
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))
+
+    def cell(model, backend, name, passed):
+        return {"kind": "conformance", "model": model, "backend": backend, "cell": name, "passed": passed,
+                "reason": "" if passed else "|Δlogit| too large"}
+
+    results.save([cell("demo", "ort:int8:cpu", "1 x 0.7 s", False), cell("demo", "ort:int8:cpu", "3 x 2 s", True)],
+                 "conformance")
+    results.save([cell("demo", "ort:int8:cpu", "1 x 0.7 s", True), cell("other", "ort:int8:cpu", "1 x 0.7 s", False)],
+                 "conformance")
+    newest = latest_verdicts("demo")["ort:int8:cpu"]
+    assert (newest["passed"], newest["cells"], newest["first_failure"]) == (1, 1, None)
+    assert latest_verdicts("other")["ort:int8:cpu"]["first_failure"] == "1 x 0.7 s: |Δlogit| too large"
+    assert latest_verdicts("nobody") == {}
