@@ -27,7 +27,7 @@ from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
-from core.triton.serve import libpython_env  # noqa: E402
+from core.triton.pybackend import libpython_env  # noqa: E402
 from core.triton.server import free_port  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 

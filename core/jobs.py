@@ -171,9 +171,11 @@ def list_jobs() -> list[dict]:
 
 
 def finished_artifacts() -> list[dict]:
-    """One row per finished pipeline artifact (ONNX, variants, engines, Triton repositories), with its status."""
+    """One row per finished pipeline artifact (ONNX, variants, engines, Triton repositories), with its status; the
+    newest first, so what a build just made heads the Build page's list."""
     from .pipeline.listing import artifact_rows
-    return [dict(r, artifact=str(Path(r["dir"]).relative_to(artifacts_dir()))) for r in artifact_rows()]
+    rows = [dict(r, artifact=str(Path(r["dir"]).relative_to(artifacts_dir()))) for r in artifact_rows()]
+    return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
 
 
 def slots() -> int:

@@ -2,6 +2,7 @@
 generated model repository, each instance its own stub process running a workbench backend."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,16 @@ TINY = "random:wav2vec2-tiny"
 
 @pytest.fixture(scope="module")
 def served(tiny):
+    os.environ["WORKBENCH_STAGES_EVERY_S"] = "1"   # the instance processes inherit it: stage summaries every second
     info = server.start(TINY, "torch:fp32:cpu", name="pyb", max_batch=8, preferred=[4], max_queue_delay_us=2000,
                         instances=2, warmup_s=1.0, timeout_s=180, python_backend=True)
+    os.environ.pop("WORKBENCH_STAGES_EVERY_S")
     yield info
     stubs = _stubs(info)
     server.stop(info)
     assert not server.alive(info)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
-    # each instance process writes where its batches' host time went, every 10 s of serving
+    # each instance process writes where its batches' host time went, every second of serving here
     stages = [line for line in Path(info.log).read_text(errors="replace").splitlines() if line.startswith("STAGES")]
     assert {line.split()[1] for line in stages} == {"asr_0_0", "asr_0_1"}
     assert all("run " in line and "to_host " in line and "inputs " in line for line in stages)

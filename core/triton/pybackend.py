@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -45,10 +46,21 @@ def server_files(work: Path) -> tuple[Path, Path, Path]:
     return dist / "bin" / "tritonserver", backends, Path(get_libs_path())
 
 
+def libpython_env(env: dict | None = None) -> dict:
+    """Environment whose LD_LIBRARY_PATH starts with this interpreter's LIBDIR: Triton's Python-backend
+    stub must load the same libpython as the running interpreter (pyenv builds otherwise pick up the
+    system's older libpython and the model fails to load with 'No module named numpy')."""
+    env = dict(os.environ if env is None else env)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+    if libdir and (not parts or parts[0] != libdir):
+        env["LD_LIBRARY_PATH"] = ":".join([libdir] + [p for p in parts if p != libdir])
+    return env
+
+
 def server_env() -> dict:
     """The stubs load this interpreter's libpython (LD_LIBRARY_PATH) and import the workbench and its packages
     through PYTHONPATH: this process's own sys.path, in order (numpy<2 first where a venv puts it first)."""
-    from .serve import libpython_env
     env = libpython_env()
     paths = [str(ROOT)] + [p for p in sys.path if p and Path(p).is_dir()]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

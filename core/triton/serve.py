@@ -13,26 +13,14 @@ import logging
 import os
 import signal
 import sys
-import sysconfig
 import time
 
 import numpy as np
 
+from .pybackend import libpython_env
 from .stages import StageTimes
 
 MODEL_NAME = "asr"
-
-
-def libpython_env(env: dict | None = None) -> dict:
-    """Environment whose LD_LIBRARY_PATH starts with this interpreter's LIBDIR: Triton's Python-backend
-    stub must load the same libpython as the running interpreter (pyenv builds otherwise pick up the
-    system's older libpython and the model fails to load with 'No module named numpy')."""
-    env = dict(os.environ if env is None else env)
-    libdir = sysconfig.get_config_var("LIBDIR")
-    parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
-    if libdir and (not parts or parts[0] != libdir):
-        env["LD_LIBRARY_PATH"] = ":".join([libdir] + [p for p in parts if p != libdir])
-    return env
 
 
 def conv_frames(model_config, samples: int) -> int:

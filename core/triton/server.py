@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
-from .serve import MODEL_NAME, libpython_env
+from .pybackend import libpython_env
+from .serve import MODEL_NAME
 
 
 class TritonServerError(WorkbenchError):

@@ -2,6 +2,7 @@
 besides the GPU (two H200s: 17-35 ms a batch in the server against 3.6 ms of GPU time; bench/NOTES.md)."""
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -11,11 +12,12 @@ PREFIX = "STAGES"   # the summary line's first word in the server log (bench/gpu
 
 
 class StageTimes:
-    """Also printed every `every_s` seconds of serving (after a batch): a server stopped by force never runs the
-    Python backend's finalize()."""
+    """Also printed every `every_s` seconds of serving (after a batch; default WORKBENCH_STAGES_EVERY_S or 10): a server
+    stopped by force never runs the Python backend's finalize()."""
 
-    def __init__(self, label: str = "", every_s: float = 10.0):
-        self.label, self.ms, self.every_s = label, {}, every_s
+    def __init__(self, label: str = "", every_s: float | None = None):
+        self.label, self.ms = label, {}
+        self.every_s = float(os.environ.get("WORKBENCH_STAGES_EVERY_S", 10)) if every_s is None else every_s
         self.last = time.monotonic()
 
     def batch_done(self) -> None:
