@@ -66,7 +66,8 @@ def main(argv=None) -> int:
                 row["fxgraph_cache"] = {k: v - hits.get(k, 0) for k, v in counters["inductor"].items()
                                         if k.startswith("fxgraph_cache") and v - hits.get(k, 0)}
             if "aoti" not in args.skip:
-                package = cache / "aoti" / f"{loaded.label.split()[0]}-{args.device.split(':')[0]}-{args.precision}-{shape}.pt2"
+                name = f"{loaded.label.split()[0]}-{args.device.split(':')[0]}-{args.precision}-{shape}.pt2"
+                package = cache / "aoti" / name   # the weights inside: what the 2026-11-30 notes compare against
                 if not package.exists():
                     package.parent.mkdir(parents=True, exist_ok=True)
                     t = time.perf_counter()

@@ -35,7 +35,7 @@ def child(args) -> dict:
     t_import = time.perf_counter()
     loaded = load_model(args.model)
     backend = make_backend(args.backend, loaded, buckets_s=tuple(args.buckets_s),
-                           batch_buckets=tuple(args.batch_buckets)).load()
+                           batch_buckets=tuple(args.batch_buckets), compile=args.compile).load()
     t_load = time.perf_counter()
     graphs = backend.capture_all()
     if torch.cuda.is_available():
@@ -62,6 +62,7 @@ def child(args) -> dict:
     return {"import_s": round(t_import - t0, 1), "load_s": round(t_load - t_import, 1),
             "compile_capture_s": round(t_capture - t_load, 1), "cold_start_s": round(t_capture - t_import, 1),
             "graphs": graphs, "compiled_graphs": counters["stats"]["unique_graphs"],
+            "aoti_packages": {k: v for k, v in backend.stats.items() if k.startswith("aoti")},
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
             "eager_calls": backend.stats["eager"], "chars": len(text), **timing}
 
@@ -73,6 +74,8 @@ def main() -> int:
     p.add_argument("--buckets-s", type=float, nargs="+", default=list(BUCKETS_S), help="length buckets (s)")
     p.add_argument("--batch-buckets", type=int, nargs="+", default=list(BATCH_BUCKETS))
     p.add_argument("--runs", nargs="+", default=["cold", "warm"])
+    p.add_argument("--compile", default="default", help="the fast backend's compile mode: default (torch.compile) "
+                   "or aoti (an AOTInductor package per shape, weights left out: core/backends/aoti_cache.py)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -84,7 +87,8 @@ def main() -> int:
     for run in args.runs:
         if run == "cold":
             shutil.rmtree(cache, ignore_errors=True)
-        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--backend", args.backend, "--buckets-s",
+        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--backend", args.backend, "--compile",
+               args.compile, "--buckets-s",
                *map(str, args.buckets_s), "--batch-buckets", *map(str, args.batch_buckets)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -94,7 +98,8 @@ def main() -> int:
         rows.append({"run": run, "buckets_s": args.buckets_s, "batch_buckets": args.batch_buckets,
                      **json.loads(line[7:])})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.backend}, {args.model}, buckets {args.buckets_s} s x batches {args.batch_buckets}, cache {cache}")
+    print(f"\n{args.backend} (compile {args.compile}), {args.model}, buckets {args.buckets_s} s x batches "
+          f"{args.batch_buckets}, cache {cache}")
     for r in rows:
         print(f"{r['run']:5} load {r['load_s']:5.1f} s, compile+capture of {r['graphs']} graphs "
               f"({r['compiled_graphs']} compiled) {r['compile_capture_s']:6.1f} s -> cold start {r['cold_start_s']:6.1f} s;"

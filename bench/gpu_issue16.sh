@@ -6,10 +6,13 @@
 #   cold    cold start of fast fp16 (load + compile + capture of 8 graphs: 5/20 s x batch 1/8): empty compile cache,
 #           then warm, each a fresh process
 #   triton  PyTriton sweep on fast fp16, one then two model instances
+#   aoti    cold start with AOTInductor packages per shape (weights left out), empty then warm cache, the same 8
+#           graphs as `cold`; then W1/W2 and the demo-set WER of the aoti variant against torch.compile's in one run
+#           (not yet run on a GPU)
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -26,6 +29,11 @@ case "$phase" in
       /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch 16 --preferred 8 16 --level-seconds 8 \
         --concurrency 8 16 32 --instances $n > "$out/triton_instances$n.log" 2>&1; echo "triton x$n exit $?" | tee -a "$out/triton_instances$n.log"
     done ;;
+  aoti)
+    python3 bench/gpu_coldstart.py --compile aoti --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_aoti.log" 2>&1; echo "cold aoti exit $?" | tee -a "$out/cold_aoti.log"
+    python3 bench/gpu_w1.py --eval-demo --budget-s 300 --warmup 20 --repeats 100 \
+      --variants torch:fp32:cuda,fast:fp16:compile+graphs,fast:fp16:aoti+graphs > "$out/w1_aoti.log" 2>&1
+    echo "w1 aoti exit $?" | tee -a "$out/w1_aoti.log" ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
 cp "$WORKBENCH_ARTIFACTS/results.sqlite" "$out/results-$phase.sqlite" 2>/dev/null

@@ -260,4 +260,29 @@ def test_compile_cache_used_after_torch_dynamo_is_imported(tmp_path):
     env["WORKBENCH_ARTIFACTS"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     before, used, root = out.stdout.split()
-    assert before != used and used == str(tmp_path / "compile-cache" / "inductor") and root == str(tmp_path / "compile-cache")
+    assert before != used and root == str(tmp_path / "compile-cache")
+    assert used == str(tmp_path / "compile-cache" / "inductor")
+
+
+def test_aoti_packages_hold_no_weights_and_match_eager(monkeypatch, tmp_path):
+    """compile="aoti": one AOTInductor package per bucket shape, built once and loaded with the live module's own
+    weights. A second model of the same architecture but other weights loads the first one's package (nothing
+    built) and still computes its own logits, equal to its eager forward."""
+    from core.backends import BackendSpec
+    from core.models import LoadedModel, build_random
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))
+    spec = BackendSpec.parse("fast:fp32:cpu")
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)
+    outs = []
+    for seed in (0, 1):
+        model, processor = build_random("wav2vec2-tiny", seed=seed)
+        loaded = LoadedModel("random:wav2vec2-tiny", "random", model, processor)
+        options = dict(buckets_s=(1.0,), batch_buckets=(1,))
+        with FastBackend(spec, loaded, compile="aoti", **options) as aoti, \
+                FastBackend(spec, loaded, compile=None, **options) as eager:
+            out = aoti.logits(x)
+            np.testing.assert_allclose(out, eager.logits(x), atol=1e-5)
+            outs.append((out, dict(aoti.stats)))
+    assert outs[0][1].get("aoti_built") == 1 and outs[1][1].get("aoti_loaded") == 1 and "aoti_built" not in outs[1][1]
+    assert np.abs(outs[0][0] - outs[1][0]).max() > 1e-2     # other weights, same package: other logits
+    assert [p.suffix for p in (tmp_path / "compile-cache" / "aoti").iterdir()] == [".pt2"]   # no partial file left

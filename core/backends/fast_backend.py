@@ -387,7 +387,8 @@ class _Replay:
 
 
 class FastBackend(Backend):
-    """Options: compile (None | "default" | "max-autotune-no-cudagraphs"), graphs (CUDA graphs; default on
+    """Options: compile (None | "default" | "max-autotune-no-cudagraphs" | "aoti": AOTInductor packages per bucket
+    shape, see aoti_cache), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
     conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
     that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
@@ -404,7 +405,11 @@ class FastBackend(Backend):
             raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
         self.loaded = loaded
         cuda = spec.device == "cuda"
-        self.compile_mode = compile if cuda else None
+        if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti"):
+            raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
+                                          "Use default, max-autotune-no-cudagraphs, aoti or none.")
+        # torch.compile only on CUDA (the CPU is the tests' reference mode); AOTInductor packages on both
+        self.compile_mode = compile if cuda or compile == "aoti" else None
         # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
         self.use_graphs = True if graphs is None else graphs
         self.pad = self.use_graphs if pad is None else pad
@@ -427,7 +432,10 @@ class FastBackend(Backend):
             p.requires_grad_(False)
         self.module = module
         self.call = module
-        if self.compile_mode:
+        self.packages: dict = {}
+        if self.compile_mode == "aoti":   # one package per bucket shape (_shape_call); other shapes run eagerly
+            use_compile_cache()
+        elif self.compile_mode:
             mode = None if self.compile_mode == "default" else self.compile_mode
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
@@ -487,7 +495,8 @@ class FastBackend(Backend):
                     x = torch.zeros((bb, tb), dtype=values.dtype, device=values.device)
                     x[:b, :t] = values
                 self.stats["eager"] += 1
-                return self.call(x, self._device(padded), full=full)[:b, :frames]
+                n = self._device(padded)
+                return self._shape_call(x, n, full)(x, n, full=full)[:b, :frames]
             g, x_static, n_static, out = self.graphs.get((bb, tb, full)) or self._capture(bb, tb, full)
             if (b, t) != (bb, tb):
                 x_static.zero_()
@@ -502,6 +511,23 @@ class FastBackend(Backend):
             self.stats["graph"] += 1
             return out[:b, :frames]
 
+    def _shape_call(self, x, n, full: bool):
+        """What computes a bucket shape: the (compiled) module, or with compile="aoti" this shape's AOTInductor
+        package (core.backends.aoti_cache: built once, loaded with this module's weights)."""
+        if self.compile_mode != "aoti":
+            return self.call
+        shape = (tuple(x.shape), full)
+        if shape not in self.packages:
+            from ..paths import artifacts_dir
+            from .aoti_cache import package_key, shape_runner
+            config = {k: v for k, v in self.loaded.model.config.to_dict().items()
+                      if not k.startswith("_") and k != "transformers_version"}
+            options = {"conv": self.conv, "gelu_epilogue": self.gelu_epilogue}
+            key = package_key(config, options, self.dtype, x.device, (x, n), {"full": full})
+            self.packages[shape] = shape_runner(self.module, (x, n), {"full": full}, key,
+                                                artifacts_dir() / "compile-cache" / "aoti", self.stats)
+        return self.packages[shape]
+
     def _device(self, lengths):
         import torch
         return torch.from_numpy(lengths).to(self.device)
@@ -515,21 +541,22 @@ class FastBackend(Backend):
         import torch
         x = (0.1 * torch.randn((bb, tb), device=self.device)).to(self.dtype)  # never zeros
         n = torch.full((bb,), tb, dtype=torch.int64, device=self.device)
+        call = self._shape_call(x, n, full)
         if self.device != "cuda":
-            out = self.call(x, n, full=full).clone()
-            self.graphs[(bb, tb, full)] = (_Replay(lambda: out.copy_(self.call(x, n, full=full))), x, n, out)
+            out = call(x, n, full=full).clone()
+            self.graphs[(bb, tb, full)] = (_Replay(lambda: out.copy_(call(x, n, full=full))), x, n, out)
             return self.graphs[(bb, tb, full)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # compiles (if torch.compile) and lets cuBLAS/cuDNN pick kernels
-                self.call(x, n, full=full)
+                call(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         # torch.cuda.graph's default capture stream is created once, on the GPU current at its first use: a
         # backend on another GPU of the same process (Triton instances over GPUs) must capture on its own stream
         with torch.cuda.graph(g, pool=self.pool, stream=stream):
-            out = self.call(x, n, full=full)
+            out = call(x, n, full=full)
         self.graphs[(bb, tb, full)] = (g, x, n, out)
         return self.graphs[(bb, tb, full)]
 

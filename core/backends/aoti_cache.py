@@ -1,0 +1,51 @@
+"""AOTInductor packages of the fast backend's module, one per bucket shape, kept under
+artifacts/compile-cache/aoti without their weights: a package holds only the compiled graph (3 MB for
+wav2vec2-large), and at load the runner takes the live module's own parameters (load_constants, user-managed, no
+copy). Loading one took 0.01 s where a warm torch.compile of the same shape took ~3 s and a package with the
+weights inside 7 s (CPU, bench/NOTES.md 2026-11-30), which is what a cold start of 64 graphs needs.
+
+A package depends on the module's code and architecture, the dtype, the device kind, the shape and the torch
+version, never on the weight values: all of that is in its key, so models of one architecture share packages."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("fast_backend.py")   # the module's code: a change there builds new packages
+
+
+def package_key(config: dict, options: dict, dtype, device, example_args, kwargs: dict) -> str:
+    import torch
+    shapes = [list(a.shape) + [str(a.dtype)] for a in example_args]
+    capability = list(torch.cuda.get_device_capability(device)) if torch.device(device).type == "cuda" else None
+    blob = json.dumps({"config": config, "options": options, "dtype": str(dtype), "device": torch.device(device).type,
+                       "capability": capability, "inputs": shapes, "kwargs": kwargs, "torch": torch.__version__,
+                       "code": hashlib.sha256(SOURCE.read_bytes()).hexdigest()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def shape_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
+    """The callable for this one shape: the package at root/<key>.pt2, exported and compiled first if missing
+    (written atomically), loaded with `module`'s parameters and buffers as its constants."""
+    import os
+    import torch
+    path = root / f"{key}.pt2"
+    if not path.exists():
+        exported = torch.export.export(module, example_args, kwargs)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{key}.{os.getpid()}.pt2"   # renamed when complete: a killed build leaves no package
+        try:
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={
+                "aot_inductor.package_constants_in_so": False})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stats["aoti_built"] = stats.get("aoti_built", 0) + 1
+    else:
+        stats["aoti_loaded"] = stats.get("aoti_loaded", 0) + 1
+    runner = torch._inductor.aoti_load_package(str(path))
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    runner.load_constants({name: state[name] for name in runner.get_constant_fqns()}, check_full_update=True,
+                          user_managed=True)
+    return runner
