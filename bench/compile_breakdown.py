@@ -7,7 +7,8 @@ $WORKBENCH_ARTIFACTS/compile-cache); every run is one process, the shapes compil
 
 Per shape: torch.compile's first call (Dynamo trace, AOTAutograd, Inductor's FX-graph cache) with the compile-time
 breakdown torch reports, then AOTInductor: torch.export + aoti_compile_and_package (once, cached as a .pt2 file) and
-aoti_load_package + first call, each output checked against the eager module. bench/NOTES.md has the figures."""
+aoti_load_package + first call, each output checked against the eager module; --aoti-weights out (the default) uses
+the backend's own packages, which leave the weights out and take the module's at load. bench/NOTES.md has the figures."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--shapes", nargs="+", default=["1x5"], help="batch x seconds, e.g. 1x5 8x20")
     p.add_argument("--skip", nargs="*", default=[], choices=("compile", "aoti"))
+    p.add_argument("--aoti-weights", choices=("in", "out"), default="out", help="out: the packages the backend uses "
+                   "(core/backends/aoti_cache.py, weights handed over at load); in: the weights inside each package")
     args = p.parse_args(argv)
 
     from core.backends.fast_backend import build_module, use_compile_cache
@@ -65,7 +68,21 @@ def main(argv=None) -> int:
                 row["compile_max_abs_diff"] = float((out.float() - ref).abs().max())
                 row["fxgraph_cache"] = {k: v - hits.get(k, 0) for k, v in counters["inductor"].items()
                                         if k.startswith("fxgraph_cache") and v - hits.get(k, 0)}
-            if "aoti" not in args.skip:
+            if "aoti" not in args.skip and args.aoti_weights == "out":
+                from core.backends.aoti_cache import package_key, shape_runner
+                stats: dict = {}
+                key = package_key({"model": args.model}, {"bench": True}, dtype, args.device, (x, lengths),
+                                  {"full": True})
+                t = time.perf_counter()
+                runner = shape_runner(module, (x, lengths), {"full": True}, key, cache / "aoti", stats)
+                row["aoti_" + ("build_and_load_s" if stats.get("aoti_built") else "load_s")] = round(
+                    time.perf_counter() - t, 2)
+                t = time.perf_counter()
+                out = runner(x, lengths, full=True)
+                sync()
+                row["aoti_first_call_s"] = round(time.perf_counter() - t, 2)
+                row["aoti_max_abs_diff"] = float((out.float() - ref).abs().max())
+            elif "aoti" not in args.skip:
                 name = f"{loaded.label.split()[0]}-{args.device.split(':')[0]}-{args.precision}-{shape}.pt2"
                 package = cache / "aoti" / name   # the weights inside: what the 2026-11-30 notes compare against
                 if not package.exists():
