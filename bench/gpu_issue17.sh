@@ -5,9 +5,10 @@
 #   pyb1    Triton Python backend, one instance process per GPU (no CUDA-context time-slicing)
 #   pyb2    Triton Python backend, two instance processes per GPU (each now with a share of the CPU cores)
 #   pyt2    PyTriton, two instances per GPU in one process (the 2026-11-30 baseline: 0.84x)
+#   per2    one PyTriton server per GPU (CUDA_VISIBLE_DEVICES), two instances each, the clients spread over them
 # Each prints the STAGES lines (host time per stage of each instance's batches) and the 2-GPU / 1-GPU ratio.
 set -uo pipefail
-phase=${1:?usage: gpu_issue17.sh pyb1|pyb2|pyt2}
+phase=${1:?usage: gpu_issue17.sh pyb1|pyb2|pyt2|per2}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=index,name,driver_version,clocks.sm,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -15,6 +16,7 @@ case "$phase" in
   pyb1) flags=(--python-backend --instances 1) ;;
   pyb2) flags=(--python-backend --instances 2) ;;
   pyt2) flags=(--instances 2) ;;
+  per2) flags=(--instances 2 --server-per-gpu) ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
 OUT=$out timeout 560 /tmp/tv/bin/python bench/gpu_multi.py --level-seconds 20 "${flags[@]}" > "$out/multi_$phase.log" 2>&1

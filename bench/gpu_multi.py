@@ -32,12 +32,14 @@ from core.triton.server import free_port  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
-def start(args, gpus: list[int], log: Path) -> tuple[subprocess.Popen, dict]:
-    """core.triton.serve in its own process group (tritonserver and the stubs are its children), ready or raising."""
+def start(args, gpus: list[int], log: Path, visible: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """core.triton.serve in its own process group (tritonserver and the stubs are its children), ready or raising.
+    visible: the one GPU this server sees (CUDA_VISIBLE_DEVICES), for one server per GPU."""
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     cmd = [sys.executable, "-m", "core.triton.serve", "--model", args.model, "--backend", args.backend,
            "--max-batch", str(args.max_batch), "--max-queue-delay-us", str(args.max_queue_delay_us),
-           "--instances", str(args.instances), "--gpus", *map(str, gpus), "--warmup-seconds", str(args.seconds),
+           "--instances", str(args.instances), "--gpus", *map(str, [0] if visible is not None else gpus),
+           "--warmup-seconds", str(args.seconds),
            "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--metrics-port", str(ports["metrics"])]
     if args.preferred:
         cmd += ["--preferred", *map(str, args.preferred)]
@@ -45,6 +47,8 @@ def start(args, gpus: list[int], log: Path) -> tuple[subprocess.Popen, dict]:
         cmd.append("--python-backend")
     env = libpython_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(visible)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=ROOT, start_new_session=True)
@@ -97,6 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--instances", type=int, default=2, help="model instances on each GPU (the same for every set)")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (a process "
                    "per instance) instead of PyTriton (every instance in the serving process)")
+    p.add_argument("--server-per-gpu", action="store_true", help="a GPU set of several GPUs is served by one server "
+                   "per GPU (CUDA_VISIBLE_DEVICES), the clients spread over them, instead of one server over all")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--start-timeout", type=float, default=900.0)
@@ -119,24 +125,31 @@ def main(argv=None) -> int:
     results = []
     for gset in args.gpu_sets:
         gpus = [int(g) for g in gset.split(",")]
-        log = out / f"gpu_multi_server_{'-'.join(map(str, gpus))}.log"
-        print(f"serving {args.backend} on GPUs {gpus} ({args.instances} instance(s) each) ...", file=sys.stderr,
-              flush=True)
+        per_gpu = args.server_per_gpu and len(gpus) > 1
+        logs = ([out / f"gpu_multi_server_{g}_of_{'-'.join(map(str, gpus))}.log" for g in gpus] if per_gpu
+                else [out / f"gpu_multi_server_{'-'.join(map(str, gpus))}.log"])
+        how = f"{'one server per GPU, ' if per_gpu else ''}{args.instances} instance(s) each"
+        print(f"serving {args.backend} on GPUs {gpus} ({how}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc, ports = start(args, gpus, log)
-        print(f"  ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        url = f"127.0.0.1:{ports[args.protocol]}"
+        servers = []
         try:
+            for g, log in zip(gpus, logs) if per_gpu else [(None, logs[0])]:
+                servers.append(start(args, gpus, log, visible=g))
+            print(f"  ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            urls = [f"127.0.0.1:{ports[args.protocol]}" for _, ports in servers]
             if args.warm_seconds:
-                sweep(loaded, clips, url, args.protocol, "asr", [args.concurrency], args.requests, args.warm_seconds,
+                sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests, args.warm_seconds,
                       args.timeout, served_backend=args.backend)
-            [row] = sweep(loaded, clips, url, args.protocol, "asr", [args.concurrency], args.requests,
+            [row] = sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests,
                           args.level_seconds, args.timeout, served_backend=args.backend)
         finally:
-            stop(proc)
-        for line in log.read_text(errors="replace").splitlines():   # host time per stage of each instance's batches
-            if line.startswith(STAGES):
-                print(f"  {line}", file=sys.stderr, flush=True)
+            for proc, _ in servers:
+                stop(proc)
+        for log in logs:   # host time per stage of each instance's batches
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith(STAGES):
+                    print(f"  {line}", file=sys.stderr, flush=True)
+        row["servers"] = len(servers)
         row["gpus"] = gpus
         results.append(row)
         loads = ", ".join(f"GPU {g['gpu']} {g['util_mean_pct']:.0f} %" for g in row.get("gpu_load") or []) or \
@@ -148,7 +161,8 @@ def main(argv=None) -> int:
     env = environment()
     print(f"\n# {loaded.label} | {args.backend} | {args.seconds:g} s requests over {args.protocol} | max batch "
           f"{args.max_batch}, preferred {args.preferred}, queue delay {args.max_queue_delay_us} µs | {args.instances} "
-          f"instance(s) per GPU, {'Python backend' if args.python_backend else 'PyTriton'} | {env.get('gpu')} | driver {env.get('driver')} | torch {env.get('torch')}")
+          f"instance(s) per GPU, {'Python backend' if args.python_backend else 'PyTriton'}"
+          f"{', one server per GPU' if args.server_per_gpu else ''} | {env.get('gpu')} | driver {env.get('driver')} | torch {env.get('torch')}")
     print(f"{'GPUs':>6}{'c':>5}{'ok':>7}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'batch':>7}{'x base':>8}  GPU utilisation (mean %)")
     for r in results:

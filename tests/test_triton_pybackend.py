@@ -87,3 +87,22 @@ def test_python_repository_config_parses(tmp_path, tiny):
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {"model": TINY, "backend": "fast:fp16:cuda",
                                                                      "warmup_seconds": "5"}
     assert (root / "asr" / "1" / "model.py").read_text().startswith('"""A Triton Python-backend model')
+
+
+def test_sweep_spreads_clients_over_several_servers(served, tiny, hindi_wav):
+    """One server per GPU behind a client-side balancer: the sweep's clients take the urls in turn, and its server
+    figures are the servers' added up."""
+    from core.audio import load_audio
+    from core.triton.loadtest import prepare_clips, server_stats, sweep, _stats_client
+    other = server.start(TINY, "torch:fp32:cpu", name="pyb-other", max_batch=4, instances=1, timeout_s=180)
+    try:
+        urls = [served.url("grpc"), other.url("grpc")]
+        clients = [_stats_client(u, "grpc", 10) for u in urls]
+        before = [server_stats(c, "grpc", "asr", 10)["requests"] for c in clients]
+        clips = prepare_clips(tiny, [load_audio(hindi_wav, tiny.sample_rate)], seconds=1.0)
+        [row] = sweep(tiny, clips, urls, "grpc", concurrency=[4], requests=40, seconds=30)
+        served_each = [server_stats(c, "grpc", "asr", 10)["requests"] - b for c, b in zip(clients, before)]
+        assert row["n"] == 40 and row["errors"] == 0 and row["url"] == ",".join(urls)
+        assert min(served_each) >= 10 and sum(served_each) == row["server_requests"] == 40
+    finally:
+        server.stop(other)

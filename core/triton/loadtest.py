@@ -81,7 +81,7 @@ def stats_delta(before: dict | None, after: dict | None) -> dict:
 
 def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, seconds: float,
               join_timeout: float) -> dict:
-    """`level` threads, each with its own client from factory() (made in the thread: HTTP clients are
+    """`level` threads, each with its own client from factory(i) (made in the thread: HTTP clients are
     gevent-based and thread-bound), loop until `requests` were sent or `seconds` passed."""
     lock = threading.Lock()
     stop = threading.Event()
@@ -91,7 +91,7 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
 
     def worker(i: int):
         try:
-            client = factory()
+            client = factory(i)
         except Exception as err:  # e.g. the server is already gone
             with lock:
                 errors.append(str(err).splitlines()[0][:300])
@@ -147,28 +147,45 @@ def _live(client) -> bool:
         return False
 
 
-def sweep(loaded, clips: list[Clip], url: str, protocol: str = "http", model_name: str = "asr",
+def _summed(stats: list[dict | None]) -> dict | None:
+    """Several servers' counters added up (None when any cannot answer)."""
+    if not stats or any(s is None for s in stats):
+        return None
+    return {k: sum(s[k] for s in stats) for k in stats[0]}
+
+
+def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
           served_backend: str | None = None, progress=None) -> list[dict]:
-    """One row per concurrency level (kind "sweep"); stops early when the server is gone."""
+    """One row per concurrency level (kind "sweep"); stops early when the server is gone. Several urls: servers
+    behind a client-side balancer, each client thread sticking to one of them in turn (a connection-level balancer;
+    e.g. one server per GPU), their statistics added up."""
     from ..backends import BackendSpec
     from ..backends.triton_backend import TritonBackend
     from ..transcribe import decode
+    urls = [url] if isinstance(url, str) else list(url)
     spec = BackendSpec("triton", "fp32", protocol)
     env = environment()
-    stats_client = _stats_client(url, protocol, timeout_s)
-    factory = lambda: TritonBackend(spec, url=url, model_name=model_name, timeout_s=timeout_s).load()  # noqa: E731
+    stats_clients = [_stats_client(u, protocol, timeout_s) for u in urls]
+
+    def factory(i: int):
+        return TritonBackend(spec, url=urls[i % len(urls)], model_name=model_name, timeout_s=timeout_s).load()
+
+    def stats():
+        return _summed([server_stats(c, protocol, model_name, timeout_s) for c in stats_clients])
+
     decode_fn = lambda logits: decode(loaded.processor, logits)[0]  # noqa: E731
     audio_mean = float(np.mean([c.seconds for c in clips]))
-    remote = None if local_url(url) else f"the server at {url} is not on this machine: NVML sees only local GPUs"
+    away = [u for u in urls if not local_url(u)]
+    remote = f"the server at {away[0]} is not on this machine: NVML sees only local GPUs" if away else None
     rows = []
     try:
         for level in concurrency:
-            before = server_stats(stats_client, protocol, model_name, timeout_s)
+            before = stats()
             with GpuLoad(why_not=remote) as load:
                 r = run_level(factory, level, clips, decode_fn, requests, seconds, seconds + 2 * timeout_s + 5)
-            after = server_stats(stats_client, protocol, model_name, timeout_s)
-            row = level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_backend)
+            after = stats()
+            row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env, served_backend)
             row.update(stats_delta(before, after))
             row.update(load.result())
             row["server_died"] = after is None and bool(r["errors"])
@@ -178,10 +195,11 @@ def sweep(loaded, clips: list[Clip], url: str, protocol: str = "http", model_nam
             if row["server_died"] or (r["errors"] and not r["latencies"]):
                 break
     finally:
-        try:
-            stats_client.close()
-        except Exception:
-            pass
+        for client in stats_clients:
+            try:
+                client.close()
+            except Exception:
+                pass
     return rows
 
 
