@@ -481,13 +481,14 @@ def cmd_sweep(args):
     from .triton.loadtest import prepare_clips, sweep
     loaded = _model(args)
     local = server.read_state(args.name)
-    url = args.url or (local.url(args.protocol) if local else f"localhost:{8000 if args.protocol == 'http' else 8001}")
+    url = args.url or [local.url(args.protocol) if local else f"localhost:{8000 if args.protocol == 'http' else 8001}"]
     model_name = args.model_name or (local.model_name if local else "asr")
     served = args.served_backend or (local.backend if local and not args.url else None)
     audios = [load_audio(p, loaded.sample_rate) for p in args.audio] if args.audio else parity_audio(loaded, n=8)
     with make_backend(args.reference_backend, loaded) as ref:
         clips = prepare_clips(loaded, audios, args.audio_seconds, ref)
-    print(f"sweep {url} ({args.protocol}) model '{model_name}': {len(clips)} clips, levels {args.concurrency}, "
+    print(f"sweep {', '.join(url)} ({args.protocol}) model '{model_name}': {len(clips)} clips, levels "
+          f"{args.concurrency}, "
           f"≤{args.requests} requests / ≤{args.seconds:g} s per level", file=sys.stderr)
     levels = list(args.concurrency)
 
@@ -504,7 +505,7 @@ def cmd_sweep(args):
     if rows and rows[-1].get("server_died"):
         print("the server stopped answering: sweep ended early", file=sys.stderr)
     if not any(r.get("n") for r in rows):  # nothing answered: a run of NaN rows would only mislead
-        print(f"error: no request to {url} succeeded; nothing saved\n  → {START_HINT}", file=sys.stderr)
+        print(f"error: no request to {', '.join(url)} succeeded; nothing saved\n  → {START_HINT}", file=sys.stderr)
         return 1
     if not args.no_save:
         print(f"saved as run {save(rows, 'sweep', note=' '.join(sys.argv[1:]), command=_command())}", file=sys.stderr)
@@ -588,7 +589,8 @@ def _triton_commands(add):
     s.add_argument("--status", action="store_true", help="show the running server")
     _batching(s)
     s = add("sweep", cmd_sweep, "Load sweep against a Triton server: throughput/latency per concurrency level.")
-    s.add_argument("--url", help="host:port (default: the local `serve` server)")
+    s.add_argument("--url", nargs="+", help="host:port (default: the local `serve` server); several: servers behind "
+                   "a client-side balancer (e.g. one per GPU), each client thread on the next one")
     s.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     s.add_argument("--model-name", default=None)
     s.add_argument("--name", default="default", help="local server name (for the default url)")
