@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         loads = ", ".join(f"GPU {g['gpu']} {g['util_mean_pct']:.0f} %" for g in row.get("gpu_load") or []) or \
             row.get("gpu_load_reason")
         print(f"  c={args.concurrency}: {row['audio_s_per_s']:.1f} audio-s/s, p50 {row['p50_ms']:.1f} ms, errors "
-              f"{row['errors']}; load: {loads}", file=sys.stderr, flush=True)
+              f"{row['errors']}; load: {loads}; client process CPU {row['client_cpu_pct']:.0f} %", file=sys.stderr,
+              flush=True)
 
     base = results[0]["audio_s_per_s"] or float("nan")
     env = environment()

@@ -104,5 +104,6 @@ def test_sweep_spreads_clients_over_several_servers(served, tiny, hindi_wav):
         served_each = [server_stats(c, "grpc", "asr", 10)["requests"] - b for c, b in zip(clients, before)]
         assert row["n"] == 40 and row["errors"] == 0 and row["url"] == ",".join(urls)
         assert min(served_each) >= 10 and sum(served_each) == row["server_requests"] == 40
+        assert 0 < row["client_cpu_pct"] < 100 * (os.cpu_count() or 1)   # the load generator's own CPU use
     finally:
         server.stop(other)

@@ -127,6 +127,7 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
                     agree[0] += text == clip.reference
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(level)]
+    cpu = time.process_time()
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -135,8 +136,10 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
     stop.set()
     hung = sum(t.is_alive() for t in threads)
     wall = time.perf_counter() - start
+    # this process's CPU time over the level: near 100 % (one interpreter) says the clients, not the server, set the pace
+    client_cpu_pct = 100 * (time.process_time() - cpu) / wall if wall else None
     return {"latencies": latencies, "errors": errors, "sent": sent[0], "wall_s": wall, "hung_clients": hung,
-            "agree": agree[0], "compared": compared[0]}
+            "agree": agree[0], "compared": compared[0], "client_cpu_pct": client_cpu_pct}
 
 
 def _live(client) -> bool:
@@ -217,6 +220,7 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
            "consistency": r["agree"] / r["compared"] if r["compared"] else None,
            "hung_clients": r["hung_clients"], "error_examples": sorted(set(r["errors"]))[:3],
+           "client_cpu_pct": r.get("client_cpu_pct"),
            "url": url, "model_name": model_name, "served_backend": served_backend, "env": env}
     row["rtf"] = row["mean_ms"] / 1e3 / audio_mean if ok else None
     return row
