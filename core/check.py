@@ -15,6 +15,7 @@ from .backends import make_backend
 from .backends.fast_backend import BUCKETS_S
 from .bench import tile_speech
 from .envinfo import environment
+from .paths import SPEECH_CLIPS
 from .transcribe import decode, features, real_frames
 
 BATCHES = (1, 2, 3, 8, 9, 16, 17, 33)
@@ -51,7 +52,7 @@ class Cell:
         return len(self.items)
 
 
-def speech_source(loaded, clips: int = 12) -> np.ndarray:
+def speech_source(loaded, clips: int = SPEECH_CLIPS) -> np.ndarray:
     """Real speech laid end to end (the shipped held-out clips, or noise if they were removed)."""
     from .export import parity_audio
     return np.concatenate([a.samples for a in parity_audio(loaded, n=clips)])

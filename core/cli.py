@@ -101,7 +101,7 @@ def cmd_build(args):
         art = accept(art, note="python -m core build --accept-rejected")
     print("progress: 1.00 done", flush=True)
     if art.meta.get("calibration_in_eval_set"):
-        print(f"note: {art.precision.upper()} was calibrated on clips of the evaluation manifest; its WER is optimistic. "
+        print(f"note: {args.stage.upper()} was calibrated on clips of the evaluation manifest; its WER is optimistic. "
               "Pass --calib-manifest with other audio for an unbiased figure.", file=sys.stderr)
     print(json.dumps(_build_summary(art), indent=2, ensure_ascii=False))
     if not art.usable:

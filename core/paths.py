@@ -13,6 +13,7 @@ from .errors import StorageError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "models" / "demo-hindi-synth"
 DEMO_TESTSET = REPO_ROOT / "data" / "demo_testset" / "manifest.tsv"
+SPEECH_CLIPS = 12   # the conformance cells are cut from the first clips of DEMO_TESTSET: calibration never uses them
 
 
 def artifacts_dir() -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ExportError, ManifestError
 from .export import TWO_GB
-from .pipeline.onnx_specs import FP8_CALIB_S, FP8_OP_TYPES, INT8_OP_TYPES, LM_HEAD
+from .pipeline.onnx_specs import ACT_MATMULS, FP8_CALIB_S, FP8_OP_TYPES, INPUT_PROJECTION, INT8_OP_TYPES, LM_HEAD
 
 CALIB_MAX_SECONDS = 20.0  # the window length transcribe() feeds the model
 _LN_CHAIN = {"Sub", "Pow", "ReduceMean", "Add", "Sqrt", "Div", "Mul"}
@@ -82,13 +82,26 @@ def _lm_head(model) -> list[str]:
     return []
 
 
+def _weight_matmuls(model) -> tuple[list, list]:
+    """(MatMuls with a constant operand, MatMuls of two activations), in graph order."""
+    constants = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    weighted = [n for n in matmuls if any(i in constants for i in n.input)]
+    return weighted, [n for n in matmuls if n not in weighted]
+
+
 def fp32_nodes(model, keep_ops) -> dict[str, list[str]]:
-    """Names of the nodes each entry of `keep_ops` selects (op types, or 'lm_head')."""
+    """Names of the nodes each entry of `keep_ops` selects (op types, or the pseudo types lm_head, act_matmuls,
+    input_projection)."""
     _name_nodes(model)
     picked: dict[str, list[str]] = {}
     for op in keep_ops:
         if op == LM_HEAD:
             picked[op] = _lm_head(model)
+        elif op in (ACT_MATMULS, INPUT_PROJECTION):
+            weighted, activations = _weight_matmuls(model)
+            picked[op] = [n.name for n in (activations if op == ACT_MATMULS else weighted[:1])]
         else:
             picked[op] = [n.name for n in model.graph.node if n.op_type == op]
             if op == "LayerNormalization":
@@ -187,17 +200,19 @@ class _ClipReader:
         self._it = iter(self.items)
 
 
-def calibration_clips(loaded, manifest: Path, size: int) -> tuple[list[np.ndarray], list[str]]:
+def calibration_clips(loaded, manifest: Path, size: int, skip: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """`size` clips of the manifest after its first `skip` (onnx_specs: the clips the conformance cells are cut
+    from, when calibrating on the shipped set)."""
     from .audio import load_audio
     from .wer import load_manifest
-    items = load_manifest(manifest)[:size]
+    items = load_manifest(manifest)[skip:skip + size]
     limit = int(CALIB_MAX_SECONDS * loaded.sample_rate)
     clips = [load_audio(p, loaded.sample_rate).samples[:limit] for p, _ in items]
     return clips, [p.name for p, _ in items]
 
 
 def _to_qdq(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, calib_size: int, exclude, log,
-            fp8: bool = False) -> dict:
+            fp8: bool = False, calib_skip: int = 0) -> dict:
     """quant_pre_process, then static QDQ quantization calibrated on real audio: INT8 (symmetric S8S8, per-channel
     weights, MinMax: the form TensorRT accepts as an explicitly quantized network), or with fp8 FP8 E4M3 of the
     MatMuls, per tensor, calibrated by ONNX Runtime's only float calibrator (Distribution), whose histograms need
@@ -215,8 +230,9 @@ def _to_qdq(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, cali
         _remove_debris(before)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     model = onnx.load(str(pre))
-    excluded = sorted({n for names in fp32_nodes(model, exclude).values() for n in names})
-    clips, names = calibration_clips(loaded, calib_manifest, calib_size)
+    kept = fp32_nodes(model, exclude)
+    excluded = sorted({n for names in kept.values() for n in names})
+    clips, names = calibration_clips(loaded, calib_manifest, calib_size, calib_skip)
     if not clips:
         raise ManifestError(f"{calib_manifest} has no clips to calibrate on.", "Give a manifest with audio.")
     if fp8:
@@ -238,7 +254,7 @@ def _to_qdq(src: Path, dst: Path, work: Path, loaded, calib_manifest: Path, cali
     kind_name = "float8 e4m3fn, per tensor" if fp8 else "int8 symmetric"
     return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": not fp8,
             "activations": kind_name, "weights": kind_name, "calibration": "Distribution" if fp8 else "MinMax",
-            "op_types_quantized": op_types, "excluded_nodes": excluded,
+            "op_types_quantized": op_types, "excluded_nodes": excluded, "kept_fp32": kept,
             **({"calibration_clip_seconds": FP8_CALIB_S} if fp8 else {}),
             "calibration_clips": names, "q_nodes": ops["QuantizeLinear"], "dq_nodes": ops["DequantizeLinear"]}
 

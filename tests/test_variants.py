@@ -115,11 +115,20 @@ def test_int8_qdq_variant_runs_on_ort_cpu(tiny, manifest, hindi_wav):
     per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in
                    {w.name for w in int8_weights} and np.prod(scales[n.input[1]].dims) > 1]
     assert per_channel, "weights should be quantized per output channel"
-    # the final projection is left unquantized: its MatMul reads a float weight, not a DequantizeLinear
+    # the final and the input projections are left unquantized: their MatMuls read float weights, and so are
+    # attention's products of two activations and every convolution
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    head = [n for n in model.graph.node if n.name in art.meta["excluded_nodes"] and n.op_type == "MatMul"]
-    assert len(head) == 1 and producer.get(head[0].input[1]) != "DequantizeLinear"
-    assert head[0].input[1] in scales  # a plain float initializer
+    kept = art.meta["kept_fp32"]
+    ends = [n for n in model.graph.node
+            if n.op_type == "MatMul" and n.name in kept["lm_head"] + kept["input_projection"]]
+    assert len(ends) == 2 and len(kept["input_projection"]) == 1
+    for node in ends:
+        assert producer.get(node.input[1]) != "DequantizeLinear" and node.input[1] in scales  # a float initializer
+    activations = [n for n in model.graph.node if n.name in kept["act_matmuls"]]
+    assert len(activations) == 2 * tiny.model.config.num_hidden_layers
+    assert not any(producer.get(i) == "DequantizeLinear" for n in activations for i in n.input)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and not any(producer.get(n.input[1]) == "DequantizeLinear" for n in convs)
     quantized = [n for n in model.graph.node if n.op_type == "MatMul" and producer.get(n.input[1]) == "DequantizeLinear"]
     assert len(quantized) >= 8  # the encoder's projections read dequantized INT8 weights
     assert len(art.meta["calibration_clips"]) == 3

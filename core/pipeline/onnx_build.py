@@ -55,7 +55,7 @@ class VariantBuilder(ExportBuilder):
                     raise ManifestError(f"INT8 calibration needs real audio: no manifest at {calib}.",
                                         "Pass --calib-manifest (a CSV/TSV/JSONL of audio paths and texts).")
                 recipe = _to_qdq(self.parent.path, dst, tmp, spec.loaded, calib, spec.settings["calib_size"], keep,
-                                 log, fp8=spec.precision == "fp8")
+                                 log, fp8=spec.precision == "fp8", calib_skip=spec.settings["calib_skips_first"])
             elif spec.precision == "int4w":
                 recipe = _to_int4w(self.parent.path, dst, keep, spec.settings["block_size"], log)
             elif spec.precision == "int8w":
