@@ -27,7 +27,7 @@ from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
-from core.triton.pybackend import libpython_env  # noqa: E402
+from core.triton.pybackend import libpython_env, ready  # noqa: E402
 from core.triton.server import free_port  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
@@ -52,20 +52,13 @@ def start(args, gpus: list[int], log: Path, visible: int | None = None) -> tuple
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=ROOT, start_new_session=True)
-    import tritonclient.http as http
     deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server on GPUs {gpus} exited ({proc.returncode}):\n"
                                + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
-        try:
-            client = http.InferenceServerClient(f"127.0.0.1:{ports['http']}", connection_timeout=2, network_timeout=2)
-            if client.is_server_ready() and client.is_model_ready("asr"):
-                client.close()
-                return proc, ports
-            client.close()
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
+        if ready(f"127.0.0.1:{ports['http']}", "asr"):
+            return proc, ports
         time.sleep(1)
     stop(proc)
     raise RuntimeError(f"the server on GPUs {gpus} was not ready after {args.start_timeout:g} s (log {log})")

@@ -77,16 +77,19 @@ RTX_ELSEWHERE = ("here use a TensorRT engine (trt:…:cuda), ONNX Runtime (ort:�
                  "(fast:…:cuda)")
 
 
+def _rtx_supported(targets) -> str:
+    """The compute capabilities an engine built for `targets` (empty: the portable set) runs on, in words."""
+    return ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
+
+
 def rtx_not_here(env: dict, targets=()) -> str:
     """The one sentence for a GPU that TensorRT-RTX (its engines, its ONNX Runtime EP) does not run on."""
-    supported = ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
-    return (f"TensorRT-RTX runs on GPUs of compute capability {supported} (RTX-class), but this GPU is {env['gpu']} "
-            f"(compute capability {env['gpu_cc']}); {RTX_ELSEWHERE}")
+    return (f"TensorRT-RTX runs on GPUs of compute capability {_rtx_supported(targets)} (RTX-class), but this GPU is "
+            f"{env['gpu']} (compute capability {env['gpu_cc']}); {RTX_ELSEWHERE}")
 
 
 def _rtx_compatible(meta: dict, env: dict) -> tuple[bool, str]:
     targets = meta.get("targets_cc") or []
-    supported = ", ".join(targets or RTX_PORTABLE) + ("" if targets else " and later")
     if not env.get("tensorrt"):
         return False, RTX_MISSING
     if meta.get("tensorrt") != env["tensorrt"]:
@@ -94,7 +97,7 @@ def _rtx_compatible(meta: dict, env: dict) -> tuple[bool, str]:
                        f"{env['tensorrt']} is running; build it again with this version")
     if not env.get("gpu"):
         return False, (f"no CUDA GPU is visible: this TensorRT-RTX engine runs on RTX-class GPUs of compute "
-                       f"capability {supported}")
+                       f"capability {_rtx_supported(targets)}")
     if not rtx_runs_on(env.get("gpu_cc"), targets):
         return False, rtx_not_here(env, targets)
     return True, ""

@@ -46,12 +46,15 @@ with c1, st.container(border=True):
                                        help="Run every batch size once at this length before serving: GPU backends "
                                             "that compile or capture CUDA graphs per shape (fast:…) would otherwise "
                                             "time out their first requests.")
+            from core.backends import BackendSpec
             from core.triton.gpus import visible_gpus
+            from core.triton.serve import PLACEABLE
             c = st.columns(3)
             instances = c[0].number_input("Instances", 1, 16, 1, key="serve_instances",
                                           help="Model instances (each with its own backend); with GPUs chosen, on "
                                                "each of them")
-            gpu_count = visible_gpus() if spec.split(":")[0] in ("fast", "torch") and spec.endswith(":cuda") else 0
+            parsed = BackendSpec.parse(spec)
+            gpu_count = visible_gpus() if parsed.runtime in PLACEABLE and parsed.device == "cuda" else 0
             gpus = c[1].multiselect("GPUs", list(range(gpu_count)), key="serve_gpus", disabled=not gpu_count,
                                     help="Spread the instances over these GPUs (fast and torch backends on CUDA); "
                                          "none: the backend's own GPU")

@@ -25,21 +25,8 @@ def tiny_default():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def navigation_mode():
-    """AppTest puts Streamlit back into its legacy pages-folder mode at every run() (because pages/ exists); a real
-    server leaves that mode for good at the first st.navigation call. Model the server: leave it after each
-    reset, or every widget interaction would be replayed through the deep-link handover (a rerun) and lost.
-    The handover itself is tested in a real browser (test_browser.py)."""
-    from streamlit.runtime.pages_manager import PagesManager
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-    mp = pytest.MonkeyPatch()
-    mp.setattr(PagesManager, "__init__", init)
-    yield
-    mp.undo()
+def navigation_mode(server_navigation):
+    """Every test here runs the app as a server would (conftest.server_navigation)."""
 
 
 @pytest.fixture(scope="module")

@@ -78,14 +78,7 @@ def test_report_errors_are_clear():
     assert out.returncode == 2 and "invalid choice: 'pdf'" in out.stderr
 
 
-def test_benchmark_page_offers_the_report_and_shows_energy(bench_run, monkeypatch):
-    from streamlit.runtime.pages_manager import PagesManager
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):  # as tests/test_app.py: leave the legacy pages-folder mode, like a server
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-    monkeypatch.setattr(PagesManager, "__init__", init)
+def test_benchmark_page_offers_the_report_and_shows_energy(bench_run, monkeypatch, server_navigation):
     monkeypatch.setenv("WORKBENCH_DEFAULT_MODEL", "random:wav2vec2-tiny")
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
     at.run()

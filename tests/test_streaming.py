@@ -143,16 +143,8 @@ def test_cli_stream_missing_file_is_a_user_error():
     assert out.returncode == 2 and "Audio file not found" in out.stderr
 
 
-def test_streaming_page_streams_the_demo_clips(monkeypatch):
+def test_streaming_page_streams_the_demo_clips(monkeypatch, server_navigation):
     from streamlit.testing.v1 import AppTest
-
-    from streamlit.runtime.pages_manager import PagesManager
-    original = PagesManager.__init__
-
-    def init(self, *a, **k):  # as tests/test_app.py: leave the legacy pages-folder mode AppTest re-enters
-        original(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-    monkeypatch.setattr(PagesManager, "__init__", init)
     monkeypatch.setenv("WORKBENCH_DEFAULT_MODEL", "demo")
     at = AppTest.from_file("../app.py", default_timeout=240)
     at.run()

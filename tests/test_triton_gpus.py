@@ -103,9 +103,8 @@ def test_sweep_rows_carry_gpu_load_or_why_not(tiny):
     assert row["gpu_load"] is None and "not on this machine" in row["gpu_load_reason"]
 
 
-def test_serving_page_shows_per_gpu_load_when_a_sweep_recorded_it(tiny, monkeypatch):
+def test_serving_page_shows_per_gpu_load_when_a_sweep_recorded_it(tiny, monkeypatch, server_navigation):
     """Rows as a sweep of a 2-GPU server records them (one level, NVML load per GPU): the page charts both GPUs."""
-    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
     from core.backends import BackendSpec
@@ -121,12 +120,6 @@ def test_serving_page_shows_per_gpu_load_when_a_sweep_recorded_it(tiny, monkeypa
                           "mem_util_mean_pct": 40.0, "mem_used_max_mb": 9000.0, "samples": 50}
                          for i, u in ((0, 91.0), (1, 88.0))], gpu_load_reason=None)
     run_id = save([row], "sweep")
-    original = PagesManager.__init__
-
-    def init(self, *a, **k):  # as tests/test_app.py: leave the legacy pages-folder mode AppTest re-enters
-        original(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-    monkeypatch.setattr(PagesManager, "__init__", init)
     monkeypatch.setenv("WORKBENCH_DEFAULT_MODEL", "random:wav2vec2-tiny")
     at = AppTest.from_file("../app.py", default_timeout=120)
     at.session_state["sweep_run"] = run_id

@@ -432,16 +432,15 @@ class FastBackend(Backend):
             p.requires_grad_(False)
         self.module = module
         self.call = module
-        self.packages: dict = {}
-        if self.compile_mode == "aoti":   # one package per bucket shape (_shape_call); other shapes run eagerly
+        self.packages: dict = {}   # compile="aoti": one package per bucket shape (_shape_call); others run eagerly
+        if self.compile_mode:
             use_compile_cache()
-        elif self.compile_mode:
+        if self.compile_mode not in (None, "aoti"):
             mode = None if self.compile_mode == "default" else self.compile_mode
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
-            use_compile_cache()
             self.call = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32

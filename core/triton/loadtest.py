@@ -136,7 +136,8 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
     stop.set()
     hung = sum(t.is_alive() for t in threads)
     wall = time.perf_counter() - start
-    # this process's CPU time over the level: near 100 % (one interpreter) says the clients, not the server, set the pace
+    # this process's CPU time over the level: near 100 % (one interpreter) says the clients, not the server, set
+    # the pace
     client_cpu_pct = 100 * (time.process_time() - cpu) / wall if wall else None
     return {"latencies": latencies, "errors": errors, "sent": sent[0], "wall_s": wall, "hung_clients": hung,
             "agree": agree[0], "compared": compared[0], "client_cpu_pct": client_cpu_pct}

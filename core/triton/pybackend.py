@@ -68,15 +68,16 @@ def server_env() -> dict:
     return env
 
 
-def ready(http: str) -> bool:
+def ready(http: str, model_name: str | None = None, timeout_s: float = 2.0) -> bool:
+    """Whether the Triton server at `http` (host:port) is ready, and `model_name` too when given."""
     import tritonclient.http as httpclient
     try:
-        client = httpclient.InferenceServerClient(http, connection_timeout=2, network_timeout=2)
+        client = httpclient.InferenceServerClient(http, connection_timeout=timeout_s, network_timeout=timeout_s)
         try:
-            return client.is_server_ready()
+            return bool(client.is_server_ready() and (model_name is None or client.is_model_ready(model_name)))
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:  # noqa: BLE001 - refused, reset, timeout: not ready yet
         return False
 
 

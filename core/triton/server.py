@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
-from .pybackend import libpython_env
+from .pybackend import libpython_env, ready
 from .serve import MODEL_NAME
 
 
@@ -112,18 +112,6 @@ def read_state(name: str = "default") -> ServerInfo | None:
     return info
 
 
-def _ready(info: ServerInfo, timeout_s: float = 2.0) -> bool:
-    import tritonclient.http as http
-    try:
-        client = http.InferenceServerClient(info.url("http"), connection_timeout=timeout_s, network_timeout=timeout_s)
-        try:
-            return bool(client.is_server_ready() and client.is_model_ready(info.model_name))
-        finally:
-            client.close()
-    except Exception:  # refused, reset, timeout: not ready yet
-        return False
-
-
 def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
     """Block until the server and its model are ready; a clear error (with the log tail) if it dies or stalls."""
     deadline = time.monotonic() + timeout_s
@@ -133,7 +121,7 @@ def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
             raise TritonServerError(f"The Triton server exited (code {code}) before it was ready. Log tail "
                                     f"({info.log}):\n{log_tail(info.log)}",
                                     "Fix the cause shown in the log; ports in use and model load errors are usual.")
-        if _ready(info):
+        if ready(info.url("http"), info.model_name):
             return info
         time.sleep(0.5)
     stop(info)
