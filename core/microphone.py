@@ -72,7 +72,9 @@ class Take:
     blocks: list = field(default_factory=list)
     frames: int = 0                 # samples in `blocks`, counted as they arrive
     overflows: int = 0              # blocks PortAudio dropped before we got them (a gap in the audio: a busy machine)
-    level: float = 0.0              # peak of the latest block, 0..1: the level meter
+    level: float = 0.0              # peak since the previous progress call, 0..1: the level meter
+    _peak: float = 0.0              # peak of the blocks since `level` was last set (a meter that samples only the
+                                    # latest block misses most of the speech: blocks are shorter than 0.1 s)
     stopped_early: bool = False
     finished: bool = False
 
@@ -231,7 +233,7 @@ def _close(stream, hung: bool) -> None:
 def record(seconds: float, device: str | int | None = None, progress=None, stop=None, rate: int | None = None,
            devices: list[InputDevice] | None = None) -> Take:
     """Record `seconds` of mono audio from `device` (see find_device). `progress(take)` is called about ten times a
-    second (take.elapsed, take.level for a meter); `stop()` returning True, or Ctrl-C, ends the recording early and
+    second (take.elapsed, take.level: the peak since the previous call, for a meter); `stop()` returning True, or Ctrl-C, ends the recording early and
     keeps it. Raises MicrophoneError subclasses, never a PortAudio error."""
     sd = _sounddevice()
     dev = find_device(devices or input_devices(), device)
@@ -247,7 +249,7 @@ def record(seconds: float, device: str | int | None = None, progress=None, stop=
             take.blocks.append(mono)
             take.frames += len(mono)
             take.overflows += bool(status.input_overflow)
-            take.level, last[0] = float(np.abs(mono).max(initial=0.0)), time.monotonic()
+            take._peak, last[0] = max(take._peak, float(np.abs(mono).max(initial=0.0))), time.monotonic()
             if take.elapsed >= take.seconds:
                 raise sd.CallbackStop
 
@@ -260,6 +262,7 @@ def record(seconds: float, device: str | int | None = None, progress=None, stop=
                 raise _translate(err, dev, r) from None
             last[0] = time.monotonic()
             while not done.wait(0.1):
+                take.level, take._peak = take._peak, 0.0
                 if progress:
                     progress(take)
                 if stop and stop():
@@ -279,6 +282,7 @@ def record(seconds: float, device: str | int | None = None, progress=None, stop=
         if not take.blocks:
             raise DeviceLostError(f"{dev.name} delivered no audio.", "Check the device and record again; or: "
                                   + BROWSER)
+        take.level, take._peak = take._peak, 0.0
         if progress:
             progress(take)
         take.blocks = [take.samples]  # exactly the length asked for: the last block ran past it
