@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--server-per-gpu", action="store_true", help="a GPU set of several GPUs is served by one server "
                    "per GPU (CUDA_VISIBLE_DEVICES), the clients spread over them, instead of one server over all")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--client-processes", type=int, default=4, help="load-generator processes (one sends ~500 "
+                   "requests/s: one would cap the rate the servers are asked for)")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--start-timeout", type=float, default=900.0)
     p.add_argument("--reference-backend", default=None, help="in-process backend for transcript agreement (e.g. "
@@ -132,9 +134,10 @@ def main(argv=None) -> int:
             urls = [f"127.0.0.1:{ports[args.protocol]}" for _, ports in servers]
             if args.warm_seconds:
                 sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests, args.warm_seconds,
-                      args.timeout, served_backend=args.backend)
+                      args.timeout, served_backend=args.backend, processes=args.client_processes)
             [row] = sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests,
-                          args.level_seconds, args.timeout, served_backend=args.backend)
+                          args.level_seconds, args.timeout, served_backend=args.backend,
+                          processes=args.client_processes)
         finally:
             for proc, _ in servers:
                 stop(proc)

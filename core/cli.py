@@ -496,9 +496,9 @@ def cmd_sweep(args):
         print(f"progress: {(levels.index(r['concurrency']) + 1) / len(levels):.2f} c={r['concurrency']}: "
               f"{r['items_per_s']:.2f} req/s, p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr)
     rows = sweep(loaded, clips, url, args.protocol, model_name, levels, args.requests, args.seconds,
-                 args.timeout, served_backend=served, progress=tick)
+                 args.timeout, served_backend=served, progress=tick, processes=args.client_processes)
     print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
-                        "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms"]))
+                        "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "client_cpu_pct"]))
     for r in rows:
         if r["errors"]:
             print(f"  c={r['concurrency']} errors, e.g.: {r['error_examples'][0]}", file=sys.stderr)
@@ -597,6 +597,9 @@ def _triton_commands(add):
     s.add_argument("--concurrency", type=_number(int, 1, 1024, "the concurrency"), nargs="+",
                    default=[1, 2, 4, 8, 16, 32])
     s.add_argument("--requests", type=COUNT, default=200, help="max requests per level")
+    s.add_argument("--client-processes", type=_number(int, 1, 64, "the client processes"), default=1,
+                   help="split each level's clients over this many processes (one Python process sends ~500 "
+                   "requests/s of 5 s audio; its CPU is the client_cpu_pct column)")
     s.add_argument("--seconds", type=_number(float, 0.5, 3600, "seconds per level"), default=30,
                    help="max seconds per level")
     s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")

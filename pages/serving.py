@@ -98,19 +98,23 @@ if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
 else:
     with st.form("sweep"):
-        c = st.columns([2, 1, 1, 1, 1])
+        c = st.columns([2, 1, 1, 1, 1, 1])
         conc = c[0].multiselect("Concurrency", [1, 2, 4, 8, 16, 32, 64], default=[1, 2, 4, 8])
         secs = c[1].number_input("Audio seconds per request", 1.0, 60.0, 5.0)
         per_level = c[2].number_input("Max seconds per level", 1.0, 300.0, 10.0)
         requests = c[3].number_input("Max requests per level", 1, 100000, 200)
         model_name = c[4].text_input("Model name", value=local.model_name if local else "asr")
+        procs = c[5].number_input("Client processes", 1, 64, 1, help="Split each level's clients over this many "
+                                  "processes: one Python process sends about 500 requests/s of 5 s audio, so past "
+                                  "that it, not the server, sets the pace (see client_cpu_pct).")
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not (conc and ready))
         if not ready:
             st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
     if go:  # a background job (python -m core sweep): leaving or reloading the page does not lose it
         args = ["sweep", "--model", loaded.source, "--url", url.removeprefix("http://"), "--protocol", "http",
                 "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
-                "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}"]
+                "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}",
+                "--client-processes", str(int(procs))]
         if local:
             args += ["--served-backend", local.backend]
         st.session_state["sweep_job"] = jobs.start(args, label=f"Sweep · {url} · c={sorted(conc)}").id
@@ -130,7 +134,7 @@ else:
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")
         c[1].plotly_chart(charts.queue_compute(rows), width="stretch")
         cols = ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
-                "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms"]
+                "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms", "client_cpu_pct"]
         df = pd.DataFrame(rows)
         st.dataframe(df[[c for c in cols if c in df]], hide_index=True, width="stretch")
         loads = [dict(g, concurrency=r["concurrency"]) for r in rows for g in (r.get("gpu_load") or [])]

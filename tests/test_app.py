@@ -242,6 +242,7 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
         at.multiselect[0].set_value([1, 2])
         at.number_input[1].set_value(2.0)  # seconds per level
+        next(n for n in at.number_input if n.label == "Client processes").set_value(2)
         next(b for b in at.button if b.label == "Run sweep").click().run()
         assert not at.error, [e.value for e in at.error]
         job = jobs.get(at.session_state["sweep_job"])       # a background job: it outlives the page
@@ -254,6 +255,7 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         from core.results import rows as result_rows
         rows = result_rows(at.session_state["sweep_run"])
         assert [r["concurrency"] for r in rows] == [1, 2]
+        assert [r["client_processes"] for r in rows] == [1, 2]   # 2 asked for; one client needs one process
         assert all(r["n"] > 0 and r["errors"] == 0 and r["server_stats"] for r in rows)
         assert len(at.get("plotly_chart")) == 2
         next(b for b in at.button if b.label == "Stop server").click().run()

@@ -102,15 +102,44 @@ def test_sweep_numbers_are_coherent(served, tiny, speech):
     assert [r["concurrency"] for r in stored] == [1, 2, 4] and stored[0]["consistency"] == 1.0
 
 
+def test_sweep_from_several_client_processes(served, tiny, speech):
+    """The level's clients split over two spawned processes: the same counts the server saw, the same transcripts."""
+    from core.triton.loadtest import prepare_clips, sweep
+    with make_backend("ort:fp32:cpu", tiny) as ref:
+        clips = prepare_clips(tiny, [speech], seconds=2.0, reference=ref)
+    [row] = sweep(tiny, clips, served.url("grpc"), "grpc", "asr", concurrency=[5], requests=40, seconds=20,
+                  timeout_s=10, processes=2)
+    assert row["client_processes"] == 2 and row["errors"] == 0 and row["hung_clients"] == 0
+    assert row["n"] == row["requests_sent"] == 40 and row["server_requests"] == 40   # 20 + 20, all answered
+    assert row["consistency"] == 1.0 and 0 < row["client_cpu_pct"] <= 100 * os.cpu_count()
+    little = row["items_per_s"] * row["mean_ms"] / 1e3
+    assert abs(little - 5) / 5 < 0.35, little
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_mask_of_ones_is_left_to_the_server(served, tiny, speech, protocol):
+    """The served model's mask is optional (the server fills in ones): the client sends it only when it says
+    something, i.e. for padded rows; a 5 s request is then 320 kB instead of 960 kB."""
+    values, mask = features(tiny.processor, [speech.samples, speech.samples[: len(speech.samples) // 2]],
+                            tiny.sample_rate)
+    with make_backend(f"triton:fp32:{protocol}", tiny, url=served.url(protocol)) as remote:
+        assert remote.optional_inputs == {"attention_mask"}
+        names = lambda prepared: [i.name() for i in prepared[0]]  # noqa: E731
+        assert names(remote.prepare(values[:1], mask[:1])) == ["input_values"]
+        assert names(remote.prepare(values[:1])) == ["input_values"]
+        assert names(remote.prepare(values, mask)) == ["input_values", "attention_mask"]   # the short row is padded
+
+
 def test_cli_sweep_over_grpc_saves_sweep_rows(served, hindi_wav):
     from core.cli import main
     from core.results import rows as db_rows
     rc = main(["sweep", "--model", TINY, "--url", served.url("grpc"), "--protocol", "grpc", "--model-name", "asr",
                "--concurrency", "1", "2", "--requests", "6", "--seconds", "3", "--audio", str(hindi_wav),
-               "--reference-backend", "ort:fp32:cpu"])
+               "--reference-backend", "ort:fp32:cpu", "--client-processes", "2"])
     assert rc == 0
     latest = db_rows(kind="sweep")[:2]
     assert sorted(r["concurrency"] for r in latest) == [1, 2]
+    assert sorted(r["client_processes"] for r in latest) == [1, 2]   # never more processes than clients
     assert all(r["backend"] == "triton:fp32:grpc" and r["errors"] == 0 and r["consistency"] == 1.0 for r in latest)
 
 

@@ -4,8 +4,11 @@ errors, transcript agreement with an in-process backend, the server's own queue/
 load while the level ran (NVML; empty with the reason where there is none, or the server is on another machine)."""
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,22 +82,54 @@ def stats_delta(before: dict | None, after: dict | None) -> dict:
             "server_io_ms": (d["compute_input_ns"] + d["compute_output_ns"]) / n / 1e6, "server_fail": d["fail"]}
 
 
-def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, seconds: float,
-              join_timeout: float) -> dict:
-    """`level` threads, each with its own client from factory(i) (made in the thread: HTTP clients are
-    gevent-based and thread-bound), loop until `requests` were sent or `seconds` passed."""
+@dataclass
+class Target:
+    """What the load generator's clients talk to, and how they read the answers. Picklable: client processes
+    rebuild their clients from it."""
+    urls: list[str]
+    protocol: str
+    model_name: str
+    timeout_s: float
+    processor: object       # decodes each answer to text: the client's CTC decode is part of a request's cost
+
+    def client(self, i: int):
+        """Client i (made in its own thread: HTTP clients are gevent-based and thread-bound); several urls: each
+        client sticks to one of them in turn (a connection-level balancer, e.g. one server per GPU)."""
+        from ..backends import BackendSpec
+        from ..backends.triton_backend import TritonBackend
+        spec = BackendSpec("triton", "fp32", self.protocol)
+        return TritonBackend(spec, url=self.urls[i % len(self.urls)], model_name=self.model_name,
+                             timeout_s=self.timeout_s).load()
+
+    def decode(self, logits) -> str:
+        from ..transcribe import decode
+        return decode(self.processor, logits)[0]
+
+
+def run_level(target: Target, level: int, clips: list[Clip], requests: int, seconds: float, join_timeout: float,
+              first: int = 0, connected=None) -> dict:
+    """`level` threads, each with its own client (numbered from `first`), loop until `requests` were sent or
+    `seconds` passed. The clock starts once every client is connected (and `connected()`, if given, returned)."""
     lock = threading.Lock()
     stop = threading.Event()
+    gate, begin = threading.Barrier(level + 1), threading.Event()
     sent = [0]
     latencies, errors, agree, compared = [], [], [0], [0]
-    deadline = time.monotonic() + seconds
+    deadline = [0.0]
 
     def worker(i: int):
         try:
-            client = factory(i)
+            client = target.client(i)
         except Exception as err:  # e.g. the server is already gone
             with lock:
                 errors.append(str(err).splitlines()[0][:300])
+            client = None
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:  # another client hangs connecting: run anyway
+            pass
+        begin.wait()
+        if client is None:
             return
         try:
             loop(i, client)
@@ -104,7 +139,7 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
     def loop(i: int, client):
         while not stop.is_set():
             with lock:
-                if sent[0] >= requests or time.monotonic() >= deadline:
+                if sent[0] >= requests or time.monotonic() >= deadline[0]:
                     return
                 k = sent[0]
                 sent[0] += 1
@@ -119,18 +154,26 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
                     stop.set()
                 continue
             dt = (time.perf_counter() - t0) * 1e3
-            text = decode_fn(logits)
+            text = target.decode(logits)
             with lock:
                 latencies.append((dt, clip.seconds))
                 if clip.reference is not None:
                     compared[0] += 1
                     agree[0] += text == clip.reference
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(level)]
-    cpu = time.process_time()
-    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(first + i,), daemon=True) for i in range(level)]
     for t in threads:
         t.start()
+    try:
+        gate.wait(timeout=join_timeout)   # every client connected (or failed to)
+        if connected:
+            connected()
+    except threading.BrokenBarrierError:
+        pass                              # some client hangs connecting: it counts as hung below
+    cpu = time.process_time()
+    start = time.perf_counter()
+    deadline[0] = time.monotonic() + seconds
+    begin.set()
     for t in threads:
         t.join(timeout=max(0.1, start + join_timeout - time.perf_counter()))
     stop.set()
@@ -140,7 +183,89 @@ def run_level(factory, level: int, clips: list[Clip], decode_fn, requests: int, 
     # the pace
     client_cpu_pct = 100 * (time.process_time() - cpu) / wall if wall else None
     return {"latencies": latencies, "errors": errors, "sent": sent[0], "wall_s": wall, "hung_clients": hung,
-            "agree": agree[0], "compared": compared[0], "client_cpu_pct": client_cpu_pct}
+            "agree": agree[0], "compared": compared[0], "client_cpu_pct": client_cpu_pct, "client_processes": 1}
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal whole shares, largest first."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+@contextmanager
+def load_generator(target: Target, level: int, clips: list[Clip], requests: int, seconds: float,
+                   join_timeout: float, processes: int = 1):
+    """Yields go(): runs one level and returns run_level's dict. With processes > 1, the level's clients are
+    split over that many processes (one Python process sends ~500 requests/s of 5 s audio on one core: past that
+    the load generator, not the server, sets the pace); they start and connect before go() is called, so the
+    level's clock and the caller's GPU sampling do not include their start-up."""
+    processes = max(1, min(processes, level))
+    if processes == 1:
+        yield lambda: run_level(target, level, clips, requests, seconds, join_timeout)
+        return
+    ctx = multiprocessing.get_context("spawn")   # never fork a process holding CUDA or gRPC state
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    clients = shares(level, processes)
+    firsts = np.cumsum([0] + clients)[:-1]
+    # each process's request cap in proportion to its clients: all finish together, the level stays at `level`
+    caps = np.diff(np.round(np.cumsum([0] + clients) * requests / level).astype(int))
+    procs = [ctx.Process(target=_level_part, daemon=True, name=f"load-generator-{i}",
+                         args=(ready, go, results, target, n, clips, int(r), seconds, join_timeout, int(f)))
+             for i, (n, r, f) in enumerate(zip(clients, caps, firsts))]
+    try:
+        for p in procs:
+            p.start()
+        try:
+            for _ in procs:
+                ready.get(timeout=START_S)
+        except queue.Empty:
+            raise WorkbenchError(f"The load generator's {processes} processes did not start within {START_S:g} s.",
+                                 "Use fewer client processes.") from None
+
+        def run() -> dict:
+            go.set()
+            parts, deadline = [], time.monotonic() + join_timeout + 30
+            for n in shares(level, processes):
+                try:
+                    parts.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+                except queue.Empty:  # a process that never reported: its clients count as hung
+                    parts.append(_failed(n, "a load-generator process did not report"))
+            return _merged(parts)
+        yield run
+    finally:
+        go.set()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+
+
+START_S = 120.0
+
+
+def _level_part(ready, go, results, target, level, clips, requests, seconds, join_timeout, first):
+    """One load-generator process: connect its clients, signal ready, wait for the start, run its share."""
+    def connected():
+        ready.put(True)
+        go.wait()
+    try:
+        results.put(run_level(target, level, clips, requests, seconds, join_timeout, first, connected))
+    except Exception as err:  # noqa: BLE001 - reported as the level's errors, never a hang
+        results.put(_failed(level, f"load generator: {err}"))
+
+
+def _failed(level: int, why: str) -> dict:
+    return {"latencies": [], "errors": [why[:300]], "sent": 0, "wall_s": 0.0, "hung_clients": level, "agree": 0,
+            "compared": 0, "client_cpu_pct": None}
+
+
+def _merged(parts: list[dict]) -> dict:
+    """The processes' shares of a level as one: their counts added, the longest wall clock, and the busiest
+    process's CPU (near 100 % says the load generator still sets the pace)."""
+    cpu = [p["client_cpu_pct"] for p in parts if p["client_cpu_pct"] is not None]
+    return {"latencies": [x for p in parts for x in p["latencies"]], "errors": [e for p in parts for e in p["errors"]],
+            **{k: sum(p[k] for p in parts) for k in ("sent", "hung_clients", "agree", "compared")},
+            "wall_s": max(p["wall_s"] for p in parts), "client_cpu_pct": max(cpu) if cpu else None,
+            "client_processes": len(parts)}
 
 
 def _live(client) -> bool:
@@ -160,25 +285,21 @@ def _summed(stats: list[dict | None]) -> dict | None:
 
 def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
-          served_backend: str | None = None, progress=None) -> list[dict]:
+          served_backend: str | None = None, progress=None, processes: int = 1) -> list[dict]:
     """One row per concurrency level (kind "sweep"); stops early when the server is gone. Several urls: servers
-    behind a client-side balancer, each client thread sticking to one of them in turn (a connection-level balancer;
-    e.g. one server per GPU), their statistics added up."""
+    behind a client-side balancer (see Target.client), their statistics added up. processes: the load generator's
+    processes (see load_generator)."""
     from ..backends import BackendSpec
-    from ..backends.triton_backend import TritonBackend
-    from ..transcribe import decode
     urls = [url] if isinstance(url, str) else list(url)
     spec = BackendSpec("triton", "fp32", protocol)
     env = environment()
     stats_clients = [_stats_client(u, protocol, timeout_s) for u in urls]
 
-    def factory(i: int):
-        return TritonBackend(spec, url=urls[i % len(urls)], model_name=model_name, timeout_s=timeout_s).load()
+    target = Target(urls, protocol, model_name, timeout_s, loaded.processor)
 
     def stats():
         return _summed([server_stats(c, protocol, model_name, timeout_s) for c in stats_clients])
 
-    decode_fn = lambda logits: decode(loaded.processor, logits)[0]  # noqa: E731
     audio_mean = float(np.mean([c.seconds for c in clips]))
     away = [u for u in urls if not local_url(u)]
     remote = f"the server at {away[0]} is not on this machine: NVML sees only local GPUs" if away else None
@@ -186,8 +307,9 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     try:
         for level in concurrency:
             before = stats()
-            with GpuLoad(why_not=remote) as load:
-                r = run_level(factory, level, clips, decode_fn, requests, seconds, seconds + 2 * timeout_s + 5)
+            with load_generator(target, level, clips, requests, seconds, seconds + 2 * timeout_s + 5,
+                                processes) as go, GpuLoad(why_not=remote) as load:
+                r = go()
             after = stats()
             row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env, served_backend)
             row.update(stats_delta(before, after))
@@ -221,7 +343,7 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
            "consistency": r["agree"] / r["compared"] if r["compared"] else None,
            "hung_clients": r["hung_clients"], "error_examples": sorted(set(r["errors"]))[:3],
-           "client_cpu_pct": r.get("client_cpu_pct"),
+           "client_cpu_pct": r.get("client_cpu_pct"), "client_processes": r.get("client_processes", 1),
            "url": url, "model_name": model_name, "served_backend": served_backend, "env": env}
     row["rtf"] = row["mean_ms"] / 1e3 / audio_mean if ok else None
     return row

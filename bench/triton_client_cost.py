@@ -1,0 +1,104 @@
+"""What one sweep request costs the load generator's own CPU (issue 17, part 5): a real Triton server (PyTriton,
+`core.triton.serve`) in its own process, and this process sending 5 s requests over gRPC or HTTP at a
+concurrency level through the sweep's own client loop (core.triton.loadtest.run_level). Reports the client
+process's CPU milliseconds per request (process time / answered requests) and the ceiling that puts on one
+client process (1000 / that, at 100 % of one core), next to the part spent in CTC decoding alone.
+
+The server's compute does not enter the client's CPU figure, so a small CPU model serves; but on a small
+machine the server competes for the cores and the wall-clock rate is not the point, the CPU per request is.
+
+    python bench/triton_client_cost.py --seconds 5 --level-seconds 15 --protocol grpc
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="random:wav2vec2-tiny")
+    p.add_argument("--backend", default="torch:fp32:cpu")
+    p.add_argument("--seconds", type=float, default=5.0, help="audio per request")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--level-seconds", type=float, default=15.0)
+    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--client-processes", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = p.parse_args(argv)
+
+    from bench.gpu_multi import stop
+    from core.triton.server import free_port
+    from core.envinfo import environment
+    from core.models import load_model
+    from core.triton.loadtest import Target, load_generator, prepare_clips
+    from core.triton.pybackend import libpython_env, ready
+    from core.audio import Audio
+
+    ports = {k: free_port() for k in ("http", "grpc", "metrics")}
+    cmd = [sys.executable, "-m", "core.triton.serve", "--model", args.model, "--backend", args.backend,
+           "--max-batch", "16", "--preferred", "8", "16", "--max-queue-delay-us", "2000",
+           "--warmup-seconds", str(args.seconds), *[a for k, v in ports.items() for a in (f"--{k}-port", str(v))]]
+    env = dict(libpython_env(), PYTHONPATH=str(ROOT))
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                  cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready(f"127.0.0.1:{ports['http']}", "asr"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("server did not start:\n" + log.read_text(errors="replace")[-2000:])
+            time.sleep(1)
+        loaded = load_model(args.model)
+        rng = np.random.default_rng(0)
+        audio = Audio(samples=(0.1 * rng.standard_normal(int(args.seconds * loaded.sample_rate))).astype(np.float32),
+                      sample_rate=loaded.sample_rate, name="noise")
+        clips = prepare_clips(loaded, [audio])
+        target = Target([f"127.0.0.1:{ports[args.protocol]}"], args.protocol, "asr", 30.0, loaded.processor)
+        # the decode alone, on the server's own answer
+        with target.client(0) as probe:
+            sent_mask = "attention_mask" in [i.name() for i in probe.prepare(clips[0].values, clips[0].mask)[0]]
+            logits = probe.logits(clips[0].values, clips[0].mask)
+        t0 = time.process_time()
+        for _ in range(200):
+            target.decode(logits)
+        decode_ms = (time.process_time() - t0) / 200 * 1e3
+        for seconds in (3.0, args.level_seconds):  # an unrecorded level first: clients, batcher
+            with load_generator(target, args.concurrency, clips, 10**9, seconds, seconds + 60,
+                                args.client_processes) as go:
+                r = go()
+        n = len(r["latencies"])
+        # CPU of the busiest process; with several, each carries about 1/processes of the requests
+        cpu_ms = r["client_cpu_pct"] / 100 * r["wall_s"] / max(n, 1) * 1e3 * r["client_processes"]
+        result = {
+            "protocol": args.protocol, "concurrency": args.concurrency, "client_processes": r["client_processes"], "audio_s": args.seconds,
+            "request_bytes": int(clips[0].values.nbytes + (clips[0].mask.nbytes if sent_mask else 0)),
+            "response_bytes": int(np.asarray(logits).nbytes), "sends_attention_mask": sent_mask,
+            "requests": n, "errors": len(r["errors"]), "wall_s": round(r["wall_s"], 2),
+            "requests_per_s": round(n / r["wall_s"], 1), "client_cpu_pct": round(r["client_cpu_pct"], 1),
+            "client_cpu_ms_per_request": round(cpu_ms, 3), "decode_ms_per_request": round(decode_ms, 3),
+            "one_client_process_ceiling_requests_per_s": round(1e3 / cpu_ms), "cores": os.cpu_count(),
+            "env": environment(),
+        }
+    finally:
+        stop(server)
+    print(json.dumps({k: v for k, v in result.items() if k != "env"}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
