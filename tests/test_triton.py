@@ -79,6 +79,24 @@ def test_triton_passes_the_conformance_matrix(served, tiny):
     assert {r["batch"] for r in rows} >= {9, 17, 33}
 
 
+def test_served_batches_carry_a_mask_only_where_something_is_masked(tiny):
+    """The server-side batch: no int64 mask of ones to build, copy and sum when nothing is padded; a mask where rows
+    of different lengths are padded together; each request's logits as if it ran alone."""
+    from core.triton.serve import make_infer
+    n = 16000
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, n))).astype(np.float32)
+    with make_backend("torch:fp32:cpu", tiny) as backend:
+        masks, prepare = [], backend.prepare
+        backend.prepare = lambda v, m=None: (masks.append(m), prepare(v, m))[1]
+        infer = make_infer(backend, tiny)
+        same = infer([{"input_values": x}, {"input_values": x, "attention_mask": np.ones((1, n), np.int64)}])
+        assert masks[-1] is None
+        mixed = infer([{"input_values": x}, {"input_values": x[:, : n // 2]}])
+        assert masks[-1] is not None and masks[-1].sum(-1).tolist() == [n, n // 2]
+        for out, alone in ((same[1], x), (mixed[0], x), (mixed[1], x[:, : n // 2])):
+            np.testing.assert_allclose(out["logits"], backend.logits(alone), atol=1e-4)
+
+
 def test_sweep_numbers_are_coherent(served, tiny, speech):
     from core.results import rows as db_rows, save
     from core.triton.loadtest import prepare_clips, sweep

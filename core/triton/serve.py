@@ -41,31 +41,39 @@ def make_infer(backend, loaded, stages=None):
     use_mask = loaded.uses_attention_mask
     timed = stages or (lambda _stage: nullcontext())
 
-    def run(rows: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    def run(rows: list[np.ndarray], masks: list) -> np.ndarray:
         with timed("pad"):
             width = max(len(r) for r in rows)
             values = np.zeros((len(rows), width), np.float32)
-            mask = np.zeros((len(rows), width), np.int64)
-            for i, (r, m) in enumerate(zip(rows, masks)):
+            for i, r in enumerate(rows):
                 values[i, :len(r)] = r
-                mask[i, :len(r)] = m
+            # a mask only where something is masked: an int64 mask of ones costs 8 bytes a sample to build, to
+            # copy to the GPU and to sum, and says nothing the model does not assume without one
+            mask = None
+            if use_mask and any(m is not None or len(r) < width for r, m in zip(rows, masks)):
+                mask = np.zeros((len(rows), width), np.int64)
+                for i, (r, m) in enumerate(zip(rows, masks)):
+                    mask[i, :len(r)] = 1 if m is None else m
         with timed("prepare"):   # host -> device
-            prepared = backend.prepare(values, mask if use_mask else None)
+            prepared = backend.prepare(values, mask)
         with timed("run"):
             out = backend.run(prepared)
         with timed("to_host"):   # waits for the GPU
             return backend.to_host(out)
 
-    def check(req) -> tuple[np.ndarray, np.ndarray]:
+    def check(req) -> tuple[np.ndarray, list]:
+        """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
         x = np.asarray(req["input_values"], np.float32)
         if x.shape[-1] < shortest:
             raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
                              f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
         m = req.get("attention_mask")
-        m = np.ones(x.shape, np.int64) if m is None else np.asarray(m, np.int64)
+        if m is None:
+            return x, [None] * x.shape[0]
+        m = np.asarray(m, np.int64)
         if m.shape != x.shape:
             raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
-        return x, m
+        return x, [None if row.all() else row for row in m]
 
     def infer(requests):
         rows, masks, owners, results = [], [], [], []
@@ -77,7 +85,7 @@ def make_infer(backend, loaded, stages=None):
                 continue
             results.append(None)
             rows += list(x)
-            masks += list(m)
+            masks += m
             owners += [k] * x.shape[0]
         # Models without an attention mask change their output when padded: run equal lengths together only.
         groups = {0: list(range(len(rows)))} if use_mask and rows else {}
