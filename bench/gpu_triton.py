@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--client-processes", type=int, default=4, help="load-generator processes (one sends ~500 "
+                   "requests/s of 5 s audio at most: it would cap what Triton is asked for)")
     args = p.parse_args(argv)
 
     loaded = load_model(args.model)
@@ -64,8 +66,10 @@ def main(argv=None) -> int:
     try:
         rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, args.concurrency,
                      args.requests, args.level_seconds, args.timeout, served_backend=args.backend,
-                     progress=lambda r: print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, "
-                                              f"p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr))
+                     processes=args.client_processes, progress=lambda r: print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, "
+                                              f"p50 {r['p50_ms']:.1f} ms, errors {r['errors']}, client CPU "
+                                              f"{r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']})",
+                                              file=sys.stderr))
     finally:
         server.stop(info)
 
