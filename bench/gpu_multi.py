@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
+from core.triton.loadtest import prepare_clips, server_cpu, sweep  # noqa: E402
 from core.triton.pybackend import libpython_env, ready  # noqa: E402
 from core.triton.server import free_port  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
@@ -135,9 +135,13 @@ def main(argv=None) -> int:
             if args.warm_seconds:
                 sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests, args.warm_seconds,
                       args.timeout, served_backend=args.backend, processes=args.client_processes)
+            cpu0 = [server_cpu(proc.pid) for proc, _ in servers]
             [row] = sweep(loaded, clips, urls, args.protocol, "asr", [args.concurrency], args.requests,
                           args.level_seconds, args.timeout, served_backend=args.backend,
                           processes=args.client_processes)
+            # each server process role's share of one core over the level (spawn and connect take ~1 s more)
+            row["server_cpu_pct"] = [{k: round(100 * (b[k] - a.get(k, 0.0)) / row["wall_s"]) for k in b}
+                                     for a, b in zip(cpu0, [server_cpu(proc.pid) for proc, _ in servers])]
         finally:
             for proc, _ in servers:
                 stop(proc)
@@ -151,8 +155,9 @@ def main(argv=None) -> int:
         loads = ", ".join(f"GPU {g['gpu']} {g['util_mean_pct']:.0f} %" for g in row.get("gpu_load") or []) or \
             row.get("gpu_load_reason")
         print(f"  c={args.concurrency}: {row['audio_s_per_s']:.1f} audio-s/s, p50 {row['p50_ms']:.1f} ms, errors "
-              f"{row['errors']}; load: {loads}; client process CPU {row['client_cpu_pct']:.0f} %", file=sys.stderr,
-              flush=True)
+              f"{row['errors']}; load: {loads}; busiest client process CPU {row['client_cpu_pct']:.0f} % (of "
+              f"{row['client_processes']}); server CPU % of a core by process: {row['server_cpu_pct']}",
+              file=sys.stderr, flush=True)
 
     base = results[0]["audio_s_per_s"] or float("nan")
     env = environment()

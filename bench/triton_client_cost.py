@@ -1,13 +1,17 @@
-"""What one sweep request costs the load generator's own CPU (issue 17, part 5): a real Triton server (PyTriton,
-`core.triton.serve`) in its own process, and this process sending 5 s requests over gRPC or HTTP at a
-concurrency level through the sweep's own client loop (core.triton.loadtest.run_level). Reports the client
-process's CPU milliseconds per request (process time / answered requests) and the ceiling that puts on one
-client process (1000 / that, at 100 % of one core), next to the part spent in CTC decoding alone.
+"""What one sweep request costs in CPU on each side (issue 17, part 5): a real Triton server (PyTriton, or Triton's
+Python backend with --python-backend; `core.triton.serve`) in its own process group, and this process sending
+5 s requests over gRPC or HTTP at a concurrency level through the sweep's own load generator. Reports:
+- the client's CPU milliseconds per request and the ceiling that puts on one client process (1000 / that, at
+  100 % of one core), next to the part spent in CTC decoding alone;
+- the server's CPU milliseconds per request for each of its processes (tritonserver, the Python-backend stub,
+  PyTriton's own process, which also runs the model), and what the model's callable (core.triton.serve.make_infer)
+  costs for the same batches in this process. tritonserver's and the stub's figures are the serving path's own
+  cost, which on a GPU machine stays on the host; on this CPU the model's compute swamps PyTriton's share.
 
-The server's compute does not enter the client's CPU figure, so a small CPU model serves; but on a small
-machine the server competes for the cores and the wall-clock rate is not the point, the CPU per request is.
+The model's compute enters neither the client's figure nor tritonserver's, so a small CPU model serves; on a small
+machine the sides compete for the cores, so the wall-clock rate is not the point, the CPU per request is.
 
-    python bench/triton_client_cost.py --seconds 5 --level-seconds 15 --protocol grpc
+    python bench/triton_client_cost.py --seconds 5 --level-seconds 15 --protocol grpc [--python-backend]
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--level-seconds", type=float, default=15.0)
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--client-processes", type=int, default=1)
+    p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
 
@@ -42,7 +47,8 @@ def main(argv=None) -> int:
     from core.triton.server import free_port
     from core.envinfo import environment
     from core.models import load_model
-    from core.triton.loadtest import Target, load_generator, prepare_clips
+    from core.triton.loadtest import (Target, _stats_client, load_generator, prepare_clips, server_cpu,
+                                      server_stats, stats_delta)
     from core.triton.pybackend import libpython_env, ready
     from core.audio import Audio
 
@@ -50,6 +56,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "core.triton.serve", "--model", args.model, "--backend", args.backend,
            "--max-batch", "16", "--preferred", "8", "16", "--max-queue-delay-us", "2000",
            "--warmup-seconds", str(args.seconds), *[a for k, v in ports.items() for a in (f"--{k}-port", str(v))]]
+    cmd += ["--python-backend"] if args.python_backend else []
     env = dict(libpython_env(), PYTHONPATH=str(ROOT))
     log = Path(tempfile.mkdtemp()) / "server.log"
     with open(log, "wb") as out:
@@ -75,11 +82,18 @@ def main(argv=None) -> int:
         for _ in range(200):
             target.decode(logits)
         decode_ms = (time.process_time() - t0) / 200 * 1e3
+        stats = _stats_client(target.urls[0], args.protocol, 30.0)
         for seconds in (3.0, args.level_seconds):  # an unrecorded level first: clients, batcher
             with load_generator(target, args.concurrency, clips, 10**9, seconds, seconds + 60,
                                 args.client_processes) as go:
+                before, cpu0 = server_stats(stats, args.protocol, "asr", 30.0), server_cpu(server.pid)
                 r = go()
+                cpu1, after = server_cpu(server.pid), server_stats(stats, args.protocol, "asr", 30.0)
         n = len(r["latencies"])
+        counts = stats_delta(before, after)
+        served = counts["server_requests"]
+        server_ms = {k: round((cpu1.get(k, 0) - cpu0.get(k, 0)) / served * 1e3, 3) for k in cpu1}
+        callable_ms = callable_cpu_ms(loaded, args.backend, clips[0], round(counts["server_avg_batch"]))
         # CPU of the busiest process; with several, each carries about 1/processes of the requests
         cpu_ms = r["client_cpu_pct"] / 100 * r["wall_s"] / max(n, 1) * 1e3 * r["client_processes"]
         result = {
@@ -89,7 +103,12 @@ def main(argv=None) -> int:
             "requests": n, "errors": len(r["errors"]), "wall_s": round(r["wall_s"], 2),
             "requests_per_s": round(n / r["wall_s"], 1), "client_cpu_pct": round(r["client_cpu_pct"], 1),
             "client_cpu_ms_per_request": round(cpu_ms, 3), "decode_ms_per_request": round(decode_ms, 3),
-            "one_client_process_ceiling_requests_per_s": round(1e3 / cpu_ms), "cores": os.cpu_count(),
+            "one_client_process_ceiling_requests_per_s": round(1e3 / cpu_ms),
+            "serving": "Triton Python backend" if args.python_backend else "PyTriton",
+            "server_avg_batch": round(counts["server_avg_batch"], 2), "server_cpu_ms_per_request": server_ms,
+            "server_cpu_ms_per_request_total": round(sum(server_ms.values()), 3),
+            "callable_cpu_ms_per_request_in_process": round(callable_ms, 3),
+            "cores": os.cpu_count(),
             "env": environment(),
         }
     finally:
@@ -98,6 +117,21 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def callable_cpu_ms(loaded, backend_spec: str, clip, batch: int, repeats: int = 20) -> float:
+    """CPU per request of the served model's callable alone, for batches of `batch` such requests, in this process
+    (its threads included: process time)."""
+    from core.backends import make_backend
+    from core.triton.serve import make_infer
+    requests = [{"input_values": clip.values} for _ in range(max(1, batch))]
+    with make_backend(backend_spec, loaded) as backend:
+        infer = make_infer(backend, loaded)
+        infer(requests)
+        t0 = time.process_time()
+        for _ in range(repeats):
+            infer(requests)
+        return (time.process_time() - t0) / repeats / len(requests) * 1e3
 
 
 if __name__ == "__main__":

@@ -268,6 +268,23 @@ def _merged(parts: list[dict]) -> dict:
             "client_processes": len(parts)}
 
 
+def server_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process of a local server's tree, added up by role: tritonserver,
+    the Python-backend stubs, and the launching process (with PyTriton it runs the model too). Two readings around
+    a level give each role's share of the cores; one near 100 % in a Python process is a GIL-bound bottleneck."""
+    import psutil
+    root, out = psutil.Process(pid), {}
+    for proc in [root] + root.children(recursive=True):
+        try:
+            name, t = proc.name(), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = ("tritonserver" if "tritonserver" in name else "python-backend stub" if "stub" in name
+                else "launcher" if proc.pid == pid else name)
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
 def _live(client) -> bool:
     try:
         kw = {"client_timeout": 2.0} if client.device == "grpc" else {}
