@@ -134,6 +134,39 @@ def test_sweep_from_several_client_processes(served, tiny, speech):
     assert abs(little - 5) / 5 < 0.35, little
 
 
+def test_load_generator_processes_end_with_their_parent(tmp_path):
+    """A sweep process that dies after its client processes started (killed, crashed) leaves none behind."""
+    import subprocess
+    import sys
+
+    import psutil
+    from core.paths import REPO_ROOT
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import multiprocessing, os, sys
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from core.models import load_model
+from core.triton.loadtest import Clip, Target, load_generator
+from core.triton.server import free_port
+import numpy as np
+if __name__ == "__main__":
+    tiny = load_model("random:wav2vec2-tiny")
+    clip = Clip("x", np.zeros((1, 16000), np.float32), np.ones((1, 16000), np.int64), 1.0, None)
+    target = Target([f"127.0.0.1:{{free_port()}}"], "grpc", "asr", 2.0, tiny.processor)  # nobody listens
+    with load_generator(target, 4, [clip], 10, 5.0, 30.0, processes=2) as go:
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+        os._exit(0)   # dies before go(): the children wait for a start that never comes
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr[-2000:]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                                for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_mask_of_ones_is_left_to_the_server(served, tiny, speech, protocol):
     """The served model's mask is optional (the server fills in ones): the client sends it only when it says

@@ -246,7 +246,9 @@ def _level_part(ready, go, results, target, level, clips, requests, seconds, joi
     """One load-generator process: connect its clients, signal ready, wait for the start, run its share."""
     def connected():
         ready.put(True)
-        go.wait()
+        while not go.wait(1.0):   # never outlive a parent that died before the start
+            if not multiprocessing.parent_process().is_alive():
+                raise SystemExit(1)
     try:
         results.put(run_level(target, level, clips, requests, seconds, join_timeout, first, connected))
     except Exception as err:  # noqa: BLE001 - reported as the level's errors, never a hang
