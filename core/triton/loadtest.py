@@ -5,7 +5,6 @@ load while the level ran (NVML; empty with the reason where there is none, or th
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -203,31 +202,41 @@ def load_generator(target: Target, level: int, clips: list[Clip], requests: int,
         yield lambda: run_level(target, level, clips, requests, seconds, join_timeout)
         return
     ctx = multiprocessing.get_context("spawn")   # never fork a process holding CUDA or gRPC state
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    go = ctx.Event()
+    # one pipe per process, its read end held by this process only: a child whose parent died gets a broken pipe
+    # when it reports, instead of blocking on a queue's full buffer forever
+    pipes = [ctx.Pipe(duplex=False) for _ in range(processes)]
     clients = shares(level, processes)
     firsts = np.cumsum([0] + clients)[:-1]
     # each process's request cap in proportion to its clients: all finish together, the level stays at `level`
     caps = np.diff(np.round(np.cumsum([0] + clients) * requests / level).astype(int))
     procs = [ctx.Process(target=_level_part, daemon=True, name=f"load-generator-{i}",
-                         args=(ready, go, results, target, n, clips, int(r), seconds, join_timeout, int(f)))
-             for i, (n, r, f) in enumerate(zip(clients, caps, firsts))]
+                         args=(send, go, target, n, clips, int(r), seconds, join_timeout, int(f)))
+             for i, ((_, send), n, r, f) in enumerate(zip(pipes, clients, caps, firsts))]
     try:
-        for p in procs:
+        for p, (_, send) in zip(procs, pipes):
             p.start()
-        try:
-            for _ in procs:
-                ready.get(timeout=START_S)
-        except queue.Empty:
-            raise WorkbenchError(f"The load generator's {processes} processes did not start within {START_S:g} s.",
-                                 "Use fewer client processes.") from None
+            send.close()
+        deadline = time.monotonic() + START_S
+        for recv, _ in pipes:
+            try:
+                if not recv.poll(max(0.0, deadline - time.monotonic())):
+                    raise WorkbenchError(f"The load generator's {processes} processes did not start within "
+                                         f"{START_S:g} s.", "Use fewer client processes.")
+                recv.recv()
+            except EOFError:
+                raise WorkbenchError("A load-generator process ended before it started (its error is on the "
+                                     "console).", "Run the sweep with --client-processes 1.") from None
 
         def run() -> dict:
             go.set()
             parts, deadline = [], time.monotonic() + join_timeout + 30
-            for n in shares(level, processes):
+            for (recv, _), n in zip(pipes, clients):
                 try:
-                    parts.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
-                except queue.Empty:  # a process that never reported: its clients count as hung
+                    if not recv.poll(max(0.0, deadline - time.monotonic())):
+                        raise EOFError
+                    parts.append(recv.recv())
+                except (EOFError, OSError):  # a process that never reported: its clients count as hung
                     parts.append(_failed(n, "a load-generator process did not report"))
             return _merged(parts)
         yield run
@@ -237,22 +246,26 @@ def load_generator(target: Target, level: int, clips: list[Clip], requests: int,
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
+        for recv, _ in pipes:
+            recv.close()
 
 
 START_S = 120.0
 
 
-def _level_part(ready, go, results, target, level, clips, requests, seconds, join_timeout, first):
-    """One load-generator process: connect its clients, signal ready, wait for the start, run its share."""
+def _level_part(send, go, target, level, clips, requests, seconds, join_timeout, first):
+    """One load-generator process: connect its clients, report ready, wait for the start, run its share and
+    report it (a broken pipe, when the parent has died, ends the process)."""
     def connected():
-        ready.put(True)
+        send.send("ready")
         while not go.wait(1.0):   # never outlive a parent that died before the start
             if not multiprocessing.parent_process().is_alive():
                 raise SystemExit(1)
     try:
-        results.put(run_level(target, level, clips, requests, seconds, join_timeout, first, connected))
+        result = run_level(target, level, clips, requests, seconds, join_timeout, first, connected)
     except Exception as err:  # noqa: BLE001 - reported as the level's errors, never a hang
-        results.put(_failed(level, f"load generator: {err}"))
+        result = _failed(level, f"load generator: {err}")
+    send.send(result)
 
 
 def _failed(level: int, why: str) -> dict:
