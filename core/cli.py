@@ -502,6 +502,9 @@ def cmd_sweep(args):
     for r in rows:
         if r["errors"]:
             print(f"  c={r['concurrency']} errors, e.g.: {r['error_examples'][0]}", file=sys.stderr)
+        if r.get("client_bound"):
+            print(f"  c={r['concurrency']}: a load-generator process used {r['client_cpu_pct']:.0f} % of a core, so "
+                  "the client may have set this level's pace; raise --client-processes", file=sys.stderr)
     if rows and rows[-1].get("server_died"):
         print("the server stopped answering: sweep ended early", file=sys.stderr)
     if not any(r.get("n") for r in rows):  # nothing answered: a run of NaN rows would only mislead

@@ -130,6 +130,10 @@ else:
     if rows:
         if any(r.get("errors") for r in rows):
             st.warning("Some requests failed: see the errors column.", icon=":material/warning:")
+        if bound := [int(r["concurrency"]) for r in rows if r.get("client_bound")]:
+            st.warning(f"At concurrency {', '.join(map(str, bound))} a load-generator process used a full core: the "
+                       "client, not the server, may have set the pace. Raise Client processes and sweep again.",
+                       icon=":material/speed:")
         c = st.columns(2)
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")
         c[1].plotly_chart(charts.queue_compute(rows), width="stretch")

@@ -226,6 +226,19 @@ def test_profile_page_operator_table(app):
     assert table["self_cpu_ms"].is_monotonic_decreasing and len(table) > 3
 
 
+def test_serving_page_warns_when_the_client_set_the_pace(app):
+    from core.results import save
+    run = save([{"kind": "sweep", "backend": "triton:fp32:grpc", "concurrency": c, "n": 100, "errors": 0,
+                 "p50_ms": 5.0 * c, "p90_ms": 6.0 * c, "p99_ms": 8.0 * c, "items_per_s": 100.0 * c,
+                 "audio_s_per_s": 500.0 * c, "client_cpu_pct": cpu, "client_processes": 1, "client_bound": cpu >= 90}
+                for c, cpu in ((8, 55.0), (32, 99.0))], "sweep")
+    app.session_state["sweep_run"] = run
+    page(app, "pages/serving.py")
+    warned = [w.value for w in app.warning if "load-generator process" in w.value]
+    assert warned == ["At concurrency 32 a load-generator process used a full core: the client, not the server, may "
+                      "have set the pace. Raise Client processes and sweep again."]
+
+
 def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
     """PyTriton's real Triton server on the tiny model (ONNX Runtime CPU), a two-level sweep, then stop."""
     from core.triton import server

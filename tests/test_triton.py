@@ -134,6 +134,17 @@ def test_sweep_from_several_client_processes(served, tiny, speech):
     assert abs(little - 5) / 5 < 0.35, little
 
 
+def test_a_level_paced_by_its_client_is_flagged(tiny):
+    """A load-generator process at a full core is reported (CLI line, Serving page warning) as the possible limit."""
+    from core.backends import BackendSpec
+    from core.triton.loadtest import level_row
+    def row(cpu):
+        r = {"latencies": [(10.0, 5.0)] * 4, "errors": [], "sent": 4, "wall_s": 0.01, "hung_clients": 0, "agree": 0,
+             "compared": 0, "client_cpu_pct": cpu, "client_processes": 1}
+        return level_row(tiny, BackendSpec("triton", "fp32", "grpc"), "u", "asr", 1, r, 5.0, {}, None)
+    assert row(97.0)["client_bound"] and not row(40.0)["client_bound"] and not row(None)["client_bound"]
+
+
 def test_load_generator_processes_end_with_their_parent(tmp_path):
     """A sweep process that dies after its client processes started (killed, crashed) leaves none behind."""
     import subprocess

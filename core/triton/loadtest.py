@@ -17,6 +17,7 @@ from ..errors import WorkbenchError
 from .gpus import GpuLoad, local_url
 
 LEVELS = (1, 2, 4, 8, 16, 32)
+CLIENT_BOUND_PCT = 90   # a load-generator process's CPU (% of one core) from which it, not the server, sets the pace
 
 
 @dataclass
@@ -378,4 +379,6 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
            "client_cpu_pct": r.get("client_cpu_pct"), "client_processes": r.get("client_processes", 1),
            "url": url, "model_name": model_name, "served_backend": served_backend, "env": env}
     row["rtf"] = row["mean_ms"] / 1e3 / audio_mean if ok else None
+    # a load-generator process near a full core (its Python is one thread at a time) paced the level itself
+    row["client_bound"] = (r.get("client_cpu_pct") or 0) >= CLIENT_BOUND_PCT
     return row
