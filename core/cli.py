@@ -600,9 +600,10 @@ def _triton_commands(add):
     s.add_argument("--concurrency", type=_number(int, 1, 1024, "the concurrency"), nargs="+",
                    default=[1, 2, 4, 8, 16, 32])
     s.add_argument("--requests", type=COUNT, default=200, help="max requests per level")
-    s.add_argument("--client-processes", type=_number(int, 1, 64, "the client processes"), default=1,
+    s.add_argument("--client-processes", type=_number(int, 1, 64, "the client processes"), default=None,
                    help="split each level's clients over this many processes (one Python process sends ~500 "
-                   "requests/s of 5 s audio; its CPU is the client_cpu_pct column)")
+                   "requests/s of 5 s audio; its CPU is the client_cpu_pct column); default: a quarter of the "
+                   "cores, at most one per client")
     s.add_argument("--seconds", type=_number(float, 0.5, 3600, "seconds per level"), default=30,
                    help="max seconds per level")
     s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")

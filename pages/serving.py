@@ -104,9 +104,10 @@ else:
         per_level = c[2].number_input("Max seconds per level", 1.0, 300.0, 10.0)
         requests = c[3].number_input("Max requests per level", 1, 100000, 200)
         model_name = c[4].text_input("Model name", value=local.model_name if local else "asr")
-        procs = c[5].number_input("Client processes", 1, 64, 1, help="Split each level's clients over this many "
+        procs = c[5].number_input("Client processes (0: auto)", 0, 64, 0, help="Split each level's clients over this many "
                                   "processes: one Python process sends about 500 requests/s of 5 s audio, so past "
-                                  "that it, not the server, sets the pace (see client_cpu_pct).")
+                                  "that it, not the server, sets the pace (see client_cpu_pct). 0: a quarter of "
+                                  "this machine's cores, at most one per client.")
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not (conc and ready))
         if not ready:
             st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
@@ -114,7 +115,7 @@ else:
         args = ["sweep", "--model", loaded.source, "--url", url.removeprefix("http://"), "--protocol", "http",
                 "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
                 "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}",
-                "--client-processes", str(int(procs))]
+                *(["--client-processes", str(int(procs))] if procs else [])]
         if local:
             args += ["--served-backend", local.backend]
         st.session_state["sweep_job"] = jobs.start(args, label=f"Sweep · {url} · c={sorted(conc)}").id
@@ -132,7 +133,7 @@ else:
             st.warning("Some requests failed: see the errors column.", icon=":material/warning:")
         if bound := [int(r["concurrency"]) for r in rows if r.get("client_bound")]:
             st.warning(f"At concurrency {', '.join(map(str, bound))} a load-generator process used a full core: the "
-                       "client, not the server, may have set the pace. Raise Client processes and sweep again.",
+                       "client, not the server, may have set the pace. Raise the client processes and sweep again.",
                        icon=":material/speed:")
         c = st.columns(2)
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")

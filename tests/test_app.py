@@ -236,7 +236,7 @@ def test_serving_page_warns_when_the_client_set_the_pace(app):
     page(app, "pages/serving.py")
     warned = [w.value for w in app.warning if "load-generator process" in w.value]
     assert warned == ["At concurrency 32 a load-generator process used a full core: the client, not the server, may "
-                      "have set the pace. Raise Client processes and sweep again."]
+                      "have set the pace. Raise the client processes and sweep again."]
 
 
 def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
@@ -255,7 +255,7 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
         at.multiselect[0].set_value([1, 2])
         at.number_input[1].set_value(2.0)  # seconds per level
-        next(n for n in at.number_input if n.label == "Client processes").set_value(2)
+        next(n for n in at.number_input if n.label == "Client processes (0: auto)").set_value(2)
         next(b for b in at.button if b.label == "Run sweep").click().run()
         assert not at.error, [e.value for e in at.error]
         job = jobs.get(at.session_state["sweep_job"])       # a background job: it outlives the page

@@ -186,6 +186,13 @@ def run_level(target: Target, level: int, clips: list[Clip], requests: int, seco
             "agree": agree[0], "compared": compared[0], "client_cpu_pct": client_cpu_pct, "client_processes": 1}
 
 
+def auto_processes(level: int) -> int:
+    """Load-generator processes for a level: a quarter of this machine's cores (the rest for the server when it
+    runs here too), at most one per client; one on small machines."""
+    import os
+    return max(1, min(level, (os.cpu_count() or 1) // 4))
+
+
 def shares(total: int, parts: int) -> list[int]:
     """`total` split into `parts` near-equal whole shares, largest first."""
     return [total // parts + (i < total % parts) for i in range(parts)]
@@ -318,10 +325,10 @@ def _summed(stats: list[dict | None]) -> dict | None:
 
 def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
-          served_backend: str | None = None, progress=None, processes: int = 1) -> list[dict]:
+          served_backend: str | None = None, progress=None, processes: int | None = 1) -> list[dict]:
     """One row per concurrency level (kind "sweep"); stops early when the server is gone. Several urls: servers
     behind a client-side balancer (see Target.client), their statistics added up. processes: the load generator's
-    processes (see load_generator)."""
+    processes (see load_generator); None: auto_processes(level) for each level."""
     from ..backends import BackendSpec
     urls = [url] if isinstance(url, str) else list(url)
     spec = BackendSpec("triton", "fp32", protocol)
@@ -341,7 +348,7 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
         for level in concurrency:
             before = stats()
             with load_generator(target, level, clips, requests, seconds, seconds + 2 * timeout_s + 5,
-                                processes) as go, GpuLoad(why_not=remote) as load:
+                                processes or auto_processes(level)) as go, GpuLoad(why_not=remote) as load:
                 r = go()
             after = stats()
             row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env, served_backend)
