@@ -1,7 +1,11 @@
 """Host-side stage times of one served batch (core.triton.serve.make_infer): 16 requests of 5 s, tiny model,
 torch:fp32:cpu, 20 batches after 3 unrecorded; p50 ms per stage.  python bench/served_batch_stages.py"""
-import sys; from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sys
+from pathlib import Path
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.models import load_model
 from core.backends import make_backend
 from core.triton.serve import make_infer

@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -43,37 +40,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
 
-    from bench.gpu_multi import stop
-    from core.triton.server import free_port
+    from core.audio import Audio
     from core.envinfo import environment
     from core.models import load_model
+    from core.triton import server
     from core.triton.loadtest import (Target, _stats_client, load_generator, prepare_clips, server_cpu,
                                       server_stats, stats_delta)
-    from core.triton.pybackend import libpython_env, ready
-    from core.audio import Audio
 
-    ports = {k: free_port() for k in ("http", "grpc", "metrics")}
-    cmd = [sys.executable, "-m", "core.triton.serve", "--model", args.model, "--backend", args.backend,
-           "--max-batch", "16", "--preferred", "8", "16", "--max-queue-delay-us", "2000",
-           "--warmup-seconds", str(args.seconds), *[a for k, v in ports.items() for a in (f"--{k}-port", str(v))]]
-    cmd += ["--python-backend"] if args.python_backend else []
-    env = dict(libpython_env(), PYTHONPATH=str(ROOT))
-    log = Path(tempfile.mkdtemp()) / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                  cwd=ROOT, start_new_session=True)
+    info = server.start(args.model, args.backend, name="client-cost", max_batch=16, preferred=[8, 16],
+                        max_queue_delay_us=2000, warmup_s=args.seconds, python_backend=args.python_backend)
     try:
-        deadline = time.monotonic() + 300
-        while not ready(f"127.0.0.1:{ports['http']}", "asr"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start:\n" + log.read_text(errors="replace")[-2000:])
-            time.sleep(1)
         loaded = load_model(args.model)
         rng = np.random.default_rng(0)
         audio = Audio(samples=(0.1 * rng.standard_normal(int(args.seconds * loaded.sample_rate))).astype(np.float32),
                       sample_rate=loaded.sample_rate, name="noise")
         clips = prepare_clips(loaded, [audio])
-        target = Target([f"127.0.0.1:{ports[args.protocol]}"], args.protocol, "asr", 30.0, loaded.processor)
+        target = Target([info.url(args.protocol)], args.protocol, "asr", 30.0, loaded.processor)
         # the decode alone, on the server's own answer
         with target.client(0) as probe:
             sent_mask = "attention_mask" in [i.name() for i in probe.prepare(clips[0].values, clips[0].mask)[0]]
@@ -86,9 +68,9 @@ def main(argv=None) -> int:
         for seconds in (3.0, args.level_seconds):  # an unrecorded level first: clients, batcher
             with load_generator(target, args.concurrency, clips, 10**9, seconds, seconds + 60,
                                 args.client_processes) as go:
-                before, cpu0 = server_stats(stats, args.protocol, "asr", 30.0), server_cpu(server.pid)
+                before, cpu0 = server_stats(stats, args.protocol, "asr", 30.0), server_cpu(info.pid)
                 r = go()
-                cpu1, after = server_cpu(server.pid), server_stats(stats, args.protocol, "asr", 30.0)
+                cpu1, after = server_cpu(info.pid), server_stats(stats, args.protocol, "asr", 30.0)
         n = len(r["latencies"])
         counts = stats_delta(before, after)
         served = counts["server_requests"]
@@ -112,7 +94,7 @@ def main(argv=None) -> int:
             "env": environment(),
         }
     finally:
-        stop(server)
+        server.stop(info)
     print(json.dumps({k: v for k, v in result.items() if k != "env"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

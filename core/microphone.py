@@ -233,8 +233,8 @@ def _close(stream, hung: bool) -> None:
 def record(seconds: float, device: str | int | None = None, progress=None, stop=None, rate: int | None = None,
            devices: list[InputDevice] | None = None) -> Take:
     """Record `seconds` of mono audio from `device` (see find_device). `progress(take)` is called about ten times a
-    second (take.elapsed, take.level: the peak since the previous call, for a meter); `stop()` returning True, or Ctrl-C, ends the recording early and
-    keeps it. Raises MicrophoneError subclasses, never a PortAudio error."""
+    second (take.elapsed; take.level, the peak since the previous call, for a meter); `stop()` returning True, or
+    Ctrl-C, ends the recording early and keeps it. Raises MicrophoneError subclasses, never a PortAudio error."""
     sd = _sounddevice()
     dev = find_device(devices or input_devices(), device)
     if not _LOCK.acquire(blocking=False):

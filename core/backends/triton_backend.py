@@ -177,12 +177,13 @@ class TritonBackend(Backend):
         values = np.ascontiguousarray(input_values, dtype=np.float32)
         mask = None
         if "attention_mask" in self.input_names:
-            mask = np.ones(values.shape, np.int64) if attention_mask is None else attention_mask
-            mask = np.ascontiguousarray(mask, dtype=np.int64)
+            mask = None if attention_mask is None else np.ascontiguousarray(attention_mask, dtype=np.int64)
             # A mask of ones is what a server with an optional mask fills in itself; leaving it out halves a
             # request's bytes (int64 per sample against float32) and the client's serialisation work.
-            if "attention_mask" in self.optional_inputs and mask.all():
-                mask = None
+            if "attention_mask" in self.optional_inputs:
+                mask = None if mask is None or mask.all() else mask
+            elif mask is None:
+                mask = np.ones(values.shape, np.int64)
         step = self.max_batch or len(values)
         return [self._inputs(values[i:i + step], None if mask is None else mask[i:i + step])
                 for i in range(0, len(values), step)]
@@ -239,4 +240,4 @@ class TritonBackend(Backend):
                 pass
         self._local = threading.local()
         self._loaded = False
-        self.optional_inputs: set[str] = set()
+        self.optional_inputs = set()
