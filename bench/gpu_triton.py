@@ -25,6 +25,7 @@ from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton import server  # noqa: E402
 from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
+from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
                                               file=sys.stderr))
     finally:
         server.stop(info)
+    for line in Path(info.log).read_text(errors="replace").splitlines():   # host time per stage of each batch
+        if line.startswith(STAGES):
+            print(f"  {line}", file=sys.stderr)
 
     at = max((r for r in rows if r["concurrency"] <= args.compare_at and r["n"]), key=lambda r: r["concurrency"],
              default=None)
