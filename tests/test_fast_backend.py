@@ -286,3 +286,14 @@ def test_aoti_packages_hold_no_weights_and_match_eager(monkeypatch, tmp_path):
     assert outs[0][1].get("aoti_built") == 1 and outs[1][1].get("aoti_loaded") == 1 and "aoti_built" not in outs[1][1]
     assert np.abs(outs[0][0] - outs[1][0]).max() > 1e-2     # other weights, same package: other logits
     assert [p.suffix for p in (tmp_path / "compile-cache" / "aoti").iterdir()] == [".pt2"]   # no partial file left
+
+
+def test_aoti_on_cuda_is_refused_before_it_can_crash():
+    """Loading an AOTInductor package segfaulted on the H200 (torch 2.11.0+cu130, 2026-12-02): compile="aoti" on
+    CUDA is refused at construction with the reason, before any GPU is touched (so this runs on the CPU too)."""
+    from core.backends import BackendSpec
+    from core.errors import BackendUnavailableError
+    from core.models import load_model
+    loaded = load_model("random:wav2vec2-tiny")
+    with pytest.raises(BackendUnavailableError, match="segfaults"):
+        FastBackend(BackendSpec.parse("fast:fp16:cuda"), loaded, compile="aoti")

@@ -388,7 +388,7 @@ class _Replay:
 
 class FastBackend(Backend):
     """Options: compile (None | "default" | "max-autotune-no-cudagraphs" | "aoti": AOTInductor packages per bucket
-    shape, see aoti_cache), graphs (CUDA graphs; default on
+    shape, see aoti_cache; CPU only), graphs (CUDA graphs; default on
     for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
     conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
     that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
@@ -400,6 +400,12 @@ class FastBackend(Backend):
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
                  mask_free: bool = True, gelu_epilogue: bool | None = None):
         super().__init__(spec)
+        # refused before anything loads, on any machine: a segfault would take the caller (the dashboard) with it
+        if compile == "aoti" and spec.device == "cuda":
+            raise BackendUnavailableError(
+                "compile='aoti' does not run on CUDA here: loading any AOTInductor package segfaults the process "
+                "(torch 2.11.0+cu130 on an H200, 2026-12-02, even for a two-layer module; bench/aoti_load_probe.py).",
+                "Use the default compile (torch.compile with its persisted cache); aoti runs on the CPU.")
         ok, why = available(spec)
         if not ok:
             raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
@@ -408,7 +414,7 @@ class FastBackend(Backend):
         if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti"):
             raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
                                           "Use default, max-autotune-no-cudagraphs, aoti or none.")
-        # torch.compile only on CUDA (the CPU is the tests' reference mode); AOTInductor packages on both
+        # torch.compile only on CUDA (the CPU is the tests' reference mode); AOTInductor packages on the CPU
         self.compile_mode = compile if cuda or compile == "aoti" else None
         # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
         self.use_graphs = True if graphs is None else graphs
