@@ -24,7 +24,7 @@ from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton import server  # noqa: E402
-from core.triton.loadtest import prepare_clips, sweep  # noqa: E402
+from core.triton.loadtest import prepare_clips, server_cpu, sweep  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--preferred", type=int, nargs="*", default=[8, 16])
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
+                   "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--client-processes", type=int, default=8, help="load-generator processes (one sends ~500 "
@@ -66,14 +68,19 @@ def main(argv=None) -> int:
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        warmup_s=args.seconds, timeout_s=900)
+                        warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend)
+    cpu = [server_cpu(info.pid)]
+
+    def progress(r):   # each server process role's share of a core since the previous level ended
+        cpu.append(server_cpu(info.pid))
+        r["server_cpu_pct"] = {k: round(100 * (v - cpu[-2].get(k, 0.0)) / r["wall_s"]) for k, v in cpu[-1].items()}
+        print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, errors "
+              f"{r['errors']}, client CPU {r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']}), server CPU "
+              f"% of a core by process: {r['server_cpu_pct']}", file=sys.stderr)
     try:
         rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, args.concurrency,
                      args.requests, args.level_seconds, args.timeout, served_backend=args.backend,
-                     processes=args.client_processes, progress=lambda r: print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, "
-                                              f"p50 {r['p50_ms']:.1f} ms, errors {r['errors']}, client CPU "
-                                              f"{r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']})",
-                                              file=sys.stderr))
+                     processes=args.client_processes, progress=progress)
     finally:
         server.stop(info)
     for line in Path(info.log).read_text(errors="replace").splitlines():   # host time per stage of each batch
