@@ -35,7 +35,8 @@ def child(args) -> dict:
     t_import = time.perf_counter()
     loaded = load_model(args.model)
     backend = make_backend(args.backend, loaded, buckets_s=tuple(args.buckets_s),
-                           batch_buckets=tuple(args.batch_buckets), compile=args.compile).load()
+                           batch_buckets=tuple(args.batch_buckets), compile=args.compile,
+                           compile_scope=args.compile_scope).load()
     t_load = time.perf_counter()
     graphs = backend.capture_all()
     if torch.cuda.is_available():
@@ -76,6 +77,8 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=["cold", "warm"])
     p.add_argument("--compile", default="default", help="the fast backend's compile mode: default (torch.compile) "
                    "or aoti (an AOTInductor package per shape, weights left out: core/backends/aoti_cache.py)")
+    p.add_argument("--compile-scope", choices=("whole", "layer"), default="whole", help="layer: the front, one shared "
+                   "encoder layer and the head compiled apart (core.backends.fast_backend.compile_regions)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -88,7 +91,7 @@ def main() -> int:
         if run == "cold":
             shutil.rmtree(cache, ignore_errors=True)
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--backend", args.backend, "--compile",
-               args.compile, "--buckets-s",
+               args.compile, "--compile-scope", args.compile_scope, "--buckets-s",
                *map(str, args.buckets_s), "--batch-buckets", *map(str, args.batch_buckets)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -98,7 +101,7 @@ def main() -> int:
         rows.append({"run": run, "buckets_s": args.buckets_s, "batch_buckets": args.batch_buckets,
                      **json.loads(line[7:])})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.backend} (compile {args.compile}), {args.model}, buckets {args.buckets_s} s x batches "
+    print(f"\n{args.backend} (compile {args.compile}, scope {args.compile_scope}), {args.model}, buckets {args.buckets_s} s x batches "
           f"{args.batch_buckets}, cache {cache}")
     for r in rows:
         print(f"{r['run']:5} load {r['load_s']:5.1f} s, compile+capture of {r['graphs']} graphs "

@@ -297,3 +297,24 @@ def test_aoti_on_cuda_is_refused_before_it_can_crash():
     loaded = load_model("random:wav2vec2-tiny")
     with pytest.raises(BackendUnavailableError, match="segfaults"):
         FastBackend(BackendSpec.parse("fast:fp16:cuda"), loaded, compile="aoti")
+
+
+def test_compile_regions_share_one_graph_across_layers():
+    """compile_scope="layer": the front, one layer's code and the head are compiled apart, so a new shape makes
+    three graphs however many layers the model has, and the logits stay the eager module's."""
+    from torch._dynamo.utils import counters
+    from core.models import build_random
+    from core.backends.fast_backend import compile_regions
+    model, _ = build_random("wav2vec2-tiny", seed=0)
+    assert model.config.num_hidden_layers >= 2
+    eager = build_module(model).eval()
+    compiled = compile_regions(build_module(model).eval())
+    torch._dynamo.reset()
+    for batch, n, full in ((1, 16000, True), (2, 12000, False)):
+        x = 0.1 * torch.randn(batch, n, generator=torch.Generator().manual_seed(batch))
+        lengths = torch.tensor([n] + [n // 2] * (batch - 1))
+        before = counters["stats"]["unique_graphs"]
+        with torch.no_grad():
+            out, ref = compiled(x, lengths, full=full), eager(x, lengths, full=full)
+        assert counters["stats"]["unique_graphs"] - before == 3
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

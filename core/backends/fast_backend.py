@@ -350,6 +350,13 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
             -> logits [B, frames(T), vocab]; frames beyond a row's length are not meaningful. full=True says
             every row is real audio to the end (lengths == T): then nothing is masked, which lets attention
             take its mask-free kernels; the caller must know it (a static choice per captured graph)."""
+            x, mask = self.front(input_values, lengths, full)
+            for layer in self.layers:
+                x = layer(x, mask)
+            return self.head(x)
+
+        def front(self, input_values, lengths, full: bool):
+            """Feature encoder, projection and positional conv -> the first layer's input and the attention mask."""
             h = self.features(input_values, lengths)
             x = self.proj(self.proj_ln(h))
             keep = None
@@ -368,13 +375,29 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
             if not self.stable:
                 x = self.enc_ln(x)
             mask = None if full else keep[:, None, None, :]              # keys of real frames only
-            for layer in self.layers:
-                x = layer(x, mask)
-            if self.stable:
-                x = self.enc_ln(x)
-            return self.lm_head(x)
+            return x, mask
+
+        def head(self, x):
+            return self.lm_head(self.enc_ln(x) if self.stable else x)
 
     return FastWav2Vec2().eval()
+
+
+def compile_regions(module, mode=None):
+    """torch.compile the fast module by region: the front, one encoder layer's code shared by all layers (their
+    weights are graph inputs, so 24 layers make one graph per shape, not 24 copies inside one), and the head. A new
+    shape then costs three small compiles instead of one of the whole model: on the CPU, wav2vec2-large's second
+    shape took 0.84 s against 2.07 s from a warm cache, 2.7 s against 19.7 s cold (bench/NOTES.md, 2026-12-02).
+    Fusion stops at the regions' edges. Returns the module, its regions replaced in place."""
+    import functools
+    import torch
+    opts = dict(mode=mode, dynamic=False, fullgraph=True)
+    module.front = torch.compile(module.front, **opts)
+    shared = torch.compile(type(module.layers[0]).forward, **opts)
+    for layer in module.layers:
+        layer.forward = functools.partial(shared, layer)
+    module.head = torch.compile(module.head, **opts)
+    return module
 
 
 # ---------------------------------------------------------------- the backend
@@ -393,12 +416,13 @@ class FastBackend(Backend):
     conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
     that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
     build_module; None: on for fp16 only. H200 run 12, bench/NOTES.md: fp16 W2 3.88 -> 3.70 ms with all 36 demo
-    transcripts unchanged; bf16 with it changed one transcript, +0.51 WER points, past the 0.5 limit)."""
+    transcripts unchanged; bf16 with it changed one transcript, +0.51 WER points, past the 0.5 limit),
+    compile_scope ("whole": one graph per shape; "layer": see compile_regions; not measured on a GPU yet)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
-                 mask_free: bool = True, gelu_epilogue: bool | None = None):
+                 mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str = "whole"):
         super().__init__(spec)
         # refused before anything loads, on any machine: a segfault would take the caller (the dashboard) with it
         if compile == "aoti" and spec.device == "cuda":
@@ -414,6 +438,9 @@ class FastBackend(Backend):
         if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti"):
             raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
                                           "Use default, max-autotune-no-cudagraphs, aoti or none.")
+        if compile_scope not in ("whole", "layer"):
+            raise BackendUnavailableError(f"Unknown compile scope '{compile_scope}'.", "Use whole or layer.")
+        self.compile_scope = compile_scope
         # torch.compile only on CUDA (the CPU is the tests' reference mode); AOTInductor packages on the CPU
         self.compile_mode = compile if cuda or compile == "aoti" else None
         # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
@@ -447,7 +474,8 @@ class FastBackend(Backend):
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
-            self.call = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
+            self.call = (compile_regions(module, mode) if self.compile_scope == "layer" else
+                         torch.compile(module, mode=mode, dynamic=False, fullgraph=True))
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs and self.device == "cuda" else None
