@@ -28,10 +28,11 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=["1x5"], help="batch x seconds, e.g. 1x5 8x20")
     p.add_argument("--skip", nargs="*", default=[], choices=("compile", "aoti"))
     p.add_argument("--aoti-weights", choices=("in", "out"), default="out", help="out: the packages the backend uses "
-                   "(core/backends/aoti_cache.py, weights handed over at load); in: the weights inside each package")
+                   "(core/backends/shape_cache.py, weights handed over at load); in: the weights inside each package")
     args = p.parse_args(argv)
 
-    from core.backends.fast_backend import build_module, use_compile_cache
+    from core.backends.fast_backend import use_compile_cache
+    from core.backends.fast_module import build_module
     cache = use_compile_cache()   # before torch._inductor reads its cache directory
     import torch
     import torch._dynamo
@@ -69,12 +70,12 @@ def main(argv=None) -> int:
                 row["fxgraph_cache"] = {k: v - hits.get(k, 0) for k, v in counters["inductor"].items()
                                         if k.startswith("fxgraph_cache") and v - hits.get(k, 0)}
             if "aoti" not in args.skip and args.aoti_weights == "out":
-                from core.backends.aoti_cache import package_key, shape_runner
+                from core.backends.shape_cache import aoti_runner, shape_key
                 stats: dict = {}
-                key = package_key({"model": args.model}, {"bench": True}, dtype, args.device, (x, lengths),
+                key = shape_key({"model": args.model}, {"bench": True}, dtype, args.device, (x, lengths),
                                   {"full": True})
                 t = time.perf_counter()
-                runner = shape_runner(module, (x, lengths), {"full": True}, key, cache / "aoti", stats)
+                runner = aoti_runner(module, (x, lengths), {"full": True}, key, cache / "aoti", stats)
                 row["aoti_" + ("build_and_load_s" if stats.get("aoti_built") else "load_s")] = round(
                     time.perf_counter() - t, 2)
                 t = time.perf_counter()

@@ -1,6 +1,7 @@
-"""Issue 16, item 3: does compiling the fast module by region (core.backends.fast_backend.compile_regions: the
-front, one encoder layer shared by all 24, the head) instead of whole cut the per-shape cost of a compile? One process per run: every shape compiled in turn, each output checked
-against the eager module. Run it twice per scope (the first fills the caches under $WORKBENCH_ARTIFACTS).
+"""Issue 16, item 3: does compiling the fast module by region (core.backends.fast_module.compile_regions: the
+front, one encoder layer shared by all 24, the head) instead of whole cut the per-shape cost of a compile? One
+process per run: every shape compiled in turn, each output checked against the eager module. Run it twice per
+scope (the first fills the caches under $WORKBENCH_ARTIFACTS).
 
     python bench/compile_scope.py --scope whole|layer --shapes 1x1 2x1 4x1 [--device cuda --precision fp16]"""
 from __future__ import annotations
@@ -23,7 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=["1x1", "2x1"], help="batch x seconds")
     args = p.parse_args(argv)
 
-    from core.backends.fast_backend import build_module, compile_regions, use_compile_cache
+    from core.backends.fast_backend import use_compile_cache
+    from core.backends.fast_module import build_module, compile_regions
     use_compile_cache()
     t0 = time.perf_counter()
     import torch

@@ -75,10 +75,10 @@ def main() -> int:
     p.add_argument("--buckets-s", type=float, nargs="+", default=list(BUCKETS_S), help="length buckets (s)")
     p.add_argument("--batch-buckets", type=int, nargs="+", default=list(BATCH_BUCKETS))
     p.add_argument("--runs", nargs="+", default=["cold", "warm"])
-    p.add_argument("--compile", default="default", help="the fast backend's compile mode: default (torch.compile) "
-                   "or aoti (an AOTInductor package per shape, weights left out: core/backends/aoti_cache.py)")
+    p.add_argument("--compile", default="default", help="the fast backend's compile mode: default (torch.compile), "
+                   "precompile or aoti (an artifact per shape, weights left out: core/backends/shape_cache.py)")
     p.add_argument("--compile-scope", choices=("whole", "layer"), default="whole", help="layer: the front, one shared "
-                   "encoder layer and the head compiled apart (core.backends.fast_backend.compile_regions)")
+                   "encoder layer and the head compiled apart (core.backends.fast_module.compile_regions)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

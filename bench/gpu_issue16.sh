@@ -8,6 +8,9 @@
 #   triton  PyTriton sweep on fast fp16, two model instances, max batch $MAX_BATCH (16 or 32), concurrency 16 and 32
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
+#   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
+#           left out), empty then warm cache, the same 8 graphs as `cold`; then W1/W2 and the demo-set WER against
+#           compile="default" in one run
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
 #           paths as wav2vec2-large, whose 32 cold compiles of ~18 s would not fit one call)
 #   aoti    does an AOTInductor package load on this GPU? (2026-12-02, torch 2.11.0+cu130: every form segfaulted at
@@ -15,7 +18,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -38,6 +41,12 @@ case "$phase" in
     python3 bench/gpu_w1.py --eval-demo --budget-s 220 --warmup 20 --repeats 100 \
       --variants fast:fp16:compile+graphs,fast:fp16:layer-compile+graphs > "$out/w1_scope.log" 2>&1
     echo "w1 scope exit $?" | tee -a "$out/w1_scope.log" ;;
+  precompile)
+    timeout 300 python3 bench/gpu_coldstart.py --compile precompile --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_precompile.log" 2>&1
+    echo "cold precompile exit $?" | tee -a "$out/cold_precompile.log"
+    timeout 150 python3 bench/gpu_w1.py --eval-demo --budget-s 140 --warmup 20 --repeats 100 \
+      --variants fast:fp16:compile+graphs,fast:fp16:precompile+graphs > "$out/w1_precompile.log" 2>&1
+    echo "w1 precompile exit $?" | tee -a "$out/w1_precompile.log" ;;
   check)
     timeout 540 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log" ;;

@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         inproc = bench_backend(local, loaded, [args.seconds], args.batches, args.warmup, args.repeats,
                                source=audios[0].samples, scopes=("compute",))
     for r in inproc:   # printed now too: a run cut short by its time limit still shows the in-process ceiling
-        print(f"  in-process batch {r['batch']}: {r['p50_ms']:.2f} ms, {r['audio_s_per_s']:.1f} audio-s/s", file=sys.stderr)
+        print(f"  in-process batch {r['batch']}: {r['p50_ms']:.2f} ms, {r['audio_s_per_s']:.1f} audio-s/s",
+              file=sys.stderr)
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,

@@ -47,6 +47,7 @@ VARIANTS = {
     "fast:fp16:graphs": ("fast:fp16:cuda", {"compile": None}),
     "fast:fp16:compile+graphs": ("fast:fp16:cuda", {"compile": "default"}),
     "fast:fp16:layer-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "layer"}),
+    "fast:fp16:precompile+graphs": ("fast:fp16:cuda", {"compile": "precompile"}),   # torch.compile's aot_compile
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),

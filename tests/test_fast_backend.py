@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from core.backends import availability, make_backend
-from core.backends.fast_backend import FastBackend, build_module, choose_bucket, conv_as_gemm, conv_out_length
+from core.backends.fast_backend import FastBackend, choose_bucket
+from core.backends.fast_module import build_module, conv_as_gemm, conv_out_length
 from core.models import build_random
 from core.transcribe import features, frame_lengths
 
@@ -156,7 +157,7 @@ def test_gpu_w1_script_runs_on_cpu(tiny, tmp_path, monkeypatch, capsys):
 
 def test_conv_flat_equals_conv1d_over_each_item():
     """conv_flat over a batch laid end to end, each item with spare rows: the valid rows equal conv1d per item."""
-    from core.backends.fast_backend import conv_flat, tap_runs
+    from core.backends.fast_module import conv_flat, tap_runs
     torch.manual_seed(3)
     for kernel, stride in ((3, 2), (2, 2), (5, 2), (4, 4)):
         x = torch.randn(3, 24, 8, dtype=torch.float64)   # 24 rows per item: a multiple of every stride here
@@ -181,7 +182,7 @@ def test_mask_free_variant_equals_masked_when_the_input_fills_the_bucket(tiny):
 @pytest.mark.parametrize("groups,kernel,padding,taps", [(4, 16, 8, 4), (4, 15, 7, 4), (2, 12, 6, 16), (1, 8, 4, 3)])
 def test_grouped_conv_runs_equals_conv1d(groups, kernel, padding, taps):
     """The positional conv as summed runs of taps over the batch laid end to end = conv1d with SamePad."""
-    from core.backends.fast_backend import grouped_conv_runs, tap_runs
+    from core.backends.fast_module import grouped_conv_runs, tap_runs
     torch.manual_seed(kernel + taps)
     x = torch.randn(3, 21, 8, dtype=torch.float64)
     w = torch.randn(8, 8 // groups, kernel, dtype=torch.float64)
@@ -264,9 +265,10 @@ def test_compile_cache_used_after_torch_dynamo_is_imported(tmp_path):
     assert used == str(tmp_path / "compile-cache" / "inductor")
 
 
-def test_aoti_packages_hold_no_weights_and_match_eager(monkeypatch, tmp_path):
-    """compile="aoti": one AOTInductor package per bucket shape, built once and loaded with the live module's own
-    weights. A second model of the same architecture but other weights loads the first one's package (nothing
+@pytest.mark.parametrize("compile, folder, suffix", [("aoti", "aoti", ".pt2"), ("precompile", "precompiled", ".bin")])
+def test_ahead_of_time_artifacts_hold_no_weights_and_match_eager(monkeypatch, tmp_path, compile, folder, suffix):
+    """compile="aoti" / "precompile": one artifact per bucket shape, built once and called with the live module's own
+    weights. A second model of the same architecture but other weights loads the first one's artifact (nothing
     built) and still computes its own logits, equal to its eager forward."""
     from core.backends import BackendSpec
     from core.models import LoadedModel, build_random
@@ -278,14 +280,17 @@ def test_aoti_packages_hold_no_weights_and_match_eager(monkeypatch, tmp_path):
         model, processor = build_random("wav2vec2-tiny", seed=seed)
         loaded = LoadedModel("random:wav2vec2-tiny", "random", model, processor)
         options = dict(buckets_s=(1.0,), batch_buckets=(1,))
-        with FastBackend(spec, loaded, compile="aoti", **options) as aoti, \
+        with FastBackend(spec, loaded, compile=compile, **options) as ahead, \
                 FastBackend(spec, loaded, compile=None, **options) as eager:
-            out = aoti.logits(x)
+            out = ahead.logits(x)
             np.testing.assert_allclose(out, eager.logits(x), atol=1e-5)
-            outs.append((out, dict(aoti.stats)))
-    assert outs[0][1].get("aoti_built") == 1 and outs[1][1].get("aoti_loaded") == 1 and "aoti_built" not in outs[1][1]
-    assert np.abs(outs[0][0] - outs[1][0]).max() > 1e-2     # other weights, same package: other logits
-    assert [p.suffix for p in (tmp_path / "compile-cache" / "aoti").iterdir()] == [".pt2"]   # no partial file left
+            outs.append((out, dict(ahead.stats)))
+    assert outs[0][1].get(f"{folder}_built") == 1 and outs[1][1].get(f"{folder}_loaded") == 1
+    assert f"{folder}_built" not in outs[1][1]
+    assert np.abs(outs[0][0] - outs[1][0]).max() > 1e-2     # other weights, same artifact: other logits
+    files = list((tmp_path / "compile-cache" / folder).iterdir())
+    assert [p.suffix for p in files] == [suffix]            # no partial file left
+    assert files[0].stat().st_size < 5e6                     # the weights are not in it
 
 
 def test_aoti_on_cuda_is_refused_before_it_can_crash():
@@ -304,7 +309,7 @@ def test_compile_regions_share_one_graph_across_layers():
     three graphs however many layers the model has, and the logits stay the eager module's."""
     from torch._dynamo.utils import counters
     from core.models import build_random
-    from core.backends.fast_backend import compile_regions
+    from core.backends.fast_module import compile_regions
     model, _ = build_random("wav2vec2-tiny", seed=0)
     assert model.config.num_hidden_layers >= 2
     eager = build_module(model).eval()

@@ -22,9 +22,6 @@ And the speed machinery on CUDA:
 """
 from __future__ import annotations
 
-import copy
-import math
-
 import numpy as np
 
 from ..errors import BackendUnavailableError
@@ -34,10 +31,6 @@ SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 BUCKETS_S = (1, 2, 3, 5, 8, 12, 16, 20)   # audio seconds; transcribe() windows are at most 20 s
 BATCH_BUCKETS = (1, 2, 4, 8)
-# "hybrid" runs the grouped positional conv as a GEMM up to this batch size and through cuDNN above it: the
-# GEMM's unfolded windows grow with the batch (H100, bench/NOTES.md run 6: W1 1.77 ms GEMM vs 1.96 cuDNN;
-# W2 6.15 ms GEMM vs 5.65 cuDNN).
-POS_GEMM_MAX_BATCH = 2
 
 
 def available(spec) -> tuple[bool, str]:
@@ -86,320 +79,6 @@ def choose_bucket(n: int, buckets) -> int | None:
     return fits[0] if fits else None
 
 
-def conv_out_length(n, config):
-    """Feature frames for n samples (ints or an integer tensor): the feature encoder's conv arithmetic."""
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        n = (n - kernel) // stride + 1
-    return n
-
-
-# ---------------------------------------------------------------- the reformulated model
-
-def _folded_conv_weight(conv):
-    """The effective weight of a (possibly weight-normed) conv as a plain tensor: weight norm folded once."""
-    import torch
-    with torch.no_grad():
-        return conv.weight.detach().clone()  # a parametrized module computes g * v / ||v|| here
-
-
-def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int = 0, out_len: int | None = None):
-    """Conv1d on channels-last x [B, T, Cin] as one (batched) matrix product over unfolded windows.
-    weight is the conv's [Cout, Cin/groups, K]. Same sums as the cuDNN conv, but without its layout
-    transposes and, for the grouped positional conv, without one launch per group (seen in the profile:
-    16 launches of ~130 us for W1)."""
-    import torch.nn.functional as F
-    b, _, cin = x.shape
-    cout, cg, k = weight.shape
-    if padding:
-        x = F.pad(x, (0, 0, padding, padding))
-    win = x.unfold(1, k, stride)                       # [B, Tout, Cin, K], a view
-    if out_len is not None:
-        win = win[:, :out_len]
-    tout = win.shape[1]
-    if groups == 1:
-        y = win.reshape(b, tout, cin * k) @ weight.reshape(cout, cin * k).t()
-    else:
-        win = win.reshape(b, tout, groups, cg * k).transpose(1, 2)               # [B, G, Tout, Cg*K]
-        w = weight.reshape(groups, cout // groups, cg * k).transpose(1, 2)       # [G, Cg*K, Cout/G]
-        y = (win @ w).transpose(1, 2).reshape(b, tout, cout)
-    return y if bias is None else y + bias
-
-
-def conv_flat(x, chunks, bias, stride: int):
-    """Conv1d over a whole batch laid end to end: x [N, Cin] (contiguous; N = B * rows per item, rows per item
-    a multiple of stride), chunks the [taps*Cin, Cout] matrices of tap_runs(weight, stride) with G=1
-    -> [N / stride, Cout], one output row per `stride` input rows. Each run of taps is a
-    *view* of x (x as [N / stride, stride*Cin] rows, shifted by the run's index, the columns of its taps: no
-    copy) times its weight, so there are no unfolded windows and no layout transposes. Rows whose window
-    crosses into the next item are computed and left unused (each item has spare rows at its end, see
-    FeatureEncoder.forward); the shifted runs lack the last rows, which are zero-padded."""
-    import torch.nn.functional as F
-    n, cin = x.shape
-    u = n // stride
-    rows = x.contiguous().view(u, stride * cin)   # row r: input rows r*stride .. r*stride + stride - 1
-    y = None
-    for j, w in enumerate(chunks):                # taps j*stride ..: row r + j of `rows`, its first taps*cin columns
-        p = rows[j:, :w.shape[0]] @ w
-        if j:
-            p = F.pad(p, (0, 0, 0, j))
-        y = p if y is None else y + p
-    return y if bias is None else y + bias
-
-
-POS_TAPS = 16  # taps per run of the positional conv in grouped_conv_runs
-
-
-def tap_runs(weight, taps: int, groups: int = 1):
-    """A (grouped) conv's [Cout, Cin/G, K] weight as [G, taps*Cin/G, Cout/G] matrices, one per run of `taps`
-    consecutive taps (the last may be shorter), rows ordered (tap, channel) like the rows they multiply:
-    what conv_flat (G=1, a run per stride) and grouped_conv_runs multiply."""
-    cout, cg, k = weight.shape
-    w = weight.reshape(groups, cout // groups, cg, k)
-    return [w[..., m:m + taps].permute(0, 3, 2, 1).reshape(groups, -1, cout // groups).contiguous()
-            for m in range(0, k, taps)]
-
-
-def grouped_conv_runs(x, runs, bias, groups: int, padding: int, kernel: int, out_len: int, taps: int = POS_TAPS):
-    """The grouped positional conv on channels-last x [B, T, C] -> [B, out_len, C], as batched GEMMs over the
-    groups. The padded items are laid end to end; one copy holds, for every row, the next `taps` rows of
-    its group's channels ([G, rows, taps*C/G], taps/K of the fully unfolded windows); run m's product reads
-    that copy shifted by m*taps rows (a view) and the runs are summed. Windows that cross into the next
-    item give rows that are dropped. cuDNN ran this conv one group at a time with a generic kernel (H200
-    profile, batch 8: 16 x 145 us per forward)."""
-    import torch
-    import torch.nn.functional as F
-    b, _, c = x.shape
-    span = x.shape[1] + 2 * padding                                   # rows per padded item
-    flat = F.pad(x, (0, 0, padding, padding)).reshape(b * span, groups, c // groups)
-    flat = F.pad(flat, (0, 0, 0, 0, 0, taps - 1))                    # so a short last run has rows too
-    win = flat.unfold(0, taps, 1).permute(1, 0, 3, 2).reshape(groups, b * span, -1)   # the copy
-    r = b * span - kernel + 1                                         # rows whose window stays in the data
-    y = None
-    for m, w in enumerate(runs):
-        p = torch.bmm(win[:, m * taps:m * taps + r, :w.shape[1]], w)  # [G, r, C/G]
-        y = p if y is None else y + p
-    y = F.pad(y, (0, 0, 0, b * span - r)).view(groups, b, span, -1)[:, :, :out_len]
-    y = y.permute(1, 2, 0, 3).reshape(b, out_len, c)
-    return y if bias is None else y + bias
-
-
-def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
-    """A torch.nn.Module computing Wav2Vec2ForCTC's logits from (input_values [B,T], lengths [B]).
-    conv: how the convolutions run: "gemm" (all as matrix products over unfolded windows on channels-last
-    tensors), "cudnn" (all through F.conv1d), "hybrid" (feature encoder through cuDNN, grouped positional conv
-    as a GEMM for batches up to POS_GEMM_MAX_BATCH, cuDNN above: on an H100 the unfolded windows cost more
-    than cuDNN's convs for the feature encoder and for large batches, see bench/NOTES.md), "flat" (feature
-    encoder channels-last through conv_flat, positional conv through grouped_conv_runs; the default: fastest
-    on an H200, bench/NOTES.md runs 8-10). gelu_epilogue: the first feed-forward GEMM applies its bias and GELU
-    in cuBLASLt's epilogue (torch._addmm_activation) instead of a separate pass over its output; on CUDA that
-    GELU is the tanh approximation (exact on the CPU), so it is an approximation, checked by bench/gpu_w1.py."""
-    if conv not in ("gemm", "cudnn", "hybrid", "flat"):
-        raise ValueError(f"conv must be gemm, cudnn, hybrid or flat, not {conv!r}")
-    import torch
-    from torch import nn
-    import torch.nn.functional as F
-
-    cfg = hf_model.config
-    w2v = hf_model.wav2vec2
-    if getattr(w2v, "adapter", None) is not None or getattr(cfg, "adapter_attn_dim", None) is not None:
-        raise BackendUnavailableError("The fast backend does not support wav2vec2 adapters.",
-                                      "Use torch:fp16:cuda or an ONNX/TensorRT backend for this model.")
-    if cfg.model_type not in ("wav2vec2",):
-        raise BackendUnavailableError(f"The fast backend supports wav2vec2 CTC models, not '{cfg.model_type}'.",
-                                      "Use torch:fp16:cuda or an ONNX/TensorRT backend for this model.")
-
-    class FeatureEncoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            layers = w2v.feature_extractor.conv_layers
-            self.convs = nn.ModuleList(copy.deepcopy(l.conv) for l in layers)
-            self.norm = cfg.feat_extract_norm  # "layer": LN per conv over channels; "group": first conv only
-            self.norms = nn.ModuleList(copy.deepcopy(l.layer_norm) for l in layers if hasattr(l, "layer_norm"))
-            self.act = layers[0].activation
-            self.geometry = [(c.kernel_size[0], c.stride[0]) for c in self.convs]   # plain ints: static when compiled
-            self.later_stride = math.prod(s for _, s in self.geometry[1:])
-            if conv == "flat":
-                w0 = self.convs[0].weight.detach()[:, 0, :]                              # [C, K0]
-                self.register_buffer("w0", F.pad(w0, (0, -w0.shape[1] % 8)).t().contiguous())  # [K0 -> x8, C]
-                for i, c in enumerate(self.convs[1:], 1):
-                    for j, w in enumerate(tap_runs(c.weight.detach(), c.stride[0])):
-                        self.register_buffer(f"chunk{i}_{j}", w[0])
-
-        def forward(self, x, lengths):
-            if conv == "flat":
-                return self._forward_flat(x, lengths)
-            h = x[:, :, None]                                    # channels-last [B, T, C]
-            for i, c in enumerate(self.convs):
-                if conv == "gemm":
-                    h = conv_as_gemm(h, c.weight, c.bias, c.stride[0])
-                else:
-                    h = c(h.transpose(1, 2)).transpose(1, 2)
-                h = self._norm_act(i, h, lengths)
-            return h  # [B, frames, C]
-
-        def _norm_act(self, i, h, lengths):
-            if self.norm == "layer":
-                h = self.norms[i](h)
-            elif i == 0:
-                h = self._masked_group_norm(h, lengths, self.convs[0])
-            return self.act(h)
-
-        def _forward_flat(self, x, lengths):
-            # Each item gets `rows` frames after the first conv, rounded up to a multiple of every later
-            # stride, so the later convs can run over the batch laid end to end (conv_flat); the spare
-            # frames are computed from zero-padded audio and dropped at the end (valid frames never read them).
-            b = x.shape[0]
-            c0 = self.convs[0]
-            (k0, s0), later = self.geometry[0], self.geometry[1:]
-            t = (x.shape[1] - k0) // s0 + 1
-            rows = -(-t // self.later_stride) * self.later_stride
-            win = F.pad(x, (0, s0 * (rows - 1) + k0 - x.shape[1])).unfold(1, k0, s0)     # [B, rows, K0] view
-            # the first conv (one input channel) as a GEMM over its windows, zero-padded to 8k taps so the rows
-            # are aligned for the tensor cores (H200 profile: as fused sums of products it took 0.48 ms at W2)
-            h = F.pad(win, (0, self.w0.shape[0] - k0)) @ self.w0
-            h = h if c0.bias is None else h + c0.bias
-            h = self._norm_act(0, h, lengths)
-            for i, (k, s) in enumerate(later, 1):
-                chunks = [getattr(self, f"chunk{i}_{j}") for j in range(-(-k // s))]
-                h = conv_flat(h.reshape(b * rows, -1), chunks, self.convs[i].bias, s).view(b, rows // s, -1)
-                rows //= s
-                t = (t - k) // s + 1
-                h = self._norm_act(i, h, lengths)
-            return h[:, :t]
-
-        def _masked_group_norm(self, h, lengths, c):
-            # GroupNorm with one group per channel normalises over time: take the statistics over the
-            # frames of real audio only, so padding to a bucket does not change them.
-            gn = self.norms[0]
-            n = (lengths - c.kernel_size[0]) // c.stride[0] + 1
-            m = (torch.arange(h.shape[1], device=h.device)[None] < n[:, None]).to(torch.float32)[..., None]
-            hf = h.float()
-            count = m.sum(1, keepdim=True)
-            mean = (hf * m).sum(1, keepdim=True) / count
-            var = (((hf - mean) * m) ** 2).sum(1, keepdim=True) / count
-            out = (hf - mean) * torch.rsqrt(var + gn.eps)
-            return (out * gn.weight.float() + gn.bias.float()).to(h.dtype)
-
-    class Layer(nn.Module):
-        def __init__(self, hf_layer):
-            super().__init__()
-            a = hf_layer.attention
-            self.heads = a.num_heads
-            hidden = a.q_proj.in_features
-            self.qkv = nn.Linear(hidden, 3 * hidden)  # fused: one GEMM instead of three
-            with torch.no_grad():
-                self.qkv.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-                self.qkv.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
-            self.out = copy.deepcopy(a.out_proj)
-            self.ln1 = copy.deepcopy(hf_layer.layer_norm)
-            self.ln2 = copy.deepcopy(hf_layer.final_layer_norm)
-            ff = hf_layer.feed_forward
-            self.ff1, self.ff2 = copy.deepcopy(ff.intermediate_dense), copy.deepcopy(ff.output_dense)
-            self.act = ff.intermediate_act_fn
-            self.gelu_epilogue = gelu_epilogue and cfg.hidden_act == "gelu"
-            self.stable = cfg.do_stable_layer_norm
-
-        def attention(self, x, mask):
-            b, t, h = x.shape
-            q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            return self.out(o.transpose(1, 2).reshape(b, t, h))
-
-        def feed_forward(self, x):
-            if not self.gelu_epilogue:
-                return self.ff2(self.act(self.ff1(x)))
-            b, t, h = x.shape
-            y = torch._addmm_activation(self.ff1.bias, x.reshape(b * t, h), self.ff1.weight.t(), use_gelu=True)
-            return self.ff2(y.view(b, t, -1))
-
-        def forward(self, x, mask):
-            if self.stable:
-                x = x + self.attention(self.ln1(x), mask)
-                return x + self.feed_forward(self.ln2(x))
-            x = self.ln1(x + self.attention(x, mask))
-            return self.ln2(x + self.feed_forward(x))
-
-    class FastWav2Vec2(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = cfg
-            self.features = FeatureEncoder()
-            self.proj_ln = copy.deepcopy(w2v.feature_projection.layer_norm)
-            self.proj = copy.deepcopy(w2v.feature_projection.projection)
-            pc = w2v.encoder.pos_conv_embed.conv
-            self.pos_conv = nn.Conv1d(pc.in_channels, pc.out_channels, pc.kernel_size[0], padding=pc.padding[0],
-                                      groups=pc.groups)
-            with torch.no_grad():
-                self.pos_conv.weight.copy_(_folded_conv_weight(pc))
-                self.pos_conv.bias.copy_(pc.bias)
-            if conv == "flat":
-                for m, w in enumerate(tap_runs(self.pos_conv.weight.detach(), POS_TAPS, self.pos_conv.groups)):
-                    self.register_buffer(f"pos_run{m}", w)
-            self.pos_act = w2v.encoder.pos_conv_embed.activation
-            self.enc_ln = copy.deepcopy(w2v.encoder.layer_norm)
-            self.layers = nn.ModuleList(Layer(l) for l in w2v.encoder.layers)
-            self.lm_head = copy.deepcopy(hf_model.lm_head)
-            self.stable = cfg.do_stable_layer_norm
-
-        @property
-        def pos_runs(self):
-            return [getattr(self, f"pos_run{m}") for m in range(-(-self.pos_conv.kernel_size[0] // POS_TAPS))]
-
-        def forward(self, input_values, lengths, full: bool = False):
-            """input_values [B,T] (processor-normalised, zero padded), lengths [B] int64 samples of real audio
-            -> logits [B, frames(T), vocab]; frames beyond a row's length are not meaningful. full=True says
-            every row is real audio to the end (lengths == T): then nothing is masked, which lets attention
-            take its mask-free kernels; the caller must know it (a static choice per captured graph)."""
-            x, mask = self.front(input_values, lengths, full)
-            for layer in self.layers:
-                x = layer(x, mask)
-            return self.head(x)
-
-        def front(self, input_values, lengths, full: bool):
-            """Feature encoder, projection and positional conv -> the first layer's input and the attention mask."""
-            h = self.features(input_values, lengths)
-            x = self.proj(self.proj_ln(h))
-            keep = None
-            if not full:
-                frames = conv_out_length(lengths, cfg).clamp(min=1)
-                keep = torch.arange(x.shape[1], device=x.device)[None] < frames[:, None]   # [B, F]
-                x = x * keep[..., None].to(x.dtype)                          # HF zeroes padded frames
-            pc, t = self.pos_conv, x.shape[1]
-            if conv == "flat":
-                pos = grouped_conv_runs(x, self.pos_runs, pc.bias, pc.groups, pc.padding[0], pc.kernel_size[0], t)
-            elif conv == "gemm" or (conv == "hybrid" and x.shape[0] <= POS_GEMM_MAX_BATCH):  # static per shape
-                pos = conv_as_gemm(x, pc.weight, pc.bias, groups=pc.groups, padding=pc.padding[0], out_len=t)
-            else:
-                pos = pc(x.transpose(1, 2))[..., :t].transpose(1, 2)   # [:t]: HF's SamePad layer
-            x = x + self.pos_act(pos)
-            if not self.stable:
-                x = self.enc_ln(x)
-            mask = None if full else keep[:, None, None, :]              # keys of real frames only
-            return x, mask
-
-        def head(self, x):
-            return self.lm_head(self.enc_ln(x) if self.stable else x)
-
-    return FastWav2Vec2().eval()
-
-
-def compile_regions(module, mode=None):
-    """torch.compile the fast module by region: the front, one encoder layer's code shared by all layers (their
-    weights are graph inputs, so 24 layers make one graph per shape, not 24 copies inside one), and the head. A new
-    shape then costs three small compiles instead of one of the whole model: on the CPU, wav2vec2-large's second
-    shape took 0.84 s against 2.07 s from a warm cache, 2.7 s against 19.7 s cold (bench/NOTES.md, 2026-12-02).
-    Fusion stops at the regions' edges. Returns the module, its regions replaced in place."""
-    import functools
-    import torch
-    opts = dict(mode=mode, dynamic=False, fullgraph=True)
-    module.front = torch.compile(module.front, **opts)
-    shared = torch.compile(type(module.layers[0]).forward, **opts)
-    for layer in module.layers:
-        layer.forward = functools.partial(shared, layer)
-    module.head = torch.compile(module.head, **opts)
-    return module
-
-
 # ---------------------------------------------------------------- the backend
 
 class _Replay:
@@ -410,14 +89,16 @@ class _Replay:
 
 
 class FastBackend(Backend):
-    """Options: compile (None | "default" | "max-autotune-no-cudagraphs" | "aoti": AOTInductor packages per bucket
-    shape, see aoti_cache; CPU only), graphs (CUDA graphs; default on
-    for CUDA), buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs),
-    conv ("flat" | "hybrid" | "gemm" | "cudnn": how the convolutions run, see build_module), mask_free (inputs
-    that fill their bucket run the mask-free variant; False forces masks, for comparison), gelu_epilogue (see
-    build_module; None: on for fp16 only. H200 run 12, bench/NOTES.md: fp16 W2 3.88 -> 3.70 ms with all 36 demo
-    transcripts unchanged; bf16 with it changed one transcript, +0.51 WER points, past the 0.5 limit),
-    compile_scope ("whole": one graph per shape; "layer": see compile_regions; not measured on a GPU yet)."""
+    """Options:
+    compile: None | "default" | "max-autotune-no-cudagraphs" | "aoti" | "precompile" (the last two: an artifact per
+        bucket shape, see shape_cache; aoti on the CPU only, precompile not yet run on a GPU);
+    compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions; not measured on a GPU);
+    graphs: CUDA graphs (default on for CUDA);
+    buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs);
+    conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
+    mask_free: inputs that fill their bucket run the mask-free variant (False forces masks, for comparison);
+    gelu_epilogue: see fast_module.build_module; None: on for fp16 only (H200 run 12, bench/NOTES.md: fp16 W2 3.88 ->
+        3.70 ms with all 36 demo transcripts unchanged; in bf16 it changed one transcript, +0.51 WER points)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
@@ -435,14 +116,19 @@ class FastBackend(Backend):
             raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
         self.loaded = loaded
         cuda = spec.device == "cuda"
-        if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti"):
+        if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti", "precompile"):
             raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
-                                          "Use default, max-autotune-no-cudagraphs, aoti or none.")
+                                          "Use default, max-autotune-no-cudagraphs, aoti, precompile or none.")
         if compile_scope not in ("whole", "layer"):
             raise BackendUnavailableError(f"Unknown compile scope '{compile_scope}'.", "Use whole or layer.")
+        if compile_scope == "layer" and compile in ("aoti", "precompile"):
+            raise BackendUnavailableError(
+                f"compile_scope='layer' applies to torch.compile, not to compile='{compile}'.",
+                "Leave compile_scope at 'whole' for ahead-of-time artifacts.")
         self.compile_scope = compile_scope
-        # torch.compile only on CUDA (the CPU is the tests' reference mode); AOTInductor packages on the CPU
-        self.compile_mode = compile if cuda or compile == "aoti" else None
+        # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
+        # CPU only, above), so their build-and-load path is tested on the CPU too
+        self.compile_mode = compile if cuda or compile in ("aoti", "precompile") else None
         # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
         self.use_graphs = True if graphs is None else graphs
         self.pad = self.use_graphs if pad is None else pad
@@ -460,15 +146,16 @@ class FastBackend(Backend):
     def load(self):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
+        from .fast_module import build_module, compile_regions
         module = build_module(self.loaded.model, self.conv, self.gelu_epilogue).to(device=self.device, dtype=self.dtype)
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
         self.call = module
-        self.packages: dict = {}   # compile="aoti": one package per bucket shape (_shape_call); others run eagerly
+        self.packages: dict = {}   # aoti/precompile: one artifact per bucket shape (_shape_call); others run eagerly
         if self.compile_mode:
             use_compile_cache()
-        if self.compile_mode not in (None, "aoti"):
+        if self.compile_mode not in (None, "aoti", "precompile"):
             mode = None if self.compile_mode == "default" else self.compile_mode
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
@@ -518,6 +205,7 @@ class FastBackend(Backend):
                 self.stats["eager"] += 1
                 full = self.mask_free and bool((lengths == t).all())
                 return self.module(values, self._device(lengths), full=full)
+            from .fast_module import conv_out_length
             frames = int(conv_out_length(t, self.loaded.model.config))
             padded = np.full(bb, tb, np.int64)   # padded rows get the full length: finite, and dropped below
             padded[:b] = lengths
@@ -545,20 +233,22 @@ class FastBackend(Backend):
             return out[:b, :frames]
 
     def _shape_call(self, x, n, full: bool):
-        """What computes a bucket shape: the (compiled) module, or with compile="aoti" this shape's AOTInductor
-        package (core.backends.aoti_cache: built once, loaded with this module's weights)."""
-        if self.compile_mode != "aoti":
+        """What computes a bucket shape: the (compiled) module, or with compile="aoti"/"precompile" this shape's
+        artifact (core.backends.shape_cache: built once, called with this module's weights)."""
+        if self.compile_mode not in ("aoti", "precompile"):
             return self.call
         shape = (tuple(x.shape), full)
         if shape not in self.packages:
             from ..paths import artifacts_dir
-            from .aoti_cache import package_key, shape_runner
+            from .shape_cache import aoti_runner, precompiled_runner, shape_key
             config = {k: v for k, v in self.loaded.model.config.to_dict().items()
                       if not k.startswith("_") and k != "transformers_version"}
             options = {"conv": self.conv, "gelu_epilogue": self.gelu_epilogue}
-            key = package_key(config, options, self.dtype, x.device, (x, n), {"full": full})
-            self.packages[shape] = shape_runner(self.module, (x, n), {"full": full}, key,
-                                                artifacts_dir() / "compile-cache" / "aoti", self.stats)
+            key = shape_key(config, options, self.dtype, x.device, (x, n), {"full": full})
+            aoti = self.compile_mode == "aoti"
+            self.packages[shape] = (aoti_runner if aoti else precompiled_runner)(
+                self.module, (x, n), {"full": full}, key,
+                artifacts_dir() / "compile-cache" / ("aoti" if aoti else "precompiled"), self.stats)
         return self.packages[shape]
 
     def _device(self, lengths):
@@ -619,5 +309,4 @@ class FastBackend(Backend):
             pass
 
 
-__all__ = ["SPECS", "available", "make", "FastBackend", "build_module", "choose_bucket", "conv_as_gemm",
-           "conv_flat", "conv_out_length", "grouped_conv_runs", "tap_runs"]
+__all__ = ["SPECS", "available", "make", "FastBackend", "choose_bucket"]

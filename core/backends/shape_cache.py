@@ -1,8 +1,17 @@
-"""AOTInductor packages of the fast backend's module, one per bucket shape, kept under
-artifacts/compile-cache/aoti without their weights: a package holds only the compiled graph (3 MB for
+"""What the fast backend compiles ahead for one bucket shape, kept under artifacts/compile-cache without the
+weights, in one of two forms.
+
+AOTInductor packages (compile="aoti", compile-cache/aoti; CPU only: loading one segfaulted on CUDA with torch 2.11,
+bench/NOTES.md 2026-12-02): a package holds only the compiled graph (3 MB for
 wav2vec2-large), and at load the runner takes the live module's own parameters (load_constants, user-managed, no
 copy). Loading one took 0.01 s where a warm torch.compile of the same shape took ~3 s and a package with the
 weights inside 7 s (CPU, bench/NOTES.md 2026-11-30), which is what a cold start of 64 graphs needs.
+
+Precompiled functions (compile="precompile", compile-cache/precompiled): torch.compile's own ahead-of-time form
+(`aot_compile`, saved with `save_compiled_function`): Dynamo's guards and Inductor's output for run_module, which
+takes the module as an argument, so its weights are graph inputs and are not saved (2.9 MB for wav2vec2-large). A
+load skips Dynamo's tracing: on the CPU a shape loaded in 0.46 s where a warm-cache torch.compile took 2.0 s
+(bench/NOTES.md 2026-12-02).
 
 A package depends on the module's code and architecture, the dtype, the device kind, the shape and the torch
 version, never on the weight values: all of that is in its key, so models of one architecture share packages."""
@@ -12,10 +21,10 @@ import hashlib
 import json
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("fast_backend.py")   # the module's code: a change there builds new packages
+SOURCE = Path(__file__).with_name("fast_module.py")   # the module's code: a change there builds anew
 
 
-def package_key(config: dict, options: dict, dtype, device, example_args, kwargs: dict) -> str:
+def shape_key(config: dict, options: dict, dtype, device, example_args, kwargs: dict) -> str:
     import torch
     shapes = [list(a.shape) + [str(a.dtype)] for a in example_args]
     capability = list(torch.cuda.get_device_capability(device)) if torch.device(device).type == "cuda" else None
@@ -25,7 +34,7 @@ def package_key(config: dict, options: dict, dtype, device, example_args, kwargs
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def shape_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
+def aoti_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
     """The callable for this one shape: the package at root/<key>.pt2, exported and compiled first if missing
     (written atomically), loaded with `module`'s parameters and buffers as its constants."""
     import os
@@ -49,3 +58,27 @@ def shape_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path
     runner.load_constants({name: state[name] for name in runner.get_constant_fqns()}, check_full_update=True,
                           user_managed=True)
     return runner
+
+
+def run_module(module, x, lengths, full: bool):
+    """What compile="precompile" compiles: the module is an argument, so its parameters are inputs, not constants."""
+    return module(x, lengths, full=full)
+
+
+def precompiled_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
+    """The callable for this one shape: root/<key>.bin, compiled with torch.compile's aot_compile first if missing
+    (written atomically by save_compiled_function), called with `module` as its first argument."""
+    import functools
+    import torch
+    path = root / f"{key}.bin"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        compiled = torch.compile(run_module, dynamic=False, fullgraph=True).aot_compile(
+            ((module, *example_args), kwargs))
+        compiled.save_compiled_function(str(path))
+        stats["precompiled_built"] = stats.get("precompiled_built", 0) + 1
+    else:
+        stats["precompiled_loaded"] = stats.get("precompiled_loaded", 0) + 1
+    with open(path, "rb") as f:
+        fn = torch.compiler.load_compiled_function(f)
+    return functools.partial(fn, module)
