@@ -36,15 +36,15 @@ case "$phase" in
       --level-seconds 10 --concurrency 16 32 --instances 2 --batches 8 16 > "$out/triton_mb$mb.log" 2>&1
     echo "triton max batch $mb exit $?" | tee -a "$out/triton_mb$mb.log"; cp "$out/gpu_triton.json" "$out/triton_mb$mb.json" ;;
   scope)
-    timeout 330 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
+    timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
     echo "cold layer exit $?" | tee -a "$out/cold_layer.log"
-    python3 bench/gpu_w1.py --eval-demo --budget-s 220 --warmup 20 --repeats 100 \
+    timeout 280 python3 bench/gpu_w1.py --eval-demo --budget-s 260 --warmup 20 --repeats 100 \
       --variants fast:fp16:compile+graphs,fast:fp16:layer-compile+graphs > "$out/w1_scope.log" 2>&1
     echo "w1 scope exit $?" | tee -a "$out/w1_scope.log" ;;
   precompile)
     timeout 300 python3 bench/gpu_coldstart.py --compile precompile --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_precompile.log" 2>&1
     echo "cold precompile exit $?" | tee -a "$out/cold_precompile.log"
-    timeout 150 python3 bench/gpu_w1.py --eval-demo --budget-s 140 --warmup 20 --repeats 100 \
+    timeout 280 python3 bench/gpu_w1.py --eval-demo --budget-s 260 --warmup 20 --repeats 100 \
       --variants fast:fp16:compile+graphs,fast:fp16:precompile+graphs > "$out/w1_precompile.log" 2>&1
     echo "w1 precompile exit $?" | tee -a "$out/w1_precompile.log" ;;
   check)
