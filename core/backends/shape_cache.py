@@ -2,10 +2,10 @@
 weights, in one of two forms.
 
 AOTInductor packages (compile="aoti", compile-cache/aoti; CPU only: loading one segfaulted on CUDA with torch 2.11,
-bench/NOTES.md 2026-12-02): a package holds only the compiled graph (3 MB for
-wav2vec2-large), and at load the runner takes the live module's own parameters (load_constants, user-managed, no
-copy). Loading one took 0.01 s where a warm torch.compile of the same shape took ~3 s and a package with the
-weights inside 7 s (CPU, bench/NOTES.md 2026-11-30), which is what a cold start of 64 graphs needs.
+bench/NOTES.md 2026-12-02): a package holds only the compiled graph (3 MB for wav2vec2-large), and at load the
+runner takes the live module's own parameters (load_constants, user-managed, no copy). Loading one took 0.01 s where
+a warm torch.compile of the same shape took ~3 s and a package with the weights inside 7 s (CPU, bench/NOTES.md
+2026-11-30).
 
 Precompiled functions (compile="precompile", compile-cache/precompiled): torch.compile's own ahead-of-time form
 (`aot_compile`, saved with `save_compiled_function`): Dynamo's guards and Inductor's output for run_module, which
@@ -13,8 +13,8 @@ takes the module as an argument, so its weights are graph inputs and are not sav
 load skips Dynamo's tracing: on the CPU a shape loaded in 0.46 s where a warm-cache torch.compile took 2.0 s
 (bench/NOTES.md 2026-12-02).
 
-A package depends on the module's code and architecture, the dtype, the device kind, the shape and the torch
-version, never on the weight values: all of that is in its key, so models of one architecture share packages."""
+Either artifact depends on the module's code and architecture, the dtype, the device kind, the shape and the torch
+version, never on the weight values: all of that is in its key, so models of one architecture share artifacts."""
 from __future__ import annotations
 
 import hashlib
