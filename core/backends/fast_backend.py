@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from .base import Backend
+from .shape_cache import FORMS as AHEAD_OF_TIME, shape_key
 
 SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -116,19 +117,19 @@ class FastBackend(Backend):
             raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
         self.loaded = loaded
         cuda = spec.device == "cuda"
-        if compile not in (None, "default", "max-autotune-no-cudagraphs", "aoti", "precompile"):
+        if compile not in (None, "default", "max-autotune-no-cudagraphs", *AHEAD_OF_TIME):
             raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
                                           "Use default, max-autotune-no-cudagraphs, aoti, precompile or none.")
         if compile_scope not in ("whole", "layer"):
             raise BackendUnavailableError(f"Unknown compile scope '{compile_scope}'.", "Use whole or layer.")
-        if compile_scope == "layer" and compile in ("aoti", "precompile"):
+        if compile_scope == "layer" and compile in AHEAD_OF_TIME:
             raise BackendUnavailableError(
                 f"compile_scope='layer' applies to torch.compile, not to compile='{compile}'.",
                 "Leave compile_scope at 'whole' for ahead-of-time artifacts.")
         self.compile_scope = compile_scope
         # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
         # CPU only, above), so their build-and-load path is tested on the CPU too
-        self.compile_mode = compile if cuda or compile in ("aoti", "precompile") else None
+        self.compile_mode = compile if cuda or compile in AHEAD_OF_TIME else None
         # on the CPU (the reference mode for tests) graphs are emulated: same buckets, static buffers and replay
         self.use_graphs = True if graphs is None else graphs
         self.pad = self.use_graphs if pad is None else pad
@@ -155,7 +156,7 @@ class FastBackend(Backend):
         self.packages: dict = {}   # aoti/precompile: one artifact per bucket shape (_shape_call); others run eagerly
         if self.compile_mode:
             use_compile_cache()
-        if self.compile_mode not in (None, "aoti", "precompile"):
+        if self.compile_mode not in (None, *AHEAD_OF_TIME):
             mode = None if self.compile_mode == "default" else self.compile_mode
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
@@ -235,20 +236,18 @@ class FastBackend(Backend):
     def _shape_call(self, x, n, full: bool):
         """What computes a bucket shape: the (compiled) module, or with compile="aoti"/"precompile" this shape's
         artifact (core.backends.shape_cache: built once, called with this module's weights)."""
-        if self.compile_mode not in ("aoti", "precompile"):
+        if self.compile_mode not in AHEAD_OF_TIME:
             return self.call
         shape = (tuple(x.shape), full)
         if shape not in self.packages:
             from ..paths import artifacts_dir
-            from .shape_cache import aoti_runner, precompiled_runner, shape_key
             config = {k: v for k, v in self.loaded.model.config.to_dict().items()
                       if not k.startswith("_") and k != "transformers_version"}
             options = {"conv": self.conv, "gelu_epilogue": self.gelu_epilogue}
             key = shape_key(config, options, self.dtype, x.device, (x, n), {"full": full})
-            aoti = self.compile_mode == "aoti"
-            self.packages[shape] = (aoti_runner if aoti else precompiled_runner)(
-                self.module, (x, n), {"full": full}, key,
-                artifacts_dir() / "compile-cache" / ("aoti" if aoti else "precompiled"), self.stats)
+            runner, folder = AHEAD_OF_TIME[self.compile_mode]
+            self.packages[shape] = runner(self.module, (x, n), {"full": full}, key,
+                                          artifacts_dir() / "compile-cache" / folder, self.stats)
         return self.packages[shape]
 
     def _device(self, lengths):

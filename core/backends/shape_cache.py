@@ -82,3 +82,7 @@ def precompiled_runner(module, example_args: tuple, kwargs: dict, key: str, root
     with open(path, "rb") as f:
         fn = torch.compiler.load_compiled_function(f)
     return functools.partial(fn, module)
+
+
+# compile mode -> (its runner, its folder under artifacts/compile-cache)
+FORMS = {"aoti": (aoti_runner, "aoti"), "precompile": (precompiled_runner, "precompiled")}
