@@ -1,9 +1,11 @@
-"""Issue 16, item 3: does compiling the fast module by region (core.backends.fast_module.compile_regions: the
-front, one encoder layer shared by all 24, the head) instead of whole cut the per-shape cost of a compile? One
-process per run: every shape compiled in turn, each output checked against the eager module. Run it twice per
-scope (the first fills the caches under $WORKBENCH_ARTIFACTS).
+"""Issue 16, item 3: what one new shape costs the fast module, compiled three ways, each output checked against the
+eager module. One process per run; run each form twice (the first fills the caches under $WORKBENCH_ARTIFACTS):
+  whole       torch.compile of the whole module (the backend's default): the first call traces and compiles
+  layer       core.backends.fast_module.compile_regions: the front, one encoder layer shared by all, the head
+  precompile  core.backends.shape_cache.precompiled_runner: the saved artifact built, or loaded (`ready_s`)
 
-    python bench/compile_scope.py --scope whole|layer --shapes 1x1 2x1 4x1 [--device cuda --precision fp16]"""
+    python bench/compile_per_shape.py --form whole|layer|precompile --shapes 1x1 2x1 4x1 \
+        [--device cuda --precision fp16]"""
 from __future__ import annotations
 
 import argparse
@@ -20,13 +22,14 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="random:wav2vec2-large")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--scope", choices=("whole", "layer"), default="whole")
+    p.add_argument("--form", choices=("whole", "layer", "precompile"), default="whole")
     p.add_argument("--shapes", nargs="+", default=["1x1", "2x1"], help="batch x seconds")
     args = p.parse_args(argv)
 
     from core.backends.fast_backend import use_compile_cache
     from core.backends.fast_module import build_module, compile_regions
-    use_compile_cache()
+    from core.backends.shape_cache import precompiled_runner, shape_key
+    cache = use_compile_cache()
     t0 = time.perf_counter()
     import torch
     import torch._dynamo
@@ -39,28 +42,38 @@ def main(argv=None) -> int:
     for param in module.parameters():
         param.requires_grad_(False)
     eager = build_module(loaded.model).to(args.device, dtype).eval()   # the reference
-    call = (compile_regions(module) if args.scope == "layer" else
-            torch.compile(module, dynamic=False, fullgraph=True))
+    call = (compile_regions(module) if args.form == "layer" else
+            torch.compile(module, dynamic=False, fullgraph=True) if args.form == "whole" else None)
+    print(json.dumps({"form": args.form, "setup_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__}),
+          flush=True)
     rows = []
     for shape in args.shapes:
         batch, seconds = shape.split("x")
         n = int(float(seconds) * loaded.sample_rate)
         x = (0.1 * torch.randn(int(batch), n, device=args.device)).to(dtype)
         lengths = torch.full((int(batch),), n, dtype=torch.int64, device=args.device)
+        row = {"shape": shape}
         with torch.no_grad():
             graphs = counters["stats"]["unique_graphs"]
             t = time.perf_counter()
+            if args.form == "precompile":
+                stats: dict = {}
+                key = shape_key({"model": args.model}, {"bench": True}, dtype, args.device, (x, lengths),
+                                {"full": True})
+                fn = precompiled_runner(module, (x, lengths), {"full": True}, key, cache / "precompiled-bench", stats)
+                row["built_s" if stats.get("precompiled_built") else "loaded_s"] = round(time.perf_counter() - t, 2)
+                call = fn
             out = call(x, lengths, full=True)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            first = time.perf_counter() - t
-            rows.append({"shape": shape, "first_call_s": round(first, 2),
-                         "new_graphs": counters["stats"]["unique_graphs"] - graphs,
-                         "max_abs_diff": float((out.float() - eager(x, lengths, full=True).float()).abs().max())})
-            print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"scope": args.scope, "device": args.device, "precision": args.precision,
+            row["first_call_s"] = round(time.perf_counter() - t, 2)   # precompile: ready + call
+            row["new_graphs"] = counters["stats"]["unique_graphs"] - graphs
+            row["max_abs_diff"] = float((out.float() - eager(x, lengths, full=True).float()).abs().max())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"form": args.form, "device": args.device, "precision": args.precision,
                       "total_first_calls_s": round(sum(r["first_call_s"] for r in rows), 2),
-                      "process_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__}))
+                      "process_s": round(time.perf_counter() - t0, 1)}))
     return 0
 
 
