@@ -36,7 +36,7 @@ def child(args) -> dict:
     loaded = load_model(args.model)
     backend = make_backend(args.backend, loaded, buckets_s=tuple(args.buckets_s),
                            batch_buckets=tuple(args.batch_buckets), compile=args.compile,
-                           compile_scope=args.compile_scope).load()
+                           compile_scope=args.compile_scope, dynamic_batch=args.dynamic_batch).load()
     t_load = time.perf_counter()
     graphs = backend.capture_all()
     if torch.cuda.is_available():
@@ -63,7 +63,7 @@ def child(args) -> dict:
     return {"import_s": round(t_import - t0, 1), "load_s": round(t_load - t_import, 1),
             "compile_capture_s": round(t_capture - t_load, 1), "cold_start_s": round(t_capture - t_import, 1),
             "graphs": graphs, "compiled_graphs": counters["stats"]["unique_graphs"],
-            "aoti_packages": {k: v for k, v in backend.stats.items() if k.startswith("aoti")},
+            "artifacts": {k: v for k, v in backend.stats.items() if k.endswith(("_built", "_loaded"))},
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
             "eager_calls": backend.stats["eager"], "chars": len(text), **timing}
 
@@ -79,6 +79,10 @@ def main() -> int:
                    "precompile or aoti (an artifact per shape, weights left out: core/backends/shape_cache.py)")
     p.add_argument("--compile-scope", choices=("whole", "layer"), default="whole", help="layer: the front, one shared "
                    "encoder layer and the head compiled apart (core.backends.fast_module.compile_regions)")
+    p.add_argument("--dynamic-batch", action="store_true", help="one compile for every batch from 2 up, per length "
+                   "bucket and mask variant (the fast backend's dynamic_batch)")
+    p.add_argument("--from-disk", action="store_true", help="save --model (random weights) to a folder first and load "
+                   "it from there in each run, as a user's checkpoint loads (random init costs seconds no user pays)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -86,12 +90,21 @@ def main() -> int:
         return 0
     from core.backends.fast_backend import use_compile_cache
     cache = use_compile_cache()
+    model = args.model
+    if args.from_disk:
+        from core.models import load_model
+        from core.paths import artifacts_dir
+        loaded = load_model(args.model)
+        model = str(artifacts_dir() / "coldstart-model" / loaded.key)
+        loaded.model.save_pretrained(model)
+        loaded.processor.save_pretrained(model)
     rows = []
     for run in args.runs:
         if run == "cold":
             shutil.rmtree(cache, ignore_errors=True)
-        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--backend", args.backend, "--compile",
-               args.compile, "--compile-scope", args.compile_scope, "--buckets-s",
+        cmd = [sys.executable, __file__, "--child", "--model", model, "--backend", args.backend, "--compile",
+               args.compile, "--compile-scope", args.compile_scope, *(["--dynamic-batch"] * args.dynamic_batch),
+               "--buckets-s",
                *map(str, args.buckets_s), "--batch-buckets", *map(str, args.batch_buckets)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -101,7 +114,7 @@ def main() -> int:
         rows.append({"run": run, "buckets_s": args.buckets_s, "batch_buckets": args.batch_buckets,
                      **json.loads(line[7:])})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.backend} (compile {args.compile}, scope {args.compile_scope}), {args.model}, buckets {args.buckets_s} s x batches "
+    print(f"\n{args.backend} (compile {args.compile}, scope {args.compile_scope}, dynamic batch {args.dynamic_batch}), {args.model}, buckets {args.buckets_s} s x batches "
           f"{args.batch_buckets}, cache {cache}")
     for r in rows:
         print(f"{r['run']:5} load {r['load_s']:5.1f} s, compile+capture of {r['graphs']} graphs "

@@ -196,6 +196,8 @@ def run_check(loaded, specs: list[str], reference: str | None = None, batches=BA
     """Conformance rows for each backend spec against the reference (one row per cell); options: spec -> the
     backend's options (e.g. the fast backend's buckets_s, a Triton url)."""
     reference = reference or reference_spec()
+    # made (not loaded) before the reference runs, so an unknown option or backend fails at once
+    backends = [make_backend(spec, loaded, **(options or {}).get(spec, {})) for spec in specs]
     matrix = cells(loaded, speech_source(loaded), batches, lengths)
     refs = {}
     with make_backend(reference, loaded) as ref:   # torch:fp32:cuda loads with TF32 off
@@ -204,7 +206,7 @@ def run_check(loaded, specs: list[str], reference: str | None = None, batches=BA
             if cell.again is not None:
                 refs[cell.label, "again"] = cell_logits(ref, loaded, cell.again)
     rows = []
-    for spec in specs:
-        with make_backend(spec, loaded, **(options or {}).get(spec, {})) as backend:
+    for backend in backends:
+        with backend:
             rows += [dict(r, reference=reference) for r in check_backend(backend, loaded, matrix, refs, progress)]
     return rows

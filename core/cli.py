@@ -224,6 +224,17 @@ WARMUP = _number(int, 0, 100_000, "warm-up calls")
 COUNT = _number(int, 1, None, "the count")
 
 
+def _backend_option(text: str) -> tuple:
+    """KEY=VALUE -> (key, value), the value read as JSON where it parses (true, 2, [1, 2]), else kept as text."""
+    key, sep, value = text.partition("=")
+    if not (sep and key.isidentifier()):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. compile=precompile), got '{text}'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def HOST_PORT(text: str) -> str:
     host, sep, port = text.removeprefix("http://").removeprefix("grpc://").rpartition(":")
     if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
@@ -300,8 +311,9 @@ def cmd_check(args):
     from .results import save
     loaded = _model(args)
     lengths = {f"given length {i + 1}": s for i, s in enumerate(args.seconds)} if args.seconds else LENGTHS_S
+    options = {spec: dict(args.option or []) for spec in args.backend}
     rows = run_check(loaded, args.backend, reference=args.reference, batches=args.batch or BATCHES, lengths=lengths,
-                     progress=lambda r: print(f"  {r['backend']} {r['cell']}: {'ok' if r['passed'] else 'FAIL ' + r['reason']}",
+                     options=options, progress=lambda r: print(f"  {r['backend']} {r['cell']}: {'ok' if r['passed'] else 'FAIL ' + r['reason']}",
                                               file=sys.stderr))
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
@@ -694,6 +706,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
+    s.add_argument("--option", type=_backend_option, action="append", metavar="KEY=VALUE",
+                   help="an option of every checked backend, VALUE read as JSON where it parses (repeatable; e.g. "
+                        "compile=precompile, dynamic_batch=true, buckets_s=[1,2] for fast:…)")
     s.add_argument("--batch", type=BATCH, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
     s.add_argument("--seconds", type=SECONDS, nargs="+",
                    help="audio lengths (default 0.7 5 6.5 21.5: inside, at, between and past the length buckets)")

@@ -108,6 +108,25 @@ def test_tight_tolerance_fails_and_cli_exits_non_zero(tiny, tiny_onnx, capsys, m
     assert "ort:fp32:cpu: 2/2 cells pass" in out.err and "pass" in out.out
 
 
+def test_check_option_reaches_the_backend_and_a_misspelt_one_fails_first(tiny, capsys, monkeypatch):
+    """`check --option KEY=VALUE` gives every checked backend that option (JSON values parsed): the fast backend with
+    buckets_s=[1] runs a 0.7 s item through its 1 s graph. A name the backend does not take fails before the
+    reference runs, with the backend named."""
+    from core import check
+    made = []
+    real = check.make_backend
+    monkeypatch.setattr(check, "make_backend", lambda spec, loaded, **o: made.append((spec, o)) or real(spec, loaded, **o))
+    assert main(["check", "--model", "random:wav2vec2-tiny", "--backend", "fast:fp32:cpu", "--batch", "1",
+                 "--seconds", "0.7", "--option", "buckets_s=[1]", "--option", "mask_free=false", "--no-save"]) == 0
+    assert ("fast:fp32:cpu", {"buckets_s": [1], "mask_free": False}) in made
+    assert "fast:fp32:cpu: 1/1 cells pass" in capsys.readouterr().err
+    made.clear()
+    assert main(["check", "--model", "random:wav2vec2-tiny", "--backend", "fast:fp32:cpu", "--option", "bucket_s=[1]",
+                 "--no-save"]) == 2
+    assert "fast:fp32:cpu was given an option it does not take" in capsys.readouterr().err
+    assert [spec for spec, _ in made] == ["fast:fp32:cpu"]      # the reference was never made
+
+
 def test_conformance_run_is_saved_typed(matrix_rows):
     from core import results
     run = results.save(matrix_rows, "conformance", note="test")

@@ -293,6 +293,44 @@ def test_ahead_of_time_artifacts_hold_no_weights_and_match_eager(monkeypatch, tm
     assert files[0].stat().st_size < 5e6                     # the weights are not in it
 
 
+def test_dynamic_batch_compiles_once_for_every_batch_from_two(monkeypatch, tmp_path):
+    """dynamic_batch with compile="precompile": per length bucket and mask variant, one artifact for batch 1 and one
+    for every batch from 2 up (4 artifacts for 6 captured shapes here, 6 without), each batch's logits equal to the
+    uncompiled backend's, padded rows and mixed lengths included; a second backend loads all 4 and builds none."""
+    from core.backends import BackendSpec
+    from core.models import LoadedModel
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))
+    spec = BackendSpec.parse("fast:fp32:cpu")
+    model, processor = build_random("wav2vec2-tiny", seed=0)
+    loaded = LoadedModel("random:wav2vec2-tiny", "random", model, processor)
+    options = dict(buckets_s=(1.0,), batch_buckets=(1, 2, 4))
+    rng = np.random.default_rng(3)
+    cases = [(0.1 * rng.standard_normal((b, 16000))).astype(np.float32) for b in (1, 2, 3, 4)]
+    masks = [None, None, np.ones((3, 16000), np.int64), None]
+    masks[2][1, 9000:] = 0                                      # a padded row: the masked graph
+    stats = []
+    for _ in range(2):
+        with FastBackend(spec, loaded, compile="precompile", dynamic_batch=True, **options) as dyn, \
+                FastBackend(spec, loaded, compile=None, **options) as eager:
+            assert dyn.capture_all() == 6
+            for x, mask in zip(cases, masks):
+                np.testing.assert_allclose(dyn.logits(x, mask), eager.logits(x, mask), atol=1e-5)
+            stats.append(dict(dyn.stats))
+    assert stats[0].get("precompiled_built") == 4 and "precompiled_loaded" not in stats[0]
+    assert stats[1].get("precompiled_loaded") == 4 and "precompiled_built" not in stats[1]
+    assert len(list((tmp_path / "compile-cache" / "precompiled").iterdir())) == 4
+
+
+def test_dynamic_batch_is_refused_where_it_does_not_apply():
+    from core.backends import BackendSpec
+    from core.errors import BackendUnavailableError
+    from core.models import load_model
+    loaded = load_model("random:wav2vec2-tiny")
+    for options in ({"compile": "aoti"}, {"compile_scope": "layer"}):
+        with pytest.raises(BackendUnavailableError, match="dynamic_batch"):
+            FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_batch=True, **options)
+
+
 def test_aoti_on_cuda_is_refused_before_it_can_crash():
     """Loading an AOTInductor package segfaulted on the H200 (torch 2.11.0+cu130, 2026-12-02): compile="aoti" on
     CUDA is refused at construction with the reason, before any GPU is touched (so this runs on the CPU too)."""

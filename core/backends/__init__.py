@@ -52,7 +52,13 @@ def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
         raise BackendUnavailableError(f"Backend {spec} is not available: {head}.", hint or "Pick another backend.")
     if spec.runtime in ("trt", "trtrtx") and options.get("engine") is None:
         options = _built_engine(spec, loaded, **options)
-    return _module(spec.runtime).make(spec, loaded, **options)
+    try:
+        return _module(spec.runtime).make(spec, loaded, **options)
+    except TypeError as err:   # an option this backend does not take
+        if "argument" not in str(err):
+            raise
+        raise BackendUnavailableError(f"Backend {spec} was given an option it does not take: {err}.",
+                                      "Check the option's name against the backend's documentation.") from None
 
 
 def _built_engine(spec, loaded, **_build_options) -> dict:

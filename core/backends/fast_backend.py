@@ -94,6 +94,9 @@ class FastBackend(Backend):
     compile: None | "default" | "max-autotune-no-cudagraphs" | "aoti" | "precompile" (the last two: an artifact per
         bucket shape, see shape_cache; aoti on the CPU only, precompile not yet run on a GPU);
     compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions; not measured on a GPU);
+    dynamic_batch: the batch dimension compiled as a symbol (torch.compile or precompile, whole scope), so each length
+        bucket and mask variant compiles twice (batch 1, which torch specializes, and every batch from 2 up) instead
+        of once per batch bucket; CUDA graphs are still captured per batch bucket;
     graphs: CUDA graphs (default on for CUDA);
     buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs);
     conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
@@ -104,7 +107,8 @@ class FastBackend(Backend):
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
-                 mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str = "whole"):
+                 mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str = "whole",
+                 dynamic_batch: bool = False):
         super().__init__(spec)
         # refused before anything loads, on any machine: a segfault would take the caller (the dashboard) with it
         if compile == "aoti" and spec.device == "cuda":
@@ -126,7 +130,12 @@ class FastBackend(Backend):
             raise BackendUnavailableError(
                 f"compile_scope='layer' applies to torch.compile, not to compile='{compile}'.",
                 "Leave compile_scope at 'whole' for ahead-of-time artifacts.")
+        if dynamic_batch and (compile == "aoti" or compile_scope == "layer"):
+            raise BackendUnavailableError(
+                "dynamic_batch applies to torch.compile and compile='precompile' over the whole module only.",
+                "Use compile='default' or 'precompile' with compile_scope='whole', or leave dynamic_batch off.")
         self.compile_scope = compile_scope
+        self.dynamic_batch = dynamic_batch
         # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
         # CPU only, above), so their build-and-load path is tested on the CPU too
         self.compile_mode = compile if cuda or compile in AHEAD_OF_TIME else None
@@ -172,11 +181,13 @@ class FastBackend(Backend):
     def capture_all(self) -> int:
         """Compile and capture every (batch bucket, length bucket, masked/mask-free) graph now instead of on
         first use: a server's or a long transcription's first requests then pay nothing. Returns how many."""
-        for bb in self.batch_buckets:
-            for tb in self.buckets:
-                for full in ((True, False) if self.mask_free else (False,)):
-                    if (bb, tb, full) not in self.graphs:
-                        self._capture(bb, tb, full)
+        import torch
+        with torch.inference_mode():   # as forward() captures: compiled under the grad mode they are called in
+            for bb in self.batch_buckets:
+                for tb in self.buckets:
+                    for full in ((True, False) if self.mask_free else (False,)):
+                        if (bb, tb, full) not in self.graphs:
+                            self._capture(bb, tb, full)
         return len(self.graphs)
 
     def lengths_of(self, input_values, attention_mask):
@@ -235,19 +246,25 @@ class FastBackend(Backend):
 
     def _shape_call(self, x, n, full: bool):
         """What computes a bucket shape: the (compiled) module, or with compile="aoti"/"precompile" this shape's
-        artifact (core.backends.shape_cache: built once, called with this module's weights)."""
+        artifact (core.backends.shape_cache: built once, called with this module's weights). With dynamic_batch,
+        batches from 2 up are marked dynamic first, so they share one compiled graph."""
+        dynamic = self.dynamic_batch and self.compile_mode is not None and x.shape[0] > 1
         if self.compile_mode not in AHEAD_OF_TIME:
+            if dynamic:
+                import torch._dynamo
+                torch._dynamo.mark_dynamic(x, 0)
+                torch._dynamo.mark_dynamic(n, 0)
             return self.call
-        shape = (tuple(x.shape), full)
+        shape = (None if dynamic else x.shape[0], x.shape[1], full)
         if shape not in self.packages:
             from ..paths import artifacts_dir
             config = {k: v for k, v in self.loaded.model.config.to_dict().items()
                       if not k.startswith("_") and k != "transformers_version"}
             options = {"conv": self.conv, "gelu_epilogue": self.gelu_epilogue}
-            key = shape_key(config, options, self.dtype, x.device, (x, n), {"full": full})
+            key = shape_key(config, options, self.dtype, x.device, (x, n), {"full": full}, dynamic_batch=dynamic)
             runner, folder = AHEAD_OF_TIME[self.compile_mode]
             self.packages[shape] = runner(self.module, (x, n), {"full": full}, key,
-                                          artifacts_dir() / "compile-cache" / folder, self.stats)
+                                          artifacts_dir() / "compile-cache" / folder, self.stats, dynamic)
         return self.packages[shape]
 
     def _device(self, lengths):

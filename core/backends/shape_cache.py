@@ -24,9 +24,13 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("fast_module.py")   # the module's code: a change there builds anew
 
 
-def shape_key(config: dict, options: dict, dtype, device, example_args, kwargs: dict) -> str:
+def shape_key(config: dict, options: dict, dtype, device, example_args, kwargs: dict,
+              dynamic_batch: bool = False) -> str:
+    """dynamic_batch: the inputs' first dimension is marked dynamic, so one artifact serves every batch size its
+    guards admit (2 and up: torch specializes size 1) and the batch size is left out of the key."""
     import torch
-    shapes = [list(a.shape) + [str(a.dtype)] for a in example_args]
+    shapes = [([None] if dynamic_batch else list(a.shape[:1])) + list(a.shape[1:]) + [str(a.dtype)]
+              for a in example_args]
     capability = list(torch.cuda.get_device_capability(device)) if torch.device(device).type == "cuda" else None
     blob = json.dumps({"config": config, "options": options, "dtype": str(dtype), "device": torch.device(device).type,
                        "capability": capability, "inputs": shapes, "kwargs": kwargs, "torch": torch.__version__,
@@ -34,11 +38,14 @@ def shape_key(config: dict, options: dict, dtype, device, example_args, kwargs: 
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def aoti_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
+def aoti_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict,
+                dynamic_batch: bool = False):
     """The callable for this one shape: the package at root/<key>.pt2, exported and compiled first if missing
     (written atomically), loaded with `module`'s parameters and buffers as its constants."""
     import os
     import torch
+    if dynamic_batch:
+        raise NotImplementedError("AOTInductor packages are built for static shapes here")
     path = root / f"{key}.pt2"
     if not path.exists():
         exported = torch.export.export(module, example_args, kwargs)
@@ -65,14 +72,20 @@ def run_module(module, x, lengths, full: bool):
     return module(x, lengths, full=full)
 
 
-def precompiled_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict):
+def precompiled_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path, stats: dict,
+                       dynamic_batch: bool = False):
     """The callable for this one shape: root/<key>.bin, compiled with torch.compile's aot_compile first if missing
-    (written atomically by save_compiled_function), called with `module` as its first argument."""
+    (written atomically by save_compiled_function), called with `module` as its first argument. dynamic_batch:
+    compiled with the inputs' first dimension symbolic, so it serves every batch size from 2 up."""
     import functools
     import torch
     path = root / f"{key}.bin"
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
+        if dynamic_batch:   # marked copies: the function's guards would refuse the caller's tensors if they were
+            example_args = tuple(a.clone() for a in example_args)   # marked (torch 2.13), so those stay unmarked
+            for a in example_args:
+                torch._dynamo.mark_dynamic(a, 0)
         compiled = torch.compile(run_module, dynamic=False, fullgraph=True).aot_compile(
             ((module, *example_args), kwargs))
         compiled.save_compiled_function(str(path))
