@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.backends import make_backend  # noqa: E402
+from core.backends import make_backend, option_argument  # noqa: E402
 from core.bench import bench_backend  # noqa: E402
 from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--preferred", type=int, nargs="*", default=[8, 16])
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--backend-option", type=option_argument, action="append", metavar="KEY=VALUE",
+                   help="an option of the served backend only (the in-process ceiling keeps the defaults), e.g. "
+                        "dynamic_batch=true batch_buckets=[1,2,...,16]")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend)
+                        warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend,
+                        backend_options=dict(args.backend_option or []))
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended

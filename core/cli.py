@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .backends import option_argument
 from .errors import WorkbenchError
 from .pipeline.onnx_specs import DEFAULT_KEEP_FP32, VARIANTS
 
@@ -222,17 +223,6 @@ BATCH = _number(int, 1, 1024, "the batch size")
 REPEATS = _number(int, 3, 100_000, "repeats per measurement window")
 WARMUP = _number(int, 0, 100_000, "warm-up calls")
 COUNT = _number(int, 1, None, "the count")
-
-
-def _backend_option(text: str) -> tuple:
-    """KEY=VALUE -> (key, value), the value read as JSON where it parses (true, 2, [1, 2]), else kept as text."""
-    key, sep, value = text.partition("=")
-    if not (sep and key.isidentifier()):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. compile=precompile), got '{text}'")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def HOST_PORT(text: str) -> str:
@@ -476,7 +466,8 @@ def cmd_serve(args):
                         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
-                        timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend)
+                        timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend,
+                        backend_options=dict(args.option or []))
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -597,6 +588,9 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
+    s.add_argument("--option", type=option_argument, action="append", metavar="KEY=VALUE",
+                   help="an option of the served backend, VALUE read as JSON where it parses (repeatable; e.g. "
+                        "dynamic_batch=true batch_buckets=[1,2,3,4,5,6,7,8] for fast:…)")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
                    "serving (GPU backends that compile or capture graphs per shape)")
@@ -706,7 +700,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
-    s.add_argument("--option", type=_backend_option, action="append", metavar="KEY=VALUE",
+    s.add_argument("--option", type=option_argument, action="append", metavar="KEY=VALUE",
                    help="an option of every checked backend, VALUE read as JSON where it parses (repeatable; e.g. "
                         "compile=precompile, dynamic_batch=true, buckets_s=[1,2] for fast:…)")
     s.add_argument("--batch", type=BATCH, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")

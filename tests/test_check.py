@@ -108,6 +108,17 @@ def test_tight_tolerance_fails_and_cli_exits_non_zero(tiny, tiny_onnx, capsys, m
     assert "ort:fp32:cpu: 2/2 cells pass" in out.err and "pass" in out.out
 
 
+def test_parse_option_reads_json_values_and_keeps_text():
+    from core.backends import parse_option
+    assert parse_option("compile=precompile") == ("compile", "precompile")
+    assert parse_option("dynamic_batch=true") == ("dynamic_batch", True)
+    assert parse_option("buckets_s=[1, 2.5]") == ("buckets_s", [1, 2.5])
+    assert parse_option("url=localhost:8001") == ("url", "localhost:8001")
+    for bad in ("compile", "=1", "two words=1"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_option(bad)
+
+
 def test_check_option_reaches_the_backend_and_a_misspelt_one_fails_first(tiny, capsys, monkeypatch):
     """`check --option KEY=VALUE` gives every checked backend that option (JSON values parsed): the fast backend with
     buckets_s=[1] runs a 0.7 s item through its 1 s graph. A name the backend does not take fails before the

@@ -321,6 +321,18 @@ def test_dynamic_batch_compiles_once_for_every_batch_from_two(monkeypatch, tmp_p
     assert len(list((tmp_path / "compile-cache" / "precompiled").iterdir())) == 4
 
 
+def test_precompile_is_refused_on_a_torch_without_aot_compile(monkeypatch):
+    """torch 2.11 (the GPU machine's, 2026-12-02) has no aot_compile: the precompiled form is refused at
+    construction with the reason, not with an AttributeError in the middle of the first capture."""
+    from core.backends import BackendSpec, shape_cache
+    from core.errors import BackendUnavailableError
+    from core.models import load_model
+    assert shape_cache.precompile_supported()        # this machine's torch 2.13
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)   # what torch 2.11 gives: no aot_compile attribute
+    with pytest.raises(BackendUnavailableError, match="aot_compile"):
+        FastBackend(BackendSpec.parse("fast:fp32:cpu"), load_model("random:wav2vec2-tiny"), compile="precompile")
+
+
 def test_dynamic_batch_is_refused_where_it_does_not_apply():
     from core.backends import BackendSpec
     from core.errors import BackendUnavailableError

@@ -21,8 +21,10 @@ TINY = "random:wav2vec2-tiny"
 @pytest.fixture(scope="module")
 def served(tiny):
     os.environ["WORKBENCH_STAGES_EVERY_S"] = "1"   # the instance processes inherit it: stage summaries every second
-    info = server.start(TINY, "torch:fp32:cpu", name="pyb", max_batch=8, preferred=[4], max_queue_delay_us=2000,
-                        instances=2, warmup_s=1.0, timeout_s=180, python_backend=True)
+    # the fast backend's CPU reference mode, with options that reach each instance process: its batch buckets
+    info = server.start(TINY, "fast:fp32:cpu", name="pyb", max_batch=8, preferred=[4], max_queue_delay_us=2000,
+                        instances=2, warmup_s=1.0, timeout_s=180, python_backend=True,
+                        backend_options={"batch_buckets": [1, 3, 8], "buckets_s": [0.5, 1.0, 2.0]})
     os.environ.pop("WORKBENCH_STAGES_EVERY_S")
     yield info
     stubs = _stubs(info)
@@ -37,6 +39,13 @@ def served(tiny):
 
 def _stubs(info) -> list[psutil.Process]:
     return [p for p in psutil.Process(info.pid).children(recursive=True) if p.name() == "triton_python_backend_stub"]
+
+
+def test_backend_options_reach_every_instance(served):
+    """Each instance warmed the batch buckets given as a backend option, not the backend's default (1, 2, 4, 8)."""
+    log = Path(served.log).read_text(errors="replace")
+    for name in ("asr_0_0", "asr_0_1"):
+        assert f"WARMED batch sizes [1, 3, 8] at 1 s ({name})" in log
 
 
 def test_each_instance_is_its_own_process(served):
@@ -81,11 +90,12 @@ def test_python_repository_config_parses(tmp_path, tiny):
     from core.triton.pybackend import write_repository
     from core.triton.repo import RepoOptions
     root = write_repository(tmp_path, tiny, "fast:fp16:cuda", "asr", RepoOptions(max_batch=16, instances=2, gpus=(0, 1)),
-                            5.0)
+                            5.0, {"dynamic_batch": True, "batch_buckets": [1, 2, 3]})
     cfg = parse_config((root / "asr" / "config.pbtxt").read_text())
     assert cfg.backend == "python" and list(cfg.instance_group[0].gpus) == [0, 1] and cfg.instance_group[0].count == 2
-    assert {k: v.string_value for k, v in cfg.parameters.items()} == {"model": TINY, "backend": "fast:fp16:cuda",
-                                                                     "warmup_seconds": "5"}
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == {
+        "model": TINY, "backend": "fast:fp16:cuda", "warmup_seconds": "5",
+        "backend_options": '{"dynamic_batch": true, "batch_buckets": [1, 2, 3]}'}
     assert (root / "asr" / "1" / "model.py").read_text().startswith('"""A Triton Python-backend model')
 
 

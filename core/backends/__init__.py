@@ -70,6 +70,28 @@ def _built_engine(spec, loaded, **_build_options) -> dict:
     return {"engine": str(art.dir), "meta": art.meta}
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """A backend option given as text, KEY=VALUE -> (key, value), the value read as JSON where it parses
+    (true, 2, [1, 2]) and kept as text otherwise (compile=precompile). ValueError names what was expected."""
+    import json
+    key, sep, value = text.partition("=")
+    if not (sep and key.isidentifier()):
+        raise ValueError(f"expected KEY=VALUE (e.g. compile=precompile), got '{text}'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def option_argument(text: str) -> tuple[str, object]:
+    """parse_option as an argparse type (`check --option`, `serve --option`, core.triton.serve --backend-option)."""
+    import argparse
+    try:
+        return parse_option(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def known() -> list[str]:
     return [s for r in RUNTIMES if (m := _module(r)) is not None for s in getattr(m, "SPECS", [])]
 

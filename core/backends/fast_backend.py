@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from .base import Backend
-from .shape_cache import FORMS as AHEAD_OF_TIME, shape_key
+from .shape_cache import FORMS as AHEAD_OF_TIME, precompile_supported, shape_key
 
 SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -119,6 +119,11 @@ class FastBackend(Backend):
         ok, why = available(spec)
         if not ok:
             raise BackendUnavailableError(f"Backend {spec} is not available: {why}.", "Pick another backend.")
+        if compile == "precompile" and not precompile_supported():
+            import torch
+            raise BackendUnavailableError(
+                f"compile='precompile' needs torch.compile's aot_compile, which torch {torch.__version__} lacks.",
+                "Use the default compile (torch.compile with its persisted cache), or a newer torch (2.13 has it).")
         self.loaded = loaded
         cuda = spec.device == "cuda"
         if compile not in (None, "default", "max-autotune-no-cudagraphs", *AHEAD_OF_TIME):

@@ -67,6 +67,13 @@ def aoti_runner(module, example_args: tuple, kwargs: dict, key: str, root: Path,
     return runner
 
 
+def precompile_supported() -> bool:
+    """Whether this torch has torch.compile's aot_compile (torch 2.13 has; torch 2.11, on the GPU machine on
+    2026-12-02, has not: the build failed with AttributeError)."""
+    import torch
+    return hasattr(torch.compile(run_module), "aot_compile")
+
+
 def run_module(module, x, lengths, full: bool):
     """What compile="precompile" compiles: the module is an argument, so its parameters are inputs, not constants."""
     return module(x, lengths, full=full)

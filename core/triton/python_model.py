@@ -3,7 +3,7 @@ repository as <model>/1/model.py. Triton starts every instance of its instance_g
 interpreter, own GIL, own GPU), which PyTriton's in-process callables cannot do: on two H200s, four PyTriton
 instances in one process gave 0.84x the throughput of two on one GPU (bench/NOTES.md).
 
-Parameters (config.pbtxt): model, backend, warmup_seconds. The stub imports the workbench through PYTHONPATH,
+Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options). The stub imports the workbench through PYTHONPATH,
 which the launcher sets to its own sys.path."""
 from __future__ import annotations
 
@@ -32,15 +32,18 @@ class TritonPythonModel:
         import torch
         # every instance process would start a CPU thread pool as large as the machine: share the cores instead
         # (two H200s, four instance processes took 35 ms of server time a batch, two took 17 ms: oversubscription
-        # is the suspect, not yet re-measured with this share; bench/NOTES.md)
-        torch.set_num_threads(cpu_share(config))
-        if args["model_instance_kind"] == "GPU":   # this process serves one GPU: "cuda" below means that one
+        # is the suspect; bench/NOTES.md). A GPU instance computes nothing on its CPU pool, whose idle threads
+        # spun: two fast:fp16 instances on one H200 took 10.8 cores between them (2026-12-02): one thread each.
+        gpu = args["model_instance_kind"] == "GPU"
+        torch.set_num_threads(1 if gpu else cpu_share(config))
+        if gpu:   # this process serves one GPU: "cuda" below means that one
             torch.cuda.set_device(int(args["model_instance_device_id"]))
         loaded = load_model(params.get("model") or None)
-        self.backend = make_backend(params["backend"], loaded).load()
+        self.backend = make_backend(params["backend"], loaded, **json.loads(params.get("backend_options") or "{}")).load()
         seconds = float(params.get("warmup_seconds") or 0)
         if seconds:
-            warm_up(self.backend, loaded, seconds, int(config["max_batch_size"]))
+            sizes = warm_up(self.backend, loaded, seconds, int(config["max_batch_size"]))
+            print(f"WARMED batch sizes {sizes} at {seconds:g} s ({args['model_instance_name']})", flush=True)
         from core.triton.stages import StageTimes
         self.stages = StageTimes(f"{args['model_instance_name']} ({args['model_instance_kind']} "
                                  f"{args['model_instance_device_id']})")

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from ..backends import option_argument
 from .pybackend import libpython_env
 from .stages import StageTimes
 
@@ -199,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
                    help="spread instances over GPUs: 'all' or indices (e.g. 0 1); --instances on each "
                         "(torch and fast backends; default: the backend's own device)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per ONNX Runtime instance")
+    p.add_argument("--backend-option", type=option_argument, action="append", metavar="KEY=VALUE",
+                   help="a keyword option of each instance's backend, VALUE read as JSON where it parses (repeatable)")
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
@@ -209,12 +212,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def warm_up(backend, loaded, seconds: float, max_batch: int) -> list[int]:
-    """Forwards per power-of-two batch size (and max_batch) at `seconds` of audio; returns the sizes run.
+    """Forwards per batch bucket of the backend up to max_batch (per power of two for backends without buckets),
+    and at max_batch, at `seconds` of audio; returns the sizes run.
     With an attention mask, a second forward has one row shorter: a batch padded by the server (the fast
     backend keeps a masked and a mask-free graph per shape) must not compile on a live request either."""
     rng = np.random.default_rng(0)
     n = max(2, int(seconds * loaded.sample_rate))
-    sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
+    buckets = getattr(backend, "batch_buckets", None) or [2 ** k for k in range(max_batch.bit_length() + 1)]
+    sizes = sorted({min(b, max_batch) for b in buckets} | {max_batch})
     for b in sizes:
         x = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
         if not loaded.uses_attention_mask:
@@ -248,6 +253,7 @@ def main(argv=None) -> int:
         if args.python_backend:
             return serve_python_backend(args, loaded, gpus)
         options = {"threads": args.threads} if args.threads and args.backend.startswith("ort") else {}
+        options.update(args.backend_option or [])
         backends, where = [], []
         for gpu in gpus:
             for _ in range(args.instances):
