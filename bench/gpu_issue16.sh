@@ -10,12 +10,13 @@
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
 #           left out), empty then warm cache, the same 8 graphs as `cold`; then W1/W2 and the demo-set WER against
-#           compile="default" in one run
-#   dyncold cold start with compile="precompile" and dynamic_batch (one artifact per length bucket and mask variant
-#           for batch 1, one for every batch from 2 up: 8 artifacts for the 16 graphs of 5/20 s x batch 1/2/4/8), the
-#           model loaded from disk as a user's checkpoint is; empty then warm cache; after the default `check`
-#   dynw1   W1/W2 and demo WER of compile="default" against dynamic_batch with torch.compile and with precompile in
-#           one run; then the conformance matrix of the dynamic-batch precompiled backend (demo model)
+#           compile="default" in one run (needs torch.compile's aot_compile: torch 2.11, the GPU machine's on
+#           2026-12-02, has none, and the backend refuses precompile there)
+#   dyncold the default `check`, then the cold start with dynamic_batch (one compile per length bucket and mask
+#           variant for batch 1, one for every batch from 2 up: 8 compiles for the 16 graphs of 5/20 s x batch
+#           1/2/4/8), the model loaded from disk as a user's checkpoint is; empty then warm cache
+#   dynw1   W1/W2 and demo WER of the static compile against dynamic_batch in one run; then the conformance matrix
+#           with dynamic_batch (demo model)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
 #           paths as wav2vec2-large, whose 32 cold compiles of ~18 s would not fit one call)
 #   aoti    does an AOTInductor package load on this GPU? (2026-12-02, torch 2.11.0+cu130: every form segfaulted at
@@ -55,16 +56,16 @@ case "$phase" in
   dyncold)
     timeout 170 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log"
-    timeout 400 python3 bench/gpu_coldstart.py --compile precompile --dynamic-batch --from-disk --buckets-s 5 20 \
-      --batch-buckets 1 2 4 8 > "$out/cold_dynprecompile.log" 2>&1
-    echo "cold dynamic-batch precompile exit $?" | tee -a "$out/cold_dynprecompile.log" ;;
+    timeout 400 python3 bench/gpu_coldstart.py --dynamic-batch --from-disk --buckets-s 5 20 \
+      --batch-buckets 1 2 4 8 > "$out/cold_dyn16.log" 2>&1
+    echo "cold dynamic batch exit $?" | tee -a "$out/cold_dyn16.log" ;;
   dynw1)
-    timeout 330 python3 bench/gpu_w1.py --eval-demo --budget-s 300 --warmup 20 --repeats 100 --variants \
-      fast:fp16:compile+graphs,fast:fp16:dynbatch-compile+graphs,fast:fp16:dynbatch-precompile+graphs > "$out/w1_dyn.log" 2>&1
+    timeout 300 python3 bench/gpu_w1.py --eval-demo --budget-s 280 --warmup 20 --repeats 100 --variants \
+      fast:fp16:compile+graphs,fast:fp16:dynbatch-compile+graphs > "$out/w1_dyn.log" 2>&1
     echo "w1 dynamic batch exit $?" | tee -a "$out/w1_dyn.log"
-    timeout 230 python3 -m core check --model demo --backend fast:fp16:cuda --option compile=precompile \
-      --option dynamic_batch=true > "$out/check_demo_dynprecompile.log" 2>&1
-    echo "check demo dynamic-batch precompile exit $?" | tee -a "$out/check_demo_dynprecompile.log" ;;
+    timeout 250 python3 -m core check --model demo --backend fast:fp16:cuda --option dynamic_batch=true \
+      > "$out/check_demo_dyn.log" 2>&1
+    echo "check demo dynamic batch exit $?" | tee -a "$out/check_demo_dyn.log" ;;
   check)
     timeout 540 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log" ;;

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.triton.loadtest import prepare_clips, server_cpu, sweep  # noqa: E402
+from core.triton.loadtest import cpu_by_role, prepare_clips, server_cpu, sweep  # noqa: E402
 from core.triton.pybackend import libpython_env, ready  # noqa: E402
 from core.triton.server import free_port  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
                           args.level_seconds, args.timeout, served_backend=args.backend,
                           processes=args.client_processes)
             # each server process role's share of one core over the level (spawn and connect take ~1 s more)
-            row["server_cpu_pct"] = [{k: round(100 * (b[k] - a.get(k, 0.0)) / row["wall_s"]) for k in b}
+            row["server_cpu_pct"] = [{k: round(100 * v / row["wall_s"]) for k, v in cpu_by_role(a, b).items()}
                                      for a, b in zip(cpu0, [server_cpu(proc.pid) for proc, _ in servers])]
         finally:
             for proc, _ in servers:

@@ -24,7 +24,7 @@ from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton import server  # noqa: E402
-from core.triton.loadtest import prepare_clips, server_cpu, sweep  # noqa: E402
+from core.triton.loadtest import cpu_by_role, prepare_clips, server_cpu, sweep  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     def progress(r):   # each server process role's share of a core since the previous level ended
         cpu.append(server_cpu(info.pid))
-        r["server_cpu_pct"] = {k: round(100 * (v - cpu[-2].get(k, 0.0)) / r["wall_s"]) for k, v in cpu[-1].items()}
+        r["server_cpu_pct"] = {k: round(100 * v / r["wall_s"]) for k, v in cpu_by_role(cpu[-2], cpu[-1]).items()}
         print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, errors "
               f"{r['errors']}, client CPU {r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']}), server CPU "
               f"% of a core by process: {r['server_cpu_pct']}", file=sys.stderr)

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     from core.envinfo import environment
     from core.models import load_model
     from core.triton import server
-    from core.triton.loadtest import (Target, _stats_client, load_generator, prepare_clips, server_cpu,
-                                      server_stats, stats_delta)
+    from core.triton.loadtest import (Target, _stats_client, cpu_by_role, load_generator, prepare_clips,
+                                      server_cpu, server_stats, stats_delta)
 
     info = server.start(args.model, args.backend, name="client-cost", max_batch=16, preferred=[8, 16],
                         max_queue_delay_us=2000, warmup_s=args.seconds, python_backend=args.python_backend)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         n = len(r["latencies"])
         counts = stats_delta(before, after)
         served = counts["server_requests"]
-        server_ms = {k: round((cpu1.get(k, 0) - cpu0.get(k, 0)) / served * 1e3, 3) for k in cpu1}
+        server_ms = {k: round(v / served * 1e3, 3) for k, v in cpu_by_role(cpu0, cpu1).items()}
         callable_ms = callable_cpu_ms(loaded, args.backend, clips[0], round(counts["server_avg_batch"]))
         # CPU of the busiest process; with several, each carries about 1/processes of the requests
         cpu_ms = r["client_cpu_pct"] / 100 * r["wall_s"] / max(n, 1) * 1e3 * r["client_processes"]

@@ -48,6 +48,19 @@ def test_backend_options_reach_every_instance(served):
         assert f"WARMED batch sizes [1, 3, 8] at 1 s ({name})" in log
 
 
+def test_server_cpu_by_role_leaves_out_processes_that_ended(served):
+    """Each role of the server's process tree reads its own CPU time; a process that ended between two readings
+    (Inductor's compile workers do) is left out rather than subtracted, so no role goes negative."""
+    from core.triton.loadtest import cpu_by_role, server_cpu
+    before = server_cpu(served.pid)
+    assert {key[0] for key in before} >= {"launcher", "tritonserver", "python-backend stub"}
+    after = server_cpu(served.pid)
+    spent = cpu_by_role(before, after)
+    assert all(v >= 0 for v in spent.values())
+    ended = {("python3", 1, 0.0): 50.0, **before}
+    assert cpu_by_role(ended, after) == spent
+
+
 def test_each_instance_is_its_own_process(served):
     import tritonclient.http as http
     client = http.InferenceServerClient(served.url("http"))

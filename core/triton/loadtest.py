@@ -291,20 +291,31 @@ def _merged(parts: list[dict]) -> dict:
             "client_processes": len(parts)}
 
 
-def server_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of each process of a local server's tree, added up by role: tritonserver,
-    the Python-backend stubs, and the launching process (with PyTriton it runs the model too). Two readings around
-    a level give each role's share of the cores; one near 100 % in a Python process is a GIL-bound bottleneck."""
+def server_cpu(pid: int) -> dict[tuple, float]:
+    """CPU seconds (user + system) so far of each process of a local server's tree, keyed by (role, pid, start
+    time); roles: tritonserver, the Python-backend stubs, the launching process (with PyTriton it runs the model
+    too) or the process name. cpu_by_role of two readings around a level gives each role's share of the cores; one
+    near 100 % in a Python process is a GIL-bound bottleneck."""
     import psutil
     root, out = psutil.Process(pid), {}
     for proc in [root] + root.children(recursive=True):
         try:
-            name, t = proc.name(), proc.cpu_times()
+            name, t, started = proc.name(), proc.cpu_times(), proc.create_time()
         except psutil.Error:
             continue
         role = ("tritonserver" if "tritonserver" in name else "python-backend stub" if "stub" in name
                 else "launcher" if proc.pid == pid else name)
-        out[role] = out.get(role, 0.0) + t.user + t.system
+        out[role, proc.pid, started] = t.user + t.system
+    return out
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each role spent between two server_cpu readings: a process that started in between counts from
+    zero, one that ended is left out (summing by role first made a role go negative when a compile worker exited,
+    H200 2026-12-02)."""
+    out: dict[str, float] = {}
+    for key, seconds in after.items():
+        out[key[0]] = out.get(key[0], 0.0) + seconds - before.get(key, 0.0)
     return out
 
 

@@ -85,13 +85,13 @@ def ready(http: str, model_name: str | None = None, timeout_s: float = 2.0) -> b
         return False
 
 
-def serve(args, loaded, opts) -> int:
+def serve(args, loaded, opts, backend_options: dict) -> int:
     """Write the repository into a temporary folder, run tritonserver on it until it exits or SIGTERM arrives."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix="wb-triton-") as tmp:
         work = Path(tmp)
         repo = write_repository(work / "models", loaded, args.backend, args.model_name, opts, args.warmup_seconds,
-                                dict(args.backend_option or []))
+                                backend_options)
         binary, backends, libs = server_files(work)
         env = server_env()
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [env.get("LD_LIBRARY_PATH"), str(libs)] if p)
