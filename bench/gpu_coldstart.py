@@ -36,7 +36,8 @@ def child(args) -> dict:
     loaded = load_model(args.model)
     backend = make_backend(args.backend, loaded, buckets_s=tuple(args.buckets_s),
                            batch_buckets=tuple(args.batch_buckets), compile=args.compile,
-                           compile_scope=args.compile_scope, dynamic_batch=args.dynamic_batch).load()
+                           compile_scope=args.compile_scope, dynamic_batch=args.dynamic_batch,
+                           dynamic_time=args.dynamic_time).load()
     t_load = time.perf_counter()
     graphs = backend.capture_all()
     if torch.cuda.is_available():
@@ -81,6 +82,8 @@ def main() -> int:
                    "encoder layer and the head compiled apart (core.backends.fast_module.compile_regions)")
     p.add_argument("--dynamic-batch", action="store_true", help="one compile for every batch from 2 up, per length "
                    "bucket and mask variant (the fast backend's dynamic_batch)")
+    p.add_argument("--dynamic-time", action="store_true", help="the length dimension compiled as a symbol too (the "
+                   "fast backend's dynamic_time): with --dynamic-batch, four compiles for every bucket")
     p.add_argument("--from-disk", action="store_true", help="save --model (random weights) to a folder first and load "
                    "it from there in each run, as a user's checkpoint loads (random init costs seconds no user pays)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -104,6 +107,7 @@ def main() -> int:
             shutil.rmtree(cache, ignore_errors=True)
         cmd = [sys.executable, __file__, "--child", "--model", model, "--backend", args.backend, "--compile",
                args.compile, "--compile-scope", args.compile_scope, *(["--dynamic-batch"] * args.dynamic_batch),
+               *(["--dynamic-time"] * args.dynamic_time),
                "--buckets-s",
                *map(str, args.buckets_s), "--batch-buckets", *map(str, args.batch_buckets)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -114,7 +118,7 @@ def main() -> int:
         rows.append({"run": run, "buckets_s": args.buckets_s, "batch_buckets": args.batch_buckets,
                      **json.loads(line[7:])})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.backend} (compile {args.compile}, scope {args.compile_scope}, dynamic batch {args.dynamic_batch}), {args.model}, buckets {args.buckets_s} s x batches "
+    print(f"\n{args.backend} (compile {args.compile}, scope {args.compile_scope}, dynamic batch {args.dynamic_batch}, dynamic time {args.dynamic_time}), {args.model}, buckets {args.buckets_s} s x batches "
           f"{args.batch_buckets}, cache {cache}")
     for r in rows:
         print(f"{r['run']:5} load {r['load_s']:5.1f} s, compile+capture of {r['graphs']} graphs "

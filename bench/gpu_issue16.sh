@@ -17,6 +17,10 @@
 #           1/2/4/8), the model loaded from disk as a user's checkpoint is; empty then warm cache
 #   dynw1   W1/W2 and demo WER of the static compile against dynamic_batch in one run; then the conformance matrix
 #           with dynamic_batch (demo model)
+#   dyntime (next GPU session) the length dimension dynamic too (dynamic_time + dynamic_batch: four compiles for all
+#           64 graphs): the conformance matrix with both, then W1/W2 and demo WER against the static compile
+#   coldall cold start of every bucket (8 lengths x 4 batches x masked/mask-free = 64 graphs) with dynamic_time and
+#           dynamic_batch, the model loaded from disk; empty then warm cache (issue 16, item 3: <= 30 s warm)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
 #           paths as wav2vec2-large, whose 32 cold compiles of ~18 s would not fit one call)
 #   aoti    does an AOTInductor package load on this GPU? (2026-12-02, torch 2.11.0+cu130: every form segfaulted at
@@ -24,7 +28,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -66,6 +70,16 @@ case "$phase" in
     timeout 250 python3 -m core check --model demo --backend fast:fp16:cuda --option dynamic_batch=true \
       > "$out/check_demo_dyn.log" 2>&1
     echo "check demo dynamic batch exit $?" | tee -a "$out/check_demo_dyn.log" ;;
+  dyntime)
+    timeout 250 python3 -m core check --model demo --backend fast:fp16:cuda --option dynamic_batch=true \
+      --option dynamic_time=true > "$out/check_demo_dyntime.log" 2>&1
+    echo "check demo dynamic batch and time exit $?" | tee -a "$out/check_demo_dyntime.log"
+    timeout 300 python3 bench/gpu_w1.py --eval-demo --budget-s 280 --warmup 20 --repeats 100 --variants \
+      fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs > "$out/w1_dyntime.log" 2>&1
+    echo "w1 dynamic batch and time exit $?" | tee -a "$out/w1_dyntime.log" ;;
+  coldall)
+    timeout 560 python3 bench/gpu_coldstart.py --dynamic-batch --dynamic-time --from-disk > "$out/cold_all64.log" 2>&1
+    echo "cold all buckets exit $?" | tee -a "$out/cold_all64.log" ;;
   check)
     timeout 540 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log" ;;

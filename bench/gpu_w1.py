@@ -50,6 +50,9 @@ VARIANTS = {
     "fast:fp16:precompile+graphs": ("fast:fp16:cuda", {"compile": "precompile"}),   # torch.compile's aot_compile
     # one compiled graph for every batch from 2 up (per length bucket and mask variant); graphs still per batch
     "fast:fp16:dynbatch-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "dynamic_batch": True}),
+    # ... and every length too: four compiles for all buckets (batch 1 or 2+, masked or mask-free)
+    "fast:fp16:dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "dynamic_batch": True,
+                                                           "dynamic_time": True}),
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),

@@ -333,6 +333,31 @@ def test_precompile_is_refused_on_a_torch_without_aot_compile(monkeypatch):
         FastBackend(BackendSpec.parse("fast:fp32:cpu"), load_model("random:wav2vec2-tiny"), compile="precompile")
 
 
+def test_module_compiles_once_for_every_length_when_time_is_dynamic():
+    """What dynamic_time relies on (the backend compiles only on CUDA, so this checks the module under torch.compile
+    on the CPU): with the length dimension marked dynamic, one graph serves every length at batch 1 and one every
+    length and batch from 2 up, padded rows included, each equal to the eager module."""
+    from torch._dynamo.utils import counters
+    model, _ = build_random("wav2vec2-tiny", seed=0)
+    module = build_module(model).eval()
+    compiled = torch.compile(module, dynamic=False, fullgraph=True,
+                             options={"triton.coalesce_tiling_analysis": False})
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    rng = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for batch, n in ((1, 16000), (1, 40000), (2, 16000), (3, 24000), (2, 40000)):
+            x = 0.1 * torch.randn(batch, n, generator=rng)
+            lengths = torch.tensor([n] + [n // 2] * (batch - 1))
+            torch._dynamo.mark_dynamic(x, 1)
+            if batch > 1:
+                torch._dynamo.mark_dynamic(x, 0)
+                torch._dynamo.mark_dynamic(lengths, 0)
+            torch.testing.assert_close(compiled(x, lengths, full=False), module(x, lengths, full=False),
+                                       atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] - before == 2
+
+
 def test_dynamic_batch_is_refused_where_it_does_not_apply():
     from core.backends import BackendSpec
     from core.errors import BackendUnavailableError
@@ -341,6 +366,9 @@ def test_dynamic_batch_is_refused_where_it_does_not_apply():
     for options in ({"compile": "aoti"}, {"compile_scope": "layer"}):
         with pytest.raises(BackendUnavailableError, match="dynamic_batch"):
             FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_batch=True, **options)
+    for options in ({"compile": "precompile"}, {"compile": None}, {"compile_scope": "layer"}):
+        with pytest.raises(BackendUnavailableError, match="dynamic_time"):
+            FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_time=True, **options)
 
 
 def test_aoti_on_cuda_is_refused_before_it_can_crash():

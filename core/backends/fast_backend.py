@@ -100,6 +100,10 @@ class FastBackend(Backend):
         of once per batch bucket; CUDA graphs are still captured per batch bucket. H200 (bench/NOTES.md 2026-12-02):
         W1 unchanged, W2 3.67 -> 3.90 ms, demo WER and the conformance matrix unchanged; off by default in process,
         on when served (core.triton.serve), where it makes a bucket for every batch size affordable;
+    dynamic_time: the length dimension compiled as a symbol too (compile="default" only), so all length buckets share
+        their compiles: with dynamic_batch, four compiles for every bucket (batch 1 or 2+, masked or mask-free).
+        Inductor's coalescing tiling analysis is off for it (it asserted on symbolic sizes on the H200, fourth
+        session). CPU-checked at the module level only: not yet run on a GPU, its kernels' speed unmeasured;
     graphs: CUDA graphs (default on for CUDA);
     buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs);
     conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
@@ -111,7 +115,7 @@ class FastBackend(Backend):
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
                  mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str = "whole",
-                 dynamic_batch: bool = False):
+                 dynamic_batch: bool = False, dynamic_time: bool = False):
         super().__init__(spec)
         # refused before anything loads, on any machine: a segfault would take the caller (the dashboard) with it
         if compile == "aoti" and spec.device == "cuda":
@@ -143,7 +147,12 @@ class FastBackend(Backend):
                 "dynamic_batch applies to torch.compile and compile='precompile' over the whole module only.",
                 "Use compile='default' or 'precompile' with compile_scope='whole', or leave dynamic_batch off.")
         self.compile_scope = compile_scope
+        if dynamic_time and (compile != "default" or compile_scope != "whole"):
+            raise BackendUnavailableError(
+                "dynamic_time applies to compile='default' over the whole module only.",
+                "Use compile='default' with compile_scope='whole', or leave dynamic_time off.")
         self.dynamic_batch = dynamic_batch
+        self.dynamic_time = dynamic_time
         # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
         # CPU only, above), so their build-and-load path is tested on the CPU too
         self.compile_mode = compile if cuda or compile in AHEAD_OF_TIME else None
@@ -179,8 +188,10 @@ class FastBackend(Backend):
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
+            # a symbolic length tripped an assertion in the coalescing analysis (H200, fourth session)
+            options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else None
             self.call = (compile_regions(module, mode) if self.compile_scope == "layer" else
-                         torch.compile(module, mode=mode, dynamic=False, fullgraph=True))
+                         torch.compile(module, mode=mode, options=options, dynamic=False, fullgraph=True))
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs and self.device == "cuda" else None
@@ -258,10 +269,13 @@ class FastBackend(Backend):
         batches from 2 up are marked dynamic first, so they share one compiled graph."""
         dynamic = self.dynamic_batch and self.compile_mode is not None and x.shape[0] > 1
         if self.compile_mode not in AHEAD_OF_TIME:
-            if dynamic:
+            if dynamic or self.dynamic_time:
                 import torch._dynamo
-                torch._dynamo.mark_dynamic(x, 0)
-                torch._dynamo.mark_dynamic(n, 0)
+                if dynamic:
+                    torch._dynamo.mark_dynamic(x, 0)
+                    torch._dynamo.mark_dynamic(n, 0)
+                if self.dynamic_time and self.compile_mode is not None:
+                    torch._dynamo.mark_dynamic(x, 1)
             return self.call
         shape = (None if dynamic else x.shape[0], x.shape[1], full)
         if shape not in self.packages:
