@@ -5,7 +5,9 @@
 #           in one run; demo-set WER of each fast variant (the peer alone takes ~220 s: its recompiles)
 #   cold    cold start of fast fp16 (load + compile + capture of 8 graphs: 5/20 s x batch 1/8): empty compile cache,
 #           then warm, each a fresh process
-#   triton  PyTriton sweep on fast fp16, two model instances, max batch $MAX_BATCH (16 or 32), concurrency 16 and 32
+#   triton  Triton's Python backend on fast fp16 (the server's defaults: a batch bucket per size, dynamic batch, one
+#           CPU thread per instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), concurrency
+#           16; one configuration per call (model load, in-process bench and server start take ~3 min)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
@@ -40,11 +42,11 @@ case "$phase" in
   cold)
     python3 bench/gpu_coldstart.py --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_static8.log" 2>&1
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
-  triton)   # one max batch per call (MAX_BATCH, default 16): model load, in-process bench and server start take ~3 min
-    mb=${MAX_BATCH:-16}
-    timeout 560 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $((mb / 2)) $mb \
-      --level-seconds 10 --concurrency 16 32 --instances 2 --batches 8 16 > "$out/triton_mb$mb.log" 2>&1
-    echo "triton max batch $mb exit $?" | tee -a "$out/triton_mb$mb.log"; cp "$out/gpu_triton.json" "$out/triton_mb$mb.json" ;;
+  triton)
+    mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; name=triton_pyb_mb${mb}_i${inst}
+    timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $((mb / 2)) $mb \
+      --level-seconds 10 --concurrency 16 --instances $inst --batches 8 --python-backend > "$out/$name.log" 2>&1
+    echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
     echo "cold layer exit $?" | tee -a "$out/cold_layer.log"
