@@ -173,7 +173,8 @@ class FastBackend(Backend):
     def load(self):
         import torch
         self.dtype = getattr(torch, DTYPES[self.precision])
-        from .fast_module import build_module, compile_regions
+        from .fast_module import build_module, compile_regions, conv_out_length
+        self.conv_out_length = conv_out_length   # for forward(), which should not import on every call
         module = build_module(self.loaded.model, self.conv, self.gelu_epilogue).to(device=self.device, dtype=self.dtype)
         for p in module.parameters():
             p.requires_grad_(False)
@@ -236,8 +237,7 @@ class FastBackend(Backend):
                 self.stats["eager"] += 1
                 full = self.mask_free and bool((lengths == t).all())
                 return self.module(values, self._device(lengths), full=full)
-            from .fast_module import conv_out_length
-            frames = int(conv_out_length(t, self.loaded.model.config))
+            frames = int(self.conv_out_length(t, self.loaded.model.config))
             padded = np.full(bb, tb, np.int64)   # padded rows get the full length: finite, and dropped below
             padded[:b] = lengths
             full = self.mask_free and bool((padded == tb).all())    # every row real audio to the end
@@ -266,7 +266,7 @@ class FastBackend(Backend):
     def _shape_call(self, x, n, full: bool):
         """What computes a bucket shape: the (compiled) module, or with compile="aoti"/"precompile" this shape's
         artifact (core.backends.shape_cache: built once, called with this module's weights). With dynamic_batch,
-        batches from 2 up are marked dynamic first, so they share one compiled graph."""
+        batches from 2 up are marked dynamic first, so they share one compiled graph; with dynamic_time, lengths."""
         dynamic = self.dynamic_batch and self.compile_mode is not None and x.shape[0] > 1
         if self.compile_mode not in AHEAD_OF_TIME:
             if dynamic or self.dynamic_time:
