@@ -269,12 +269,12 @@ class FastBackend(Backend):
         batches from 2 up are marked dynamic first, so they share one compiled graph; with dynamic_time, lengths."""
         dynamic = self.dynamic_batch and self.compile_mode is not None and x.shape[0] > 1
         if self.compile_mode not in AHEAD_OF_TIME:
-            if dynamic or self.dynamic_time:
+            if self.compile_mode is not None:
                 import torch._dynamo
                 if dynamic:
                     torch._dynamo.mark_dynamic(x, 0)
                     torch._dynamo.mark_dynamic(n, 0)
-                if self.dynamic_time and self.compile_mode is not None:
+                if self.dynamic_time:
                     torch._dynamo.mark_dynamic(x, 1)
             return self.call
         shape = (None if dynamic else x.shape[0], x.shape[1], full)

@@ -3,8 +3,8 @@ repository as <model>/1/model.py. Triton starts every instance of its instance_g
 interpreter, own GIL, own GPU), which PyTriton's in-process callables cannot do: on two H200s, four PyTriton
 instances in one process gave 0.84x the throughput of two on one GPU (bench/NOTES.md).
 
-Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options). The stub imports the workbench through PYTHONPATH,
-which the launcher sets to its own sys.path."""
+Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options).
+The stub imports the workbench through PYTHONPATH, which the launcher sets to its own sys.path."""
 from __future__ import annotations
 
 import json

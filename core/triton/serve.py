@@ -189,8 +189,6 @@ def serve_python_backend(args, loaded, gpus, options: dict) -> int:
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                        kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
-    if args.threads:
-        print("note: --threads applies to PyTriton serving only", file=sys.stderr)
     return pybackend.serve(args, loaded, opts, options)
 
 
