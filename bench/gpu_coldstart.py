@@ -43,6 +43,10 @@ def child(args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t_capture = time.perf_counter()
+    # what the graphs hold (their shared pool and the allocator's cache) once every bucket is captured
+    memory = ({"gpu_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2),
+               "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+              if torch.cuda.is_available() else {})
     from core.bench import measure, speech_input
     timing = {}
     for w, batch in (("W1", 1), ("W2", 8)):   # the compiled graphs' speed (compute scope, CUDA events)
@@ -66,7 +70,7 @@ def child(args) -> dict:
             "graphs": graphs, "compiled_graphs": counters["stats"]["unique_graphs"],
             "artifacts": {k: v for k, v in backend.stats.items() if k.endswith(("_built", "_loaded"))},
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
-            "eager_calls": backend.stats["eager"], "chars": len(text), **timing}
+            "eager_calls": backend.stats["eager"], "chars": len(text), **memory, **timing}
 
 
 def main() -> int:
@@ -124,7 +128,8 @@ def main() -> int:
         print(f"{r['run']:5} load {r['load_s']:5.1f} s, compile+capture of {r['graphs']} graphs "
               f"({r['compiled_graphs']} compiled) {r['compile_capture_s']:6.1f} s -> cold start {r['cold_start_s']:6.1f} s;"
               f" 10-min file first {r['first_10min_s']:.2f} s, again {r['second_10min_s']:.2f} s; W1 {r['W1_p50_ms']} ms,"
-              f" W2 {r['W2_p50_ms']} ms")
+              f" W2 {r['W2_p50_ms']} ms" + (f"; GPU memory reserved {r['gpu_reserved_gib']} GiB, peak allocated "
+                                            f"{r['gpu_peak_allocated_gib']} GiB" if "gpu_reserved_gib" in r else ""))
     return 0
 
 

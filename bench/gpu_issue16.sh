@@ -19,10 +19,12 @@
 #           1/2/4/8), the model loaded from disk as a user's checkpoint is; empty then warm cache
 #   dynw1   W1/W2 and demo WER of the static compile against dynamic_batch in one run; then the conformance matrix
 #           with dynamic_batch (demo model)
-#   dyntime (next GPU session) the length dimension dynamic too (dynamic_time + dynamic_batch: four compiles for all
+#   dyntime the length dimension dynamic too (dynamic_time + dynamic_batch: four compiles for all
 #           64 graphs): the conformance matrix with both, then W1/W2 and demo WER against the static compile
 #   coldall cold start of every bucket (8 lengths x 4 batches x masked/mask-free = 64 graphs) with dynamic_time and
 #           dynamic_batch, the model loaded from disk; empty then warm cache (issue 16, item 3: <= 30 s warm)
+#   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
+#           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
 #           paths as wav2vec2-large, whose 32 cold compiles of ~18 s would not fit one call)
 #   aoti    does an AOTInductor package load on this GPU? (2026-12-02, torch 2.11.0+cu130: every form segfaulted at
@@ -30,7 +32,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -82,6 +84,10 @@ case "$phase" in
   coldall)
     timeout 560 python3 bench/gpu_coldstart.py --dynamic-batch --dynamic-time --from-disk > "$out/cold_all64.log" 2>&1
     echo "cold all buckets exit $?" | tee -a "$out/cold_all64.log" ;;
+  graphmem)
+    timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
+      --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1
+    echo "graph memory exit $?" | tee -a "$out/graphmem.log" ;;
   check)
     timeout 540 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log" ;;

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     finally:
         server.stop(info)
     for line in Path(info.log).read_text(errors="replace").splitlines():   # host time per stage of each batch
-        if line.startswith(STAGES):
+        if line.startswith((STAGES, "WARMED")):   # WARMED: each instance's warm-up and its GPU memory
             print(f"  {line}", file=sys.stderr)
 
     at = max((r for r in rows if r["concurrency"] <= args.compare_at and r["n"]), key=lambda r: r["concurrency"],

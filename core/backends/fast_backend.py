@@ -196,15 +196,18 @@ class FastBackend(Backend):
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs and self.device == "cuda" else None
+        self.capture_stream = None   # made by the first _capture
         return self
 
     def capture_all(self) -> int:
         """Compile and capture every (batch bucket, length bucket, masked/mask-free) graph now instead of on
         first use: a server's or a long transcription's first requests then pay nothing. Returns how many."""
         import torch
+        # largest first: the graphs share one memory pool, and a smaller capture can split the blocks a larger
+        # one freed, where each capture in growing order needs larger blocks than any freed before
         with torch.inference_mode():   # as forward() captures: compiled under the grad mode they are called in
-            for bb in self.batch_buckets:
-                for tb in self.buckets:
+            for bb in sorted(self.batch_buckets, reverse=True):
+                for tb in sorted(self.buckets, reverse=True):
                     for full in ((True, False) if self.mask_free else (False,)):
                         if (bb, tb, full) not in self.graphs:
                             self._capture(bb, tb, full)
@@ -307,15 +310,19 @@ class FastBackend(Backend):
             out = call(x, n, full=full).clone()
             self.graphs[(bb, tb, full)] = (_Replay(lambda: out.copy_(call(x, n, full=full))), x, n, out)
             return self.graphs[(bb, tb, full)]
-        stream = torch.cuda.Stream()
+        # One capture stream per backend, made at its first capture on the GPU current then (as for every call).
+        # The caching allocator gives a freed pool block only to allocations on the stream it was used on: with a
+        # new stream per capture no graph could reuse another's blocks. torch.cuda.graph's own default stream is
+        # made once per process, on the GPU current at its first use: wrong for a second backend on another GPU.
+        if self.capture_stream is None:
+            self.capture_stream = torch.cuda.Stream()
+        stream = self.capture_stream
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # compiles (if torch.compile) and lets cuBLAS/cuDNN pick kernels
                 call(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
-        # torch.cuda.graph's default capture stream is created once, on the GPU current at its first use: a
-        # backend on another GPU of the same process (Triton instances over GPUs) must capture on its own stream
         with torch.cuda.graph(g, pool=self.pool, stream=stream):
             out = call(x, n, full=full)
         self.graphs[(bb, tb, full)] = (g, x, n, out)

@@ -43,7 +43,8 @@ class TritonPythonModel:
         seconds = float(params.get("warmup_seconds") or 0)
         if seconds:
             sizes = warm_up(self.backend, loaded, seconds, int(config["max_batch_size"]))
-            print(f"WARMED batch sizes {sizes} at {seconds:g} s ({args['model_instance_name']})", flush=True)
+            held = f", GPU memory reserved {torch.cuda.memory_reserved() / 2**30:.2f} GiB" if gpu else ""
+            print(f"WARMED batch sizes {sizes} at {seconds:g} s ({args['model_instance_name']}){held}", flush=True)
         from core.triton.stages import StageTimes
         self.stages = StageTimes(f"{args['model_instance_name']} ({args['model_instance_kind']} "
                                  f"{args['model_instance_device_id']})")

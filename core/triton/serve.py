@@ -233,7 +233,7 @@ def warm_up(backend, loaded, seconds: float, max_batch: int) -> list[int]:
     n = max(2, int(seconds * loaded.sample_rate))
     buckets = getattr(backend, "batch_buckets", None) or [2 ** k for k in range(max_batch.bit_length() + 1)]
     sizes = sorted({min(b, max_batch) for b in buckets} | {max_batch})
-    for b in sizes:
+    for b in reversed(sizes):   # largest first, so smaller captures reuse the shared graph pool's blocks
         x = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
         if not loaded.uses_attention_mask:
             backend.logits(x)
