@@ -47,6 +47,10 @@ def child(args) -> dict:
     memory = ({"gpu_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2),
                "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
               if torch.cuda.is_available() else {})
+    # where the compile time went (Dynamo's own per-phase totals; the rest of compile+capture is warm-up runs,
+    # runtime autotuning outside these phases, and the captures)
+    names, totals = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    phases = {k: round(float(v), 1) for k, v in zip(names, totals) if float(v) >= 0.1}
     from core.bench import measure, speech_input
     timing = {}
     for w, batch in (("W1", 1), ("W2", 8)):   # the compiled graphs' speed (compute scope, CUDA events)
@@ -70,7 +74,8 @@ def child(args) -> dict:
             "graphs": graphs, "compiled_graphs": counters["stats"]["unique_graphs"],
             "artifacts": {k: v for k, v in backend.stats.items() if k.endswith(("_built", "_loaded"))},
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
-            "eager_calls": backend.stats["eager"], "chars": len(text), **memory, **timing}
+            "eager_calls": backend.stats["eager"], "chars": len(text), **memory, **timing,
+            "compile_phases_s": phases}
 
 
 def main() -> int:
