@@ -87,7 +87,10 @@ case "$phase" in
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1
-    echo "graph memory exit $?" | tee -a "$out/graphmem.log" ;;
+    echo "graph memory exit $?" | tee -a "$out/graphmem.log"
+    # the GPU-only test of the same (needs pytest staged: add pytest pluggy iniconfig packaging to pack-wheels.sh)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fast_backend.py -k shared_pool > "$out/graphmem_test.log" 2>&1
+    echo "graph memory test exit $?" | tee -a "$out/graphmem_test.log" ;;
   check)
     timeout 540 python3 -m core check --model demo --backend fast:fp16:cuda > "$out/check_demo.log" 2>&1
     echo "check demo exit $?" | tee -a "$out/check_demo.log" ;;
