@@ -75,6 +75,7 @@ def child(args) -> dict:
             "artifacts": {k: v for k, v in backend.stats.items() if k.endswith(("_built", "_loaded"))},
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
             "eager_calls": backend.stats["eager"], "chars": len(text), **memory, **timing,
+            **{k: round(backend.stats[k], 1) for k in ("warmup_s", "capture_s") if k in backend.stats},
             "compile_phases_s": phases}
 
 
@@ -134,7 +135,9 @@ def main() -> int:
               f"({r['compiled_graphs']} compiled) {r['compile_capture_s']:6.1f} s -> cold start {r['cold_start_s']:6.1f} s;"
               f" 10-min file first {r['first_10min_s']:.2f} s, again {r['second_10min_s']:.2f} s; W1 {r['W1_p50_ms']} ms,"
               f" W2 {r['W2_p50_ms']} ms" + (f"; GPU memory reserved {r['gpu_reserved_gib']} GiB, peak allocated "
-                                            f"{r['gpu_peak_allocated_gib']} GiB" if "gpu_reserved_gib" in r else ""))
+                                            f"{r['gpu_peak_allocated_gib']} GiB" if "gpu_reserved_gib" in r else "")
+              + (f"; of compile+capture: warm-up calls {r['warmup_s']} s (Dynamo's compiles {r['compile_phases_s'].get('_compile.compile_inner', 0)} s), "
+                 f"captures {r['capture_s']} s" if "warmup_s" in r else ""))
     return 0
 
 
