@@ -151,8 +151,7 @@ def bench_backend(backend, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warm
                         calls += 1
                     sync(backend.device)
                 row = {"kind": "latency", "scope": scope, "model": loaded.source, "model_label": loaded.label,
-                       "random_weights": loaded.random_weights, "backend": backend.name,
-                       "runtime": backend.spec.runtime, "precision": backend.precision, "device": backend.device,
+                       "random_weights": loaded.random_weights, **backend.row_fields(),
                        "audio_s": seconds, "batch": batch, "warmup": warmup, **summarize(m["times"], seconds, batch),
                        "stable": m["stable"], "windows": len(m["window_p50s"]), "window_p50s": m["window_p50s"],
                        "load_s": load_s, "first_call_s": first_call_s,
@@ -185,7 +184,6 @@ def bench_spec(spec: str, loaded, seconds_list=(1, 5, 10), batches=(1, 8), warmu
     for row in rows:
         row.update(peak)
     memory = {"kind": "memory", "model": loaded.source, "model_label": loaded.label,
-              "random_weights": loaded.random_weights, "backend": backend.name, "runtime": backend.spec.runtime,
-              "precision": backend.precision, "device": backend.device, "load_s": load_s, **peak,
+              "random_weights": loaded.random_weights, **backend.row_fields(), "load_s": load_s, **peak,
               "env": environment()}
     return rows + [memory]

@@ -155,8 +155,7 @@ def check_backend(backend, loaded, matrix: list[Cell], refs: dict, progress=None
         ok, why = verdict(m, backend.precision, loaded.random_weights)
         tol, min_frames, max_cer = TOLERANCES.get(backend.precision, TOLERANCES["int8"])
         row = {"kind": "conformance", "model": loaded.source, "model_label": loaded.label,
-               "random_weights": loaded.random_weights, "backend": backend.name, "runtime": backend.spec.runtime,
-               "precision": backend.precision, "device": backend.device, "cell": cell.label, "batch": cell.batch,
+               "random_weights": loaded.random_weights, **backend.row_fields(), "cell": cell.label, "batch": cell.batch,
                "audio_s": round(max(len(x) for x in cell.items) / loaded.sample_rate, 3),
                "max_abs_dlogit": m["max_abs_dlogit"], "rel_dlogit": m["max_abs_dlogit"] / m["scale"],
                "frame_agree": m["frame_agree"], "transcripts_agree": m["transcripts_agree"],

@@ -156,7 +156,7 @@ def cmd_transcribe(args):
         return 2
     rows = []
     for spec in args.backend:
-        with make_backend(spec, loaded) as backend:
+        with make_backend(spec, loaded, **dict(args.option or [])) as backend:
             for audio in audios:
                 try:
                     t = transcribe(audio, backend, loaded, beam=args.beam)
@@ -260,16 +260,16 @@ def cmd_bench(args):
               f"p50 {r['p50_ms']:.2f} ms{'' if r['stable'] else ' (unstable)'}", file=sys.stderr, flush=True)
     for spec in args.backend:
         rows += bench_spec(spec, loaded, args.seconds, args.batch, args.warmup, args.repeats, tuple(args.scope),
-                           source, max_windows=args.windows, progress=tick, gpu_price=args.gpu_price)
+                           source, max_windows=args.windows, progress=tick, gpu_price=args.gpu_price,
+                           options=dict(args.option or []))
         if args.wer_manifest:  # accuracy in the same run, so WER and latency chart together
             from .backends import make_backend
             from .envinfo import environment
             from .wer import evaluate
-            with make_backend(spec, loaded) as backend:
+            with make_backend(spec, loaded, **dict(args.option or [])) as backend:
                 r = evaluate(backend, loaded, args.wer_manifest, limit=args.wer_limit)
             rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
-                         "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
-                         "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
+                         "random_weights": loaded.random_weights, **backend.row_fields(), "wer": r["wer"], "cer": r["cer"],
                          "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.wer_manifest),
                          "rtfx": r["rtfx"], "batch_size": r["batch_size"], "env": environment()})
             done[0] += 1
@@ -340,9 +340,8 @@ def cmd_wer(args):
         for skip in r["skipped"]:
             print(f"warning: skipped {skip['audio']}: {skip['error']}", file=sys.stderr)
         rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
-                     "random_weights": loaded.random_weights, "backend": spec, "runtime": backend.spec.runtime,
-                     "precision": backend.precision, "device": backend.device, "wer": r["wer"], "cer": r["cer"],
-                     "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.manifest), "rtfx": r["rtfx"],
+                     "random_weights": loaded.random_weights, **backend.row_fields(), "wer": r["wer"],
+                     "cer": r["cer"], "n": r["n"], "skipped": len(r["skipped"]), "manifest": str(args.manifest), "rtfx": r["rtfx"],
                      "batch_size": r["batch_size"], "audio_s_total": r["audio_s_total"],
                      "transcribe_s_total": r["transcribe_s_total"], "env": environment()})
         if args.show:
@@ -559,6 +558,11 @@ def cmd_results(args):
                                       "p90_ms", "p99_ms", "audio_s_per_s", "wer", "cer", "cell", "passed", "gpu"]))
 
 
+def _option(s, which: str, example: str):
+    s.add_argument("--option", type=option_argument, action="append", metavar="KEY=VALUE",
+                   help=f"an option of {which}, VALUE read as JSON where it parses (repeatable; e.g. {example})")
+
+
 def _batching(s):
     s.add_argument("--model-name", default="asr", help="name of the model on the server")
     s.add_argument("--max-batch", type=int, default=8)
@@ -588,9 +592,7 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
-    s.add_argument("--option", type=option_argument, action="append", metavar="KEY=VALUE",
-                   help="an option of the served backend, VALUE read as JSON where it parses (repeatable; e.g. "
-                        "dynamic_batch=true batch_buckets=[1,2,3,4,5,6,7,8] for fast:…)")
+    _option(s, "the served backend", "dynamic_batch=true batch_buckets=[1,2,3,4,5,6,7,8] for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "
                    "serving (GPU backends that compile or capture graphs per shape)")
@@ -664,6 +666,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--beam", action="store_true", help="beam search with the model's KenLM LM (if it ships one)")
+    _option(s, "every backend", "dynamic_batch=true dynamic_time=true for fast:…: four compiles for every length "
+            "and batch, where the default compiles per shape")
     s.add_argument("--reference", help="reference text: prints WER/CER per backend")
     s.add_argument("--json", action="store_true")
     s = add("record", cmd_record, "Record from this machine's microphone (sounddevice), then transcribe it like "
@@ -683,6 +687,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=WARMUP, default=5)
     s.add_argument("--repeats", type=REPEATS, default=30)
     s.add_argument("--audio", help="speech to tile to each length (default: seeded noise)")
+    _option(s, "every benchmarked backend (stored with its rows)", "dynamic_batch=true for fast:…")
     s.add_argument("--scope", nargs="+", choices=("compute", "e2e"), default=["compute", "e2e"],
                    help="compute: device inputs -> device logits; e2e: audio -> features -> forward -> text")
     s.add_argument("--windows", type=_number(int, 3, 1000, "measurement windows"), default=8, help="at most this many measurement windows of --repeats "
@@ -700,9 +705,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--reference", default=None, help="default: torch:fp32:cuda on a GPU machine, else torch:fp32:cpu")
-    s.add_argument("--option", type=option_argument, action="append", metavar="KEY=VALUE",
-                   help="an option of every checked backend, VALUE read as JSON where it parses (repeatable; e.g. "
-                        "compile=precompile, dynamic_batch=true, buckets_s=[1,2] for fast:…)")
+    _option(s, "every checked backend", "compile=precompile, dynamic_batch=true, buckets_s=[1,2] for fast:…")
     s.add_argument("--batch", type=BATCH, nargs="+", help="batch sizes (default 1 2 3 8 9 16 17 33)")
     s.add_argument("--seconds", type=SECONDS, nargs="+",
                    help="audio lengths (default 0.7 5 6.5 21.5: inside, at, between and past the length buckets)")

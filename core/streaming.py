@@ -202,8 +202,7 @@ def result_row(result: StreamResult, loaded, backend) -> dict:
     lag, WER/CER against offline, and the chunk timeline (transcripts left out but the last)."""
     from .envinfo import environment
     return {"kind": "streaming", "model": loaded.source, "model_label": loaded.label,
-            "random_weights": loaded.random_weights, "backend": backend.name, "runtime": backend.spec.runtime,
-            "precision": backend.precision, "device": backend.device, "audio": result.audio_name,
+            "random_weights": loaded.random_weights, **backend.row_fields(), "audio": result.audio_name,
             "audio_s": round(result.audio_s, 3), **result.summary(), "wer": result.wer, "cer": result.cer,
             "score_note": result.score_note, "chunk_s": result.chunk_s, "left_s": result.left_s,
             "right_s": result.right_s, "realtime": result.realtime, "warmup_buffers": result.warmup_buffers,

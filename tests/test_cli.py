@@ -130,3 +130,26 @@ def test_build_int8_says_its_calibration_set_is_the_evaluation_set():
     assert out.returncode in (0, 2), out.stderr[-2000:]
     assert "note: INT8 was calibrated on clips of the evaluation manifest" in out.stderr
     assert json.loads(out.stdout[out.stdout.index("{"):])["stage"] == "onnx"
+
+
+def test_transcribe_and_bench_take_backend_options_and_bench_rows_record_them(hindi_wav):
+    """--option reaches the backend (a value it refuses is refused; accepted ones transcribe), bench rows carry the
+    options they ran with, and a misspelt option is one clear error."""
+    model = ["--model", "random:wav2vec2-tiny"]
+    small = cli("transcribe", str(hindi_wav), *model, "--backend", "fast:fp32:cpu",
+                "--option", "buckets_s=[1]", "--option", "batch_buckets=[1,2]").stdout
+    assert [line for line in small.splitlines() if line.startswith("[fast:fp32:cpu]") and line.split(": ", 1)[1]]
+    refused = cli("transcribe", str(hindi_wav), *model, "--backend", "fast:fp32:cpu", "--option", "compile=bogus",
+                  check=False)
+    assert refused.returncode == 2 and "Unknown compile mode 'bogus'" in refused.stderr
+    rows = json.loads(cli("bench", *model, "--backend", "fast:fp32:cpu", "--seconds", "1", "--batch", "2",
+                          "--repeats", "3", "--warmup", "1", "--scope", "compute", "--json", "--no-save",
+                          "--option", "batch_buckets=[2]").stdout)
+    assert {r["kind"] for r in rows} == {"latency", "memory"}
+    assert all(r["backend_options"] == {"batch_buckets": [2]} for r in rows)
+    assert all("backend_options" not in r for r in json.loads(cli(
+        "bench", *model, "--backend", "ort:fp32:cpu", "--seconds", "1", "--batch", "1", "--repeats", "3",
+        "--warmup", "1", "--scope", "compute", "--json", "--no-save").stdout))
+    bad = cli("transcribe", str(hindi_wav), *model, "--backend", "fast:fp32:cpu", "--option", "bucket_s=[1]",
+              check=False)
+    assert bad.returncode == 2 and "bucket_s" in bad.stderr and "Traceback" not in bad.stderr

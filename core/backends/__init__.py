@@ -50,15 +50,18 @@ def make_backend(spec: str | BackendSpec, loaded, **options) -> Backend:
     if not ok:
         head, _, hint = why.partition(": ")
         raise BackendUnavailableError(f"Backend {spec} is not available: {head}.", hint or "Pick another backend.")
+    given = dict(options)
     if spec.runtime in ("trt", "trtrtx") and options.get("engine") is None:
         options = _built_engine(spec, loaded, **options)
     try:
-        return _module(spec.runtime).make(spec, loaded, **options)
+        backend = _module(spec.runtime).make(spec, loaded, **options)
     except TypeError as err:   # an option this backend does not take
         if "argument" not in str(err):
             raise
         raise BackendUnavailableError(f"Backend {spec} was given an option it does not take: {err}.",
                                       "Check the option's name against the backend's documentation.") from None
+    backend.options = given
+    return backend
 
 
 def _built_engine(spec, loaded, **_build_options) -> dict:

@@ -39,6 +39,13 @@ class Backend(ABC):
 
     def __init__(self, spec: BackendSpec):
         self.spec = spec
+        self.options: dict = {}   # the keyword options it was made with (make_backend): recorded with its results
+
+    def row_fields(self) -> dict:
+        """What names this backend in a result row: its spec's parts and, where any were given, its options (a
+        dynamic_batch run is not the default one)."""
+        return {"backend": self.name, "runtime": self.spec.runtime, "precision": self.precision,
+                "device": self.device, **({"backend_options": self.options} if self.options else {})}
 
     @property
     def name(self) -> str:
