@@ -677,6 +677,7 @@ def parser() -> argparse.ArgumentParser:
                                                   "system's default input")
     s.add_argument("--list", action="store_true", help="list the input devices with their default rates, and exit")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
+    _option(s, "every backend", "dynamic_batch=true for fast:…")
     s.add_argument("--json", action="store_true")
     s = add("bench", cmd_bench, "Latency/throughput per backend, audio length and batch size (saved to the results DB).")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
