@@ -8,7 +8,6 @@ file in that warm process (every window already captured).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -48,18 +47,6 @@ def child(args) -> dict:
     memory = ({"gpu_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2),
                "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
               if torch.cuda.is_available() else {})
-    # what torch.cuda.graph's entry would add per capture (the fast backend captures without it since the tenth
-    # session): one gc.collect() in this process, when this torch's force_cudagraph_gc asks for it, + empty_cache
-    t = time.perf_counter()
-    gc.collect()
-    t_gc = time.perf_counter() - t
-    t = time.perf_counter()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-    t_empty = time.perf_counter() - t
-    graph_entry = {"gc_collect_s": round(t_gc, 3), "empty_cache_s": round(t_empty, 3),
-                   "force_cudagraph_gc": getattr(torch.compiler.config, "force_cudagraph_gc", "absent")}
     # where the compile time went (Dynamo's own per-phase totals; the rest of compile+capture is warm-up runs,
     # runtime autotuning outside these phases, and the captures)
     names, totals = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
@@ -89,7 +76,7 @@ def child(args) -> dict:
             "first_10min_s": round(t_first, 2), "second_10min_s": round(t_second, 2),
             "eager_calls": backend.stats["eager"], "chars": len(text), **memory, **timing,
             **{k: round(backend.stats[k], 1) for k in ("warmup_s", "capture_s") if k in backend.stats},
-            "compile_phases_s": phases, "graph_entry_cost": graph_entry}
+            "compile_phases_s": phases}
 
 
 def main() -> int:

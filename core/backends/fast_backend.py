@@ -326,9 +326,9 @@ class FastBackend(Backend):
                 call(x, n, full=full)
         torch.cuda.current_stream().wait_stream(stream)
         t1 = time.perf_counter()
-        # capture_begin/end rather than torch.cuda.graph, whose entry synchronizes the device and empties the
-        # allocator's caches (and with force_cudagraph_gc runs gc.collect()) for every capture: a cold start of 64
-        # graphs paid that 64 times. The capture follows the warm-ups on the same stream, ordered without a sync.
+        # capture_begin/end rather than torch.cuda.graph, whose entry synchronizes the whole device and empties the
+        # allocator's caches at every capture (stalling any other backend's work on this GPU). The capture follows
+        # the warm-ups on the same stream, so it is ordered after them without a sync.
         g = torch.cuda.CUDAGraph()
         with torch.cuda.stream(stream):
             g.capture_begin(pool=self.pool)
