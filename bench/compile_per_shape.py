@@ -5,7 +5,10 @@ eager module. One process per run; run each form twice (the first fills the cach
   precompile  core.backends.shape_cache.precompiled_runner: the saved artifact built, or loaded (`ready_s`)
 
     python bench/compile_per_shape.py --form whole|layer|precompile --shapes 1x1 2x1 4x1 \
-        [--device cuda --precision fp16]"""
+        [--device cuda --precision fp16] [--dynamic]
+--dynamic (whole, layer): batches from 2 up and every length marked dynamic, as the backend's dynamic_batch and
+dynamic_time do, so shapes after the first of a kind reuse its graphs; the last line then gives Dynamo's tracing
+seconds (what a warm-cache compile mostly is on the H200, bench/NOTES.md, tenth session)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--form", choices=("whole", "layer", "precompile"), default="whole")
     p.add_argument("--shapes", nargs="+", default=["1x1", "2x1"], help="batch x seconds")
+    p.add_argument("--dynamic", action="store_true", help="mark the batch (from 2 up) and the length dynamic")
     args = p.parse_args(argv)
 
     from core.backends.fast_backend import use_compile_cache
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
     for param in module.parameters():
         param.requires_grad_(False)
     eager = build_module(loaded.model).to(args.device, dtype).eval()   # the reference
-    call = (compile_regions(module) if args.form == "layer" else
+    call = (compile_regions(module, dynamic_batch=args.dynamic, dynamic_time=args.dynamic) if args.form == "layer" else
             torch.compile(module, dynamic=False, fullgraph=True) if args.form == "whole" else None)
     print(json.dumps({"form": args.form, "setup_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__}),
           flush=True)
@@ -53,6 +57,11 @@ def main(argv=None) -> int:
         x = (0.1 * torch.randn(int(batch), n, device=args.device)).to(dtype)
         lengths = torch.full((int(batch),), n, dtype=torch.int64, device=args.device)
         row = {"shape": shape}
+        if args.dynamic:
+            if x.shape[0] > 1:
+                torch._dynamo.mark_dynamic(x, 0)
+                torch._dynamo.mark_dynamic(lengths, 0)
+            torch._dynamo.mark_dynamic(x, 1)
         with torch.no_grad():
             graphs = counters["stats"]["unique_graphs"]
             t = time.perf_counter()
@@ -71,7 +80,11 @@ def main(argv=None) -> int:
             row["max_abs_diff"] = float((out.float() - eager(x, lengths, full=True).float()).abs().max())
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"form": args.form, "device": args.device, "precision": args.precision,
+    names, totals = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    phases = dict(zip(names, totals))
+    print(json.dumps({"form": args.form, "device": args.device, "precision": args.precision, "dynamic": args.dynamic,
+                      "dynamo_compile_s": round(float(phases.get("_compile.compile_inner", 0)), 2),
+                      "bytecode_tracing_s": round(float(phases.get("bytecode_tracing", 0)), 2),
                       "total_first_calls_s": round(sum(r["first_call_s"] for r in rows), 2),
                       "process_s": round(time.perf_counter() - t0, 1)}))
     return 0

@@ -23,6 +23,9 @@
 #           64 graphs): the conformance matrix with both, then W1/W2 and demo WER against the static compile
 #   coldall cold start of every bucket (8 lengths x 4 batches x masked/mask-free = 64 graphs) with dynamic_time and
 #           dynamic_batch, the model loaded from disk; empty then warm cache (issue 16, item 3: <= 30 s warm)
+#   coldlayer  item 3 by region: the conformance matrix with compile_scope=layer + dynamic batch and time, then the
+#           cold start of every bucket that way (empty, then warm cache), then W1/W2 and demo WER against the
+#           whole-module dynamic compile in one run (a warm cache's 38 s were 24 s of Dynamo tracing, tenth session)
 #   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
 #           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
@@ -32,7 +35,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -84,6 +87,18 @@ case "$phase" in
   coldall)
     timeout 560 python3 bench/gpu_coldstart.py --dynamic-batch --dynamic-time --from-disk > "$out/cold_all64.log" 2>&1
     echo "cold all buckets exit $?" | tee -a "$out/cold_all64.log" ;;
+  coldlayer)
+    layer="--option compile_scope=layer --option dynamic_batch=true --option dynamic_time=true"
+    timeout 200 python3 -m core check --model demo --backend fast:fp16:cuda $layer > "$out/check_demo_layer.log" 2>&1
+    echo "check demo by region exit $?" | tee -a "$out/check_demo_layer.log"
+    timeout 330 python3 bench/gpu_coldstart.py --compile-scope layer --dynamic-batch --dynamic-time --from-disk \
+      > "$out/cold_all64_layer.log" 2>&1
+    echo "cold all buckets by region exit $?" | tee -a "$out/cold_all64_layer.log" ;;
+  coldlayerw1)
+    timeout 560 python3 bench/gpu_w1.py --eval-demo --budget-s 500 --warmup 20 --repeats 100 --variants \
+      fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs,fast:fp16:layer-dynamic-compile+graphs \
+      > "$out/w1_layer.log" 2>&1
+    echo "w1 by region exit $?" | tee -a "$out/w1_layer.log" ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1

@@ -53,6 +53,9 @@ VARIANTS = {
     # ... and every length too: four compiles for all buckets (batch 1 or 2+, masked or mask-free)
     "fast:fp16:dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "dynamic_batch": True,
                                                            "dynamic_time": True}),
+    # ... compiled by region: Dynamo traces one layer instead of 24 (a warm-cache compile is mostly tracing)
+    "fast:fp16:layer-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "layer",
+                                                                 "dynamic_batch": True, "dynamic_time": True}),
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),

@@ -246,6 +246,7 @@ def cmd_bench(args):
     from .bench import bench_spec
     from .results import save
     loaded = _model(args)
+    options = dict(args.option or [])   # the same backend options for the timing and the WER runs
     source = None
     if args.audio:
         from .audio import load_audio
@@ -261,12 +262,12 @@ def cmd_bench(args):
     for spec in args.backend:
         rows += bench_spec(spec, loaded, args.seconds, args.batch, args.warmup, args.repeats, tuple(args.scope),
                            source, max_windows=args.windows, progress=tick, gpu_price=args.gpu_price,
-                           options=dict(args.option or []))
+                           options=options)
         if args.wer_manifest:  # accuracy in the same run, so WER and latency chart together
             from .backends import make_backend
             from .envinfo import environment
             from .wer import evaluate
-            with make_backend(spec, loaded, **dict(args.option or [])) as backend:
+            with make_backend(spec, loaded, **options) as backend:
                 r = evaluate(backend, loaded, args.wer_manifest, limit=args.wer_limit)
             rows.append({"kind": "accuracy", "model": loaded.source, "model_label": loaded.label,
                          "random_weights": loaded.random_weights, **backend.row_fields(), "wer": r["wer"], "cer": r["cer"],

@@ -363,10 +363,9 @@ def test_dynamic_batch_is_refused_where_it_does_not_apply():
     from core.errors import BackendUnavailableError
     from core.models import load_model
     loaded = load_model("random:wav2vec2-tiny")
-    for options in ({"compile": "aoti"}, {"compile_scope": "layer"}):
-        with pytest.raises(BackendUnavailableError, match="dynamic_batch"):
-            FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_batch=True, **options)
-    for options in ({"compile": "precompile"}, {"compile": None}, {"compile_scope": "layer"}):
+    with pytest.raises(BackendUnavailableError, match="dynamic_batch"):
+        FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_batch=True, compile="aoti")
+    for options in ({"compile": "precompile"}, {"compile": None}):
         with pytest.raises(BackendUnavailableError, match="dynamic_time"):
             FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_time=True, **options)
 
@@ -420,3 +419,27 @@ def test_cuda_graphs_reuse_the_blocks_of_their_shared_pool(tiny):
     assert backend.capture_all() == 8
     grown = torch.cuda.memory_reserved() - base - first
     assert first > 0 and grown < 0.5 * first, (first / 2**20, grown / 2**20)
+
+
+def test_compile_regions_with_dynamic_batch_and_time_compile_each_region_once():
+    """compile_scope="layer" with dynamic_batch and dynamic_time: the layers' and the head's inputs come from the
+    previous region and carry no marks, so compile_regions marks them; batches from 2 up and every length then
+    share one graph per region (three in all), and the logits stay the eager module's."""
+    from torch._dynamo.utils import counters
+    from core.models import build_random
+    from core.backends.fast_module import compile_regions
+    model, _ = build_random("wav2vec2-tiny", seed=0)
+    eager = build_module(model).eval()
+    compiled = compile_regions(build_module(model).eval(), dynamic_batch=True, dynamic_time=True)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    for batch, n in ((2, 16000), (4, 24000), (3, 20000)):
+        x = 0.1 * torch.randn(batch, n, generator=torch.Generator().manual_seed(batch))
+        lengths = torch.tensor([n] + [n // 2] * (batch - 1))
+        for t in (x, lengths):    # as FastBackend._shape_call marks the front's inputs
+            torch._dynamo.mark_dynamic(t, 0)
+        torch._dynamo.mark_dynamic(x, 1)
+        with torch.no_grad():
+            out, ref = compiled(x, lengths, full=False), eager(x, lengths, full=False)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] - before == 3

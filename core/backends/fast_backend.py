@@ -96,8 +96,9 @@ class FastBackend(Backend):
     compile: None | "default" | "max-autotune-no-cudagraphs" | "aoti" | "precompile" (the last two: an artifact per
         bucket shape, see shape_cache; aoti on the CPU only; precompile needs torch.compile's aot_compile, which the
         GPU machine's torch 2.11 lacks, so it has run on the CPU only);
-    compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions; not measured on a GPU);
-    dynamic_batch: the batch dimension compiled as a symbol (torch.compile or precompile, whole scope), so each length
+    compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions: Dynamo traces one layer
+        instead of 24, which is most of a warm-cache compile; with dynamic_batch/dynamic_time too; not run on a GPU);
+    dynamic_batch: the batch dimension compiled as a symbol (torch.compile or precompile), so each length
         bucket and mask variant compiles twice (batch 1, which torch specializes, and every batch from 2 up) instead
         of once per batch bucket; CUDA graphs are still captured per batch bucket. H200 (bench/NOTES.md 2026-12-02):
         W1 unchanged, W2 3.67 -> 3.90 ms, demo WER and the conformance matrix unchanged; off by default in process,
@@ -105,7 +106,7 @@ class FastBackend(Backend):
     dynamic_time: the length dimension compiled as a symbol too (compile="default" only), so all length buckets share
         their compiles: with dynamic_batch, four compiles for every bucket (batch 1 or 2+, masked or mask-free).
         Inductor's coalescing tiling analysis is off for it (it asserted on symbolic sizes on the H200, fourth
-        session). CPU-checked at the module level only: not yet run on a GPU, its kernels' speed unmeasured;
+        session). H200 (bench/NOTES.md, ninth session): the conformance matrix passes, W2 +7 %; off by default;
     graphs: CUDA graphs (default on for CUDA);
     buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs);
     conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
@@ -144,15 +145,15 @@ class FastBackend(Backend):
             raise BackendUnavailableError(
                 f"compile_scope='layer' applies to torch.compile, not to compile='{compile}'.",
                 "Leave compile_scope at 'whole' for ahead-of-time artifacts.")
-        if dynamic_batch and (compile == "aoti" or compile_scope == "layer"):
+        if dynamic_batch and compile == "aoti":
             raise BackendUnavailableError(
-                "dynamic_batch applies to torch.compile and compile='precompile' over the whole module only.",
-                "Use compile='default' or 'precompile' with compile_scope='whole', or leave dynamic_batch off.")
+                "dynamic_batch applies to torch.compile and compile='precompile', not to compile='aoti'.",
+                "Use compile='default' or 'precompile', or leave dynamic_batch off.")
         self.compile_scope = compile_scope
-        if dynamic_time and (compile != "default" or compile_scope != "whole"):
+        if dynamic_time and compile != "default":
             raise BackendUnavailableError(
-                "dynamic_time applies to compile='default' over the whole module only.",
-                "Use compile='default' with compile_scope='whole', or leave dynamic_time off.")
+                "dynamic_time applies to compile='default' only.",
+                "Use compile='default', or leave dynamic_time off.")
         self.dynamic_batch = dynamic_batch
         self.dynamic_time = dynamic_time
         # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
@@ -193,7 +194,8 @@ class FastBackend(Backend):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
             # a symbolic length tripped an assertion in the coalescing analysis (H200, fourth session)
             options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else None
-            self.call = (compile_regions(module, mode) if self.compile_scope == "layer" else
+            self.call = (compile_regions(module, mode, options, self.dynamic_batch, self.dynamic_time)
+                         if self.compile_scope == "layer" else
                          torch.compile(module, mode=mode, options=options, dynamic=False, fullgraph=True))
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32
