@@ -7,7 +7,10 @@
 #           then warm, each a fresh process
 #   triton  Triton's Python backend on fast fp16 (the server's defaults: a batch bucket per size, dynamic batch, one
 #           CPU thread per instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), concurrency
-#           16; one configuration per call (model load, in-process bench and server start take ~3 min)
+#           16; one configuration per call (model load, in-process bench and server start take ~3 min); PYTRITON=1
+#           serves through PyTriton instead: the instances are threads of one process, one CUDA context, so one
+#           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
+#           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
@@ -48,9 +51,10 @@ case "$phase" in
     python3 bench/gpu_coldstart.py --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_static8.log" 2>&1
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
-    mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; name=triton_pyb_mb${mb}_i${inst}
+    mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; name=triton_pyb_mb${mb}_i${inst}
+    [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt_mb${mb}_i${inst}   # the instances as threads of one process
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $((mb / 2)) $mb \
-      --level-seconds 10 --concurrency 16 --instances $inst --batches 8 --python-backend > "$out/$name.log" 2>&1
+      --level-seconds 10 --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1

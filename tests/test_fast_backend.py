@@ -403,7 +403,7 @@ def test_compile_regions_share_one_graph_across_layers():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; the CI machine has none "
-                    "(written 2026-12-02 for the next GPU session, not yet run)")
+                    "(passed on an H200, bench/results/2026-12-02-s10/graphmem_test.log)")
 def test_cuda_graphs_reuse_the_blocks_of_their_shared_pool(tiny):
     """After the largest graph, the smaller batches' graphs (and the mask-free twin) reuse the blocks its capture and
     warm-up freed: GPU memory grows by a fraction of what the first graph took. A new capture stream per graph made
