@@ -1,12 +1,13 @@
-"""Issue 16, item 3: what one new shape costs the fast module, compiled three ways, each output checked against the
+"""Issue 16, item 3: what one new shape costs the fast module, compiled four ways, each output checked against the
 eager module. One process per run; run each form twice (the first fills the caches under $WORKBENCH_ARTIFACTS):
   whole       torch.compile of the whole module (the backend's default): the first call traces and compiles
   layer       core.backends.fast_module.compile_regions: the front, one encoder layer shared by all, the head
+  encoder     the same with the front left eager
   precompile  core.backends.shape_cache.precompiled_runner: the saved artifact built, or loaded (`ready_s`)
 
-    python bench/compile_per_shape.py --form whole|layer|precompile --shapes 1x1 2x1 4x1 \
+    python bench/compile_per_shape.py --form whole|layer|encoder|precompile --shapes 1x1 2x1 4x1 \
         [--device cuda --precision fp16] [--dynamic]
---dynamic (whole, layer): batches from 2 up and every length marked dynamic, as the backend's dynamic_batch and
+--dynamic (whole, layer, encoder): batches from 2 up and every length marked dynamic, as the backend's dynamic_batch and
 dynamic_time do, so shapes after the first of a kind reuse its graphs; the last line then gives Dynamo's tracing
 seconds (what a warm-cache compile mostly is on the H200, bench/NOTES.md, tenth session)."""
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="random:wav2vec2-large")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--form", choices=("whole", "layer", "precompile"), default="whole")
+    p.add_argument("--form", choices=("whole", "layer", "encoder", "precompile"), default="whole")
     p.add_argument("--shapes", nargs="+", default=["1x1", "2x1"], help="batch x seconds")
     p.add_argument("--dynamic", action="store_true", help="mark the batch (from 2 up) and the length dynamic")
     args = p.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     for param in module.parameters():
         param.requires_grad_(False)
     eager = build_module(loaded.model).to(args.device, dtype).eval()   # the reference
-    call = (compile_regions(module, dynamic_batch=args.dynamic, dynamic_time=args.dynamic) if args.form == "layer" else
+    call = (compile_regions(module, dynamic_batch=args.dynamic, dynamic_time=args.dynamic, front=args.form == "layer")
+            if args.form in ("layer", "encoder") else
             torch.compile(module, dynamic=False, fullgraph=True) if args.form == "whole" else None)
     print(json.dumps({"form": args.form, "setup_s": round(time.perf_counter() - t0, 1), "torch": torch.__version__}),
           flush=True)

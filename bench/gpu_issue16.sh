@@ -26,9 +26,11 @@
 #           64 graphs): the conformance matrix with both, then W1/W2 and demo WER against the static compile
 #   coldall cold start of every bucket (8 lengths x 4 batches x masked/mask-free = 64 graphs) with dynamic_time and
 #           dynamic_batch, the model loaded from disk; empty then warm cache (issue 16, item 3: <= 30 s warm)
-#   coldlayer  item 3 by region: the conformance matrix with compile_scope=layer + dynamic batch and time, then the
-#           cold start of every bucket that way (empty, then warm cache), then W1/W2 and demo WER against the
-#           whole-module dynamic compile in one run (a warm cache's 38 s were 24 s of Dynamo tracing, tenth session)
+#   coldlayer  item 3 by region: the conformance matrix with compile_scope=$SCOPE (encoder, the default: layers and
+#           head compiled, the front eager; or layer: the front compiled too) + dynamic batch and time, then the cold
+#           start of every bucket that way, empty then warm cache (a warm cache's 38 s were 24 s of Dynamo tracing,
+#           tenth session, most of it the front's on the CPU)
+#   coldlayerw1  W1/W2 and demo WER of static, whole dynamic, encoder and layer dynamic compiles in one run
 #   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
 #           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
@@ -92,15 +94,15 @@ case "$phase" in
     timeout 560 python3 bench/gpu_coldstart.py --dynamic-batch --dynamic-time --from-disk > "$out/cold_all64.log" 2>&1
     echo "cold all buckets exit $?" | tee -a "$out/cold_all64.log" ;;
   coldlayer)
-    layer="--option compile_scope=layer --option dynamic_batch=true --option dynamic_time=true"
-    timeout 200 python3 -m core check --model demo --backend fast:fp16:cuda $layer > "$out/check_demo_layer.log" 2>&1
-    echo "check demo by region exit $?" | tee -a "$out/check_demo_layer.log"
-    timeout 330 python3 bench/gpu_coldstart.py --compile-scope layer --dynamic-batch --dynamic-time --from-disk \
-      > "$out/cold_all64_layer.log" 2>&1
-    echo "cold all buckets by region exit $?" | tee -a "$out/cold_all64_layer.log" ;;
+    scope=${SCOPE:-encoder}; opts="--option compile_scope=$scope --option dynamic_batch=true --option dynamic_time=true"
+    timeout 200 python3 -m core check --model demo --backend fast:fp16:cuda $opts > "$out/check_demo_$scope.log" 2>&1
+    echo "check demo, scope $scope, exit $?" | tee -a "$out/check_demo_$scope.log"
+    timeout 330 python3 bench/gpu_coldstart.py --compile-scope $scope --dynamic-batch --dynamic-time --from-disk \
+      > "$out/cold_all64_$scope.log" 2>&1
+    echo "cold all buckets, scope $scope, exit $?" | tee -a "$out/cold_all64_$scope.log" ;;
   coldlayerw1)
     timeout 560 python3 bench/gpu_w1.py --eval-demo --budget-s 500 --warmup 20 --repeats 100 --variants \
-      fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs,fast:fp16:layer-dynamic-compile+graphs \
+      fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs,fast:fp16:encoder-dynamic-compile+graphs,fast:fp16:layer-dynamic-compile+graphs \
       > "$out/w1_layer.log" 2>&1
     echo "w1 by region exit $?" | tee -a "$out/w1_layer.log" ;;
   graphmem)

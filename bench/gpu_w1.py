@@ -56,6 +56,9 @@ VARIANTS = {
     # ... compiled by region: Dynamo traces one layer instead of 24 (a warm-cache compile is mostly tracing)
     "fast:fp16:layer-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "layer",
                                                                  "dynamic_batch": True, "dynamic_time": True}),
+    # ... and the convolutional front left eager (its symbolic-length compile is most of a warm-cache start)
+    "fast:fp16:encoder-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "encoder",
+                                                                   "dynamic_batch": True, "dynamic_time": True}),
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),

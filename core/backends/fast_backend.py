@@ -97,7 +97,8 @@ class FastBackend(Backend):
         bucket shape, see shape_cache; aoti on the CPU only; precompile needs torch.compile's aot_compile, which the
         GPU machine's torch 2.11 lacks, so it has run on the CPU only);
     compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions: Dynamo traces one layer
-        instead of 24, which is most of a warm-cache compile; with dynamic_batch/dynamic_time too; not run on a GPU);
+        instead of 24; with dynamic_batch/dynamic_time too) | "encoder" (the same with the convolutional front left
+        eager: a symbolic length makes its compile most of a warm-cache start). Neither has run on a GPU;
     dynamic_batch: the batch dimension compiled as a symbol (torch.compile or precompile), so each length
         bucket and mask variant compiles twice (batch 1, which torch specializes, and every batch from 2 up) instead
         of once per batch bucket; CUDA graphs are still captured per batch bucket. H200 (bench/NOTES.md 2026-12-02):
@@ -139,11 +140,11 @@ class FastBackend(Backend):
         if compile not in (None, "default", "max-autotune-no-cudagraphs", *AHEAD_OF_TIME):
             raise BackendUnavailableError(f"Unknown compile mode '{compile}'.",
                                           "Use default, max-autotune-no-cudagraphs, aoti, precompile or none.")
-        if compile_scope not in ("whole", "layer"):
-            raise BackendUnavailableError(f"Unknown compile scope '{compile_scope}'.", "Use whole or layer.")
-        if compile_scope == "layer" and compile in AHEAD_OF_TIME:
+        if compile_scope not in ("whole", "layer", "encoder"):
+            raise BackendUnavailableError(f"Unknown compile scope '{compile_scope}'.", "Use whole, layer or encoder.")
+        if compile_scope != "whole" and compile in AHEAD_OF_TIME:
             raise BackendUnavailableError(
-                f"compile_scope='layer' applies to torch.compile, not to compile='{compile}'.",
+                f"compile_scope='{compile_scope}' applies to torch.compile, not to compile='{compile}'.",
                 "Leave compile_scope at 'whole' for ahead-of-time artifacts.")
         if dynamic_batch and compile == "aoti":
             raise BackendUnavailableError(
@@ -194,8 +195,9 @@ class FastBackend(Backend):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
             # a symbolic length tripped an assertion in the coalescing analysis (H200, fourth session)
             options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else None
-            self.call = (compile_regions(module, mode, options, self.dynamic_batch, self.dynamic_time)
-                         if self.compile_scope == "layer" else
+            self.call = (compile_regions(module, mode, options, self.dynamic_batch, self.dynamic_time,
+                                         front=self.compile_scope == "layer")
+                         if self.compile_scope != "whole" else
                          torch.compile(module, mode=mode, options=options, dynamic=False, fullgraph=True))
         if self.device == "cuda" and self.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, not TF32

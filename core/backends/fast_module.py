@@ -313,17 +313,21 @@ def build_module(hf_model, conv: str = "flat", gelu_epilogue: bool = False):
     return FastWav2Vec2(hf_model, conv, gelu_epilogue).eval()
 
 
-def compile_regions(module, mode=None, options=None, dynamic_batch: bool = False, dynamic_time: bool = False):
+def compile_regions(module, mode=None, options=None, dynamic_batch: bool = False, dynamic_time: bool = False,
+                    front: bool = True):
     """torch.compile the fast module by region: the front, one encoder layer's code shared by all layers (their
     weights are graph inputs, so 24 layers make one graph per shape, not 24 copies inside one), and the head. A new
     shape then costs three small compiles instead of one of the whole model: on the CPU, wav2vec2-large's second
     shape took 1.42 s against 2.03 s from a warm cache, 8.0 s against 20.2 s cold (bench/NOTES.md, 2026-12-02).
     Fusion stops at the regions' edges. dynamic_batch / dynamic_time: the caller marks the front's inputs; the
     layers' and the head's inputs are the previous region's outputs, which carry no marks, so they are marked here
-    (the batch from 2 up, as the caller does: torch specializes a batch of 1). Returns the module, its regions
-    replaced in place."""
+    (the batch from 2 up, as the caller does: torch specializes a batch of 1). front=False leaves the front eager:
+    with a symbolic length its seven strided convolutions make nested floor-divisions that Dynamo's shape reasoning
+    spends most of a compile on (CPU, wav2vec2-large, warm cache: 13.4 s of the front against 0.8 s of a layer).
+    Returns the module, its regions replaced in place."""
     opts = dict(mode=mode, options=options, dynamic=False, fullgraph=True)
-    module.front = torch.compile(module.front, **opts)
+    if front:
+        module.front = torch.compile(module.front, **opts)
 
     def marked(x, mask=None):
         import torch._dynamo
