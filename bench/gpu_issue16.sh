@@ -31,6 +31,7 @@
 #           start of every bucket that way, empty then warm cache (a warm cache's 38 s were 24 s of Dynamo tracing,
 #           tenth session, most of it the front's on the CPU)
 #   coldlayerw1  W1/W2 and demo WER of static, whole dynamic, encoder and layer dynamic compiles in one run
+#           ($VARIANTS: another comma-separated list of bench/gpu_w1.py variants)
 #   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
 #           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
@@ -101,8 +102,8 @@ case "$phase" in
       > "$out/cold_all64_$scope.log" 2>&1
     echo "cold all buckets, scope $scope, exit $?" | tee -a "$out/cold_all64_$scope.log" ;;
   coldlayerw1)
-    timeout 560 python3 bench/gpu_w1.py --eval-demo --budget-s 500 --warmup 20 --repeats 100 --variants \
-      fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs,fast:fp16:encoder-dynamic-compile+graphs,fast:fp16:layer-dynamic-compile+graphs \
+    variants=${VARIANTS:-fast:fp16:compile+graphs,fast:fp16:dynamic-compile+graphs,fast:fp16:encoder-dynamic-compile+graphs,fast:fp16:layer-dynamic-compile+graphs}
+    timeout 560 python3 bench/gpu_w1.py --eval-demo --budget-s 500 --warmup 20 --repeats 100 --variants $variants \
       > "$out/w1_layer.log" 2>&1
     echo "w1 by region exit $?" | tee -a "$out/w1_layer.log" ;;
   graphmem)

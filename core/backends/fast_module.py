@@ -57,17 +57,14 @@ def conv_as_gemm(x, weight, bias, stride: int = 1, groups: int = 1, padding: int
     return y if bias is None else y + bias
 
 
-def conv_flat(x, chunks, bias, stride: int):
-    """Conv1d over a whole batch laid end to end: x [N, Cin] (contiguous; N = B * rows per item, rows per item
-    a multiple of stride), chunks the [taps*Cin, Cout] matrices of tap_runs(weight, stride) with G=1
-    -> [N / stride, Cout], one output row per `stride` input rows. Each run of taps is a
-    *view* of x (x as [N / stride, stride*Cin] rows, shifted by the run's index, the columns of its taps: no
-    copy) times its weight, so there are no unfolded windows and no layout transposes. Rows whose window
-    crosses into the next item are computed and left unused (each item has spare rows at its end, see
-    FeatureEncoder.forward); the shifted runs lack the last rows, which are zero-padded."""
-    n, cin = x.shape
-    u = n // stride
-    rows = x.contiguous().view(u, stride * cin)   # row r: input rows r*stride .. r*stride + stride - 1
+def conv_flat(rows, chunks, bias):
+    """Conv1d over a whole batch laid end to end: its N input frames [N, Cin] given as rows [U, stride*Cin]
+    (U = N / stride; row r holds frames r*stride .. r*stride + stride - 1; each item has a multiple of stride frames),
+    chunks the [taps*Cin, Cout] matrices of tap_runs(weight, stride) with G=1 -> [U, Cout], one output frame per row.
+    Each run of taps is a *view* of the rows (shifted by the run's index, the columns of its taps: no copy) times its
+    weight, so there are no unfolded windows and no layout transposes. Rows whose window crosses into the next item
+    are computed and left unused (each item has spare rows at its end, see FeatureEncoder.forward); the shifted runs
+    lack the last rows, which are zero-padded."""
     y = None
     for j, w in enumerate(chunks):                # taps j*stride ..: row r + j of `rows`, its first taps*cin columns
         p = rows[j:, :w.shape[0]] @ w
@@ -154,23 +151,37 @@ class FeatureEncoder(nn.Module):
         # stride, so the later convs can run over the batch laid end to end (conv_flat); the spare
         # frames are computed from zero-padded audio and dropped at the end (valid frames never read them).
         b = x.shape[0]
-        c0 = self.convs[0]
         (k0, s0), later = self.geometry[0], self.geometry[1:]
         t = (x.shape[1] - k0) // s0 + 1
         rows = -(-t // self.later_stride) * self.later_stride
         win = F.pad(x, (0, s0 * (rows - 1) + k0 - x.shape[1])).unfold(1, k0, s0)     # [B, rows, K0] view
-        # the first conv (one input channel) as a GEMM over its windows, zero-padded to 8k taps so the rows
-        # are aligned for the tensor cores (H200 profile: as fused sums of products it took 0.48 ms at W2)
-        h = F.pad(win, (0, self.w0.shape[0] - k0)) @ self.w0
-        h = h if c0.bias is None else h + c0.bias
-        h = self._norm_act(0, h, lengths)
+        h = self.first_conv(F.pad(win, (0, self.w0.shape[0] - k0)))
+        if self.norm != "layer":
+            h = self.act(self._masked_group_norm(h, lengths, self.convs[0]))
         for i, (k, s) in enumerate(later, 1):
-            chunks = [getattr(self, f"chunk{i}_{j}") for j in range(-(-k // s))]
-            h = conv_flat(h.reshape(b * rows, -1), chunks, self.convs[i].bias, s).view(b, rows // s, -1)
             rows //= s
+            h = self.conv_rows(h.reshape(b * rows, -1), i)   # [B * rows, s * C]: s input frames per row
             t = (t - k) // s + 1
-            h = self._norm_act(i, h, lengths)
-        return h[:, :t]
+        return h.view(b, rows, -1)[:, :t]
+
+    def first_conv(self, win):
+        """The first conv (one input channel) as a GEMM over its windows [B, rows, K0 -> x8], zero-padded to 8k
+        taps so the rows are aligned for the tensor cores (H200 profile: as fused sums of products it took 0.48 ms
+        at W2); with per-conv LayerNorm, its norm and activation too (per frame)."""
+        bias = self.convs[0].bias
+        h = win @ self.w0
+        h = h if bias is None else h + bias
+        return self._row_norm_act(0, h) if self.norm == "layer" else h
+
+    def conv_rows(self, rows, i: int):
+        """Conv i >= 1 over the batch laid end to end, given as rows [U, stride * C] (conv_flat), with its norm
+        (per-conv LayerNorm) and activation -> [U, C]. No batch or time dimension: compiled apart (compile_regions,
+        scope "encoder"), its one symbol is U, so no strided-length arithmetic reaches Dynamo."""
+        chunks = [getattr(self, f"chunk{i}_{j}") for j in range(-(-self.geometry[i][0] // self.geometry[i][1]))]
+        return self._row_norm_act(i, conv_flat(rows, chunks, self.convs[i].bias))
+
+    def _row_norm_act(self, i, h):
+        return self.act(self.norms[i](h) if self.norm == "layer" else h)
 
     def _masked_group_norm(self, h, lengths, c):
         # GroupNorm with one group per channel normalises over time: take the statistics over the
@@ -266,7 +277,10 @@ class FastWav2Vec2(nn.Module):
 
     def front(self, input_values, lengths, full: bool):
         """Feature encoder, projection and positional conv -> the first layer's input and the attention mask."""
-        h = self.features(input_values, lengths)
+        return self.embed(self.features(input_values, lengths), lengths, full)
+
+    def embed(self, h, lengths, full: bool):
+        """The feature encoder's frames h [B, F, C] -> projection and positional conv (see front)."""
         x = self.proj(self.proj_ln(h))
         keep = None
         if not full:
@@ -319,28 +333,49 @@ def compile_regions(module, mode=None, options=None, dynamic_batch: bool = False
     weights are graph inputs, so 24 layers make one graph per shape, not 24 copies inside one), and the head. A new
     shape then costs three small compiles instead of one of the whole model: on the CPU, wav2vec2-large's second
     shape took 1.42 s against 2.03 s from a warm cache, 8.0 s against 20.2 s cold (bench/NOTES.md, 2026-12-02).
-    Fusion stops at the regions' edges. dynamic_batch / dynamic_time: the caller marks the front's inputs; the
-    layers' and the head's inputs are the previous region's outputs, which carry no marks, so they are marked here
-    (the batch from 2 up, as the caller does: torch specializes a batch of 1). front=False leaves the front eager:
-    with a symbolic length its seven strided convolutions make nested floor-divisions that Dynamo's shape reasoning
-    spends most of a compile on (CPU, wav2vec2-large, warm cache: 13.4 s of the front against 0.8 s of a layer).
-    Returns the module, its regions replaced in place."""
+    Fusion stops at the regions' edges. dynamic_batch / dynamic_time: the caller marks the front's inputs; every
+    other region's inputs are a previous region's outputs, which carry no marks, so they are marked here (the batch
+    from 2 up, as the caller does: torch specializes a batch of 1). front=False compiles the front by its parts
+    instead (scope "encoder"): the feature encoder's first conv, each later conv (conv_rows: one symbol, the rows of
+    the batch laid end to end) and the projection with the positional conv (embed). With a symbolic length, the
+    whole front's seven strided convolutions make nested floor-divisions that Dynamo's shape reasoning spends most
+    of a compile on (CPU, wav2vec2-large, warm cache: 13.4 s of the front against 0.8 s of a layer); by parts, each
+    region sees a fresh symbol. Returns the module, its regions replaced in place."""
+    import torch._dynamo
     opts = dict(mode=mode, options=options, dynamic=False, fullgraph=True)
-    if front:
-        module.front = torch.compile(module.front, **opts)
 
-    def marked(x, mask=None):
-        import torch._dynamo
-        dims = ([0] if dynamic_batch and x.shape[0] > 1 else []) + ([1] if dynamic_time else [])
-        for d in dims:
+    def marked(x, *also):
+        """x [B, T, ...] marked as the options say; each of `also` (the mask [B, 1, 1, T], the lengths [B]) with it."""
+        batch = dynamic_batch and x.shape[0] > 1
+        for d in ([0] if batch else []) + ([1] if dynamic_time else []):
             torch._dynamo.mark_dynamic(x, d)
-            if mask is not None:                  # [B, 1, 1, frames]
-                torch._dynamo.mark_dynamic(mask, 0 if d == 0 else 3)
+            for t in also:
+                if d == 0 or t.dim() == 4:
+                    torch._dynamo.mark_dynamic(t, 0 if d == 0 else 3)
         return x
 
+    if front:
+        module.front = torch.compile(module.front, **opts)
+    else:
+        enc = module.features
+        if enc.conv_mode == "flat":
+            first, rows = torch.compile(enc.first_conv, **opts), torch.compile(enc.conv_rows, **opts)
+
+            def conv_rows(r, i):
+                if (dynamic_batch or dynamic_time) and r.shape[0] > 1:
+                    torch._dynamo.mark_dynamic(r, 0)
+                return rows(r, i)
+            enc.first_conv = lambda win: first(marked(win))
+            enc.conv_rows = conv_rows
+        embed = torch.compile(module.embed, **opts)
+        module.embed = lambda h, lengths, full: embed(marked(h, lengths), lengths, full)
+
     shared = torch.compile(type(module.layers[0]).forward, **opts)
+
+    def layer_forward(layer, x, mask):
+        return shared(layer, marked(x, *([] if mask is None else [mask])), mask)
     for layer in module.layers:
-        layer.forward = functools.partial(lambda self, x, mask: shared(self, marked(x, mask), mask), layer)
+        layer.forward = functools.partial(layer_forward, layer)
     head = torch.compile(module.head, **opts)
     module.head = lambda x: head(marked(x))
     return module
