@@ -88,8 +88,10 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=["cold", "warm"])
     p.add_argument("--compile", default="default", help="the fast backend's compile mode: default (torch.compile), "
                    "precompile or aoti (an artifact per shape, weights left out: core/backends/shape_cache.py)")
-    p.add_argument("--compile-scope", choices=("whole", "layer", "encoder"), default="whole", help="encoder: layer without the front; layer: the front, one shared "
-                   "encoder layer and the head compiled apart (core.backends.fast_module.compile_regions)")
+    p.add_argument("--compile-scope", choices=("whole", "layer", "encoder"), default="whole",
+                   help="layer: the front, one shared encoder layer and the head compiled apart; encoder: the same "
+                        "with the front by its parts (core.backends.fast_module.compile_regions; the backend's "
+                        "default, with --dynamic-batch --dynamic-time); whole: one compile per shape")
     p.add_argument("--dynamic-batch", action="store_true", help="one compile for every batch from 2 up, per length "
                    "bucket and mask variant (the fast backend's dynamic_batch)")
     p.add_argument("--dynamic-time", action="store_true", help="the length dimension compiled as a symbol too (the "

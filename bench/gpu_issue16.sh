@@ -32,6 +32,8 @@
 #           tenth session, most of it the front's on the CPU)
 #   coldlayerw1  W1/W2 and demo WER of static, whole dynamic, encoder and layer dynamic compiles in one run
 #           ($VARIANTS: another comma-separated list of bench/gpu_w1.py variants)
+#   servecheck  the conformance matrix through Triton (Python backend, 2 instances, max batch 16) of the fast
+#           backend's default options, demo model
 #   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
 #           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code
@@ -41,7 +43,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -106,6 +108,17 @@ case "$phase" in
     timeout 560 python3 bench/gpu_w1.py --eval-demo --budget-s 500 --warmup 20 --repeats 100 --variants $variants \
       > "$out/w1_layer.log" 2>&1
     echo "w1 by region exit $?" | tee -a "$out/w1_layer.log" ;;
+  servecheck)
+    # the served default's outputs at every batch size: Triton's Python backend, two instances, max batch 16, the
+    # fast backend with its defaults (by part, batch and length dynamic), then the conformance matrix over gRPC
+    timeout 300 /tmp/tv/bin/python -m core serve --model demo --backend fast:fp16:cuda --python-backend --instances 2 \
+      --max-batch 16 --warmup-seconds 5 --name gpucheck > "$out/serve_demo.log" 2>&1
+    echo "serve exit $?" | tee -a "$out/serve_demo.log"
+    timeout 240 /tmp/tv/bin/python -m core check --model demo --backend triton:fp16:grpc --triton-url 127.0.0.1:8001 \
+      > "$out/check_triton_demo.log" 2>&1
+    echo "check triton exit $?" | tee -a "$out/check_triton_demo.log"
+    /tmp/tv/bin/python -m core serve --stop >> "$out/serve_demo.log" 2>&1
+    cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1

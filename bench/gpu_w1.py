@@ -35,6 +35,7 @@ from core.transcribe import decode, frame_lengths  # noqa: E402
 from profile_w1 import profile_call  # noqa: E402
 
 BASELINE = "torch:fp32:cuda"
+STATIC = {"compile_scope": "whole", "dynamic_batch": False, "dynamic_time": False}   # the fast backend, per shape
 # name -> (spec, options for the fast backend)
 VARIANTS = {
     "torch:fp32:cuda": ("torch:fp32:cuda", {}),
@@ -45,26 +46,29 @@ VARIANTS = {
     "fast:fp32:graphs": ("fast:fp32:cuda", {"compile": None}),
     "fast:fp16:eager": ("fast:fp16:cuda", {"compile": None, "graphs": False}),
     "fast:fp16:graphs": ("fast:fp16:cuda", {"compile": None}),
+    # the backend's defaults: compiled by part (scope "encoder"), batch and length dynamic (eleventh session on)
     "fast:fp16:compile+graphs": ("fast:fp16:cuda", {"compile": "default"}),
-    "fast:fp16:layer-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "layer"}),
+    # one whole-module compile per bucket shape: what compile+graphs was through the tenth session
+    "fast:fp16:static-compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC}),
+    "fast:fp16:layer-compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "compile_scope": "layer"}),
     "fast:fp16:precompile+graphs": ("fast:fp16:cuda", {"compile": "precompile"}),   # torch.compile's aot_compile
     # one compiled graph for every batch from 2 up (per length bucket and mask variant); graphs still per batch
-    "fast:fp16:dynbatch-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "dynamic_batch": True}),
+    "fast:fp16:dynbatch-compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "dynamic_batch": True}),
     # ... and every length too: four compiles for all buckets (batch 1 or 2+, masked or mask-free)
-    "fast:fp16:dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "dynamic_batch": True,
+    "fast:fp16:dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "dynamic_batch": True,
                                                            "dynamic_time": True}),
     # ... compiled by region: Dynamo traces one layer instead of 24 (a warm-cache compile is mostly tracing)
     "fast:fp16:layer-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "layer",
                                                                  "dynamic_batch": True, "dynamic_time": True}),
-    # ... and the convolutional front left eager (its symbolic-length compile is most of a warm-cache start)
+    # ... and the convolutional front by its parts (the default since the eleventh session)
     "fast:fp16:encoder-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "encoder",
                                                                    "dynamic_batch": True, "dynamic_time": True}),
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
-    "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "cudnn"}),
-    "fast:fp16:gemm-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "gemm"}),
+    "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "conv": "cudnn"}),
+    "fast:fp16:gemm-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "conv": "gemm"}),
     "fast:fp16:masked+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "mask_free": False}),
-    "fast:fp16:hybrid-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "conv": "hybrid"}),
+    "fast:fp16:hybrid-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "conv": "hybrid"}),
     "fast:fp16:gelu-separate+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "gelu_epilogue": False}),
     "fast:bf16:gelu-epilogue+compile+graphs": ("fast:bf16:cuda", {"compile": "default", "gelu_epilogue": True}),
     # issue 16's yardstick: what a user would write instead (Peer below)

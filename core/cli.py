@@ -667,8 +667,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", type=HOST_PORT, default=None, metavar="HOST:PORT",
                    help="the Triton server triton:… backends talk to (default: the local `serve` server)")
     s.add_argument("--beam", action="store_true", help="beam search with the model's KenLM LM (if it ships one)")
-    _option(s, "every backend", "dynamic_batch=true dynamic_time=true for fast:…: four compiles for every length "
-            "and batch, where the default compiles per shape")
+    _option(s, "every backend", "compile_scope=whole dynamic_time=false for fast:…: one whole-model compile per "
+            "shape, where the default compiles each part once for every length and batch")
     s.add_argument("--reference", help="reference text: prints WER/CER per backend")
     s.add_argument("--json", action="store_true")
     s = add("record", cmd_record, "Record from this machine's microphone (sounddevice), then transcribe it like "
@@ -678,7 +678,7 @@ def parser() -> argparse.ArgumentParser:
                                                   "system's default input")
     s.add_argument("--list", action="store_true", help="list the input devices with their default rates, and exit")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
-    _option(s, "every backend", "dynamic_batch=true for fast:…")
+    _option(s, "every backend", "compile_scope=whole for fast:…")
     s.add_argument("--json", action="store_true")
     s = add("bench", cmd_bench, "Latency/throughput per backend, audio length and batch size (saved to the results DB).")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
@@ -689,7 +689,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=WARMUP, default=5)
     s.add_argument("--repeats", type=REPEATS, default=30)
     s.add_argument("--audio", help="speech to tile to each length (default: seeded noise)")
-    _option(s, "every benchmarked backend (stored with its rows)", "dynamic_batch=true for fast:…")
+    _option(s, "every benchmarked backend (stored with its rows)", "dynamic_batch=false for fast:…")
     s.add_argument("--scope", nargs="+", choices=("compute", "e2e"), default=["compute", "e2e"],
                    help="compute: device inputs -> device logits; e2e: audio -> features -> forward -> text")
     s.add_argument("--windows", type=_number(int, 3, 1000, "measurement windows"), default=8, help="at most this many measurement windows of --repeats "

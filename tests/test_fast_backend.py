@@ -370,6 +370,22 @@ def test_dynamic_batch_is_refused_where_it_does_not_apply():
             FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, dynamic_time=True, **options)
 
 
+def test_the_default_compile_is_by_part_with_dynamic_batch_and_time_and_the_others_keep_their_shapes():
+    """torch.compile's default is compiled by part with batch and length dynamic (every bucket from a few small
+    compiles); the other modes, where those options are refused or were never measured, stay whole and static."""
+    from core.backends import BackendSpec
+    from core.backends.shape_cache import precompile_supported
+    from core.models import load_model
+    loaded, spec = load_model("random:wav2vec2-tiny"), BackendSpec.parse("fast:fp32:cpu")
+    settings = lambda b: (b.compile_scope, b.dynamic_batch, b.dynamic_time)   # noqa: E731
+    assert settings(FastBackend(spec, loaded)) == ("encoder", True, True)
+    for compile in (None, "max-autotune-no-cudagraphs", "precompile", "aoti"):
+        if compile == "precompile" and not precompile_supported():
+            continue
+        assert settings(FastBackend(spec, loaded, compile=compile)) == ("whole", False, False), compile
+    assert settings(FastBackend(spec, loaded, compile_scope="whole", dynamic_time=False)) == ("whole", True, False)
+
+
 def test_aoti_on_cuda_is_refused_before_it_can_crash():
     """Loading an AOTInductor package segfaulted on the H200 (torch 2.11.0+cu130, 2026-12-02): compile="aoti" on
     CUDA is refused at construction with the reason, before any GPU is touched (so this runs on the CPU too)."""

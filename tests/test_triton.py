@@ -48,12 +48,11 @@ def test_preflight_refuses_numpy_2_with_the_fix():
 
 def test_serving_options_give_the_fast_backend_a_bucket_per_batch_size():
     """The batcher forms batches of any size up to the max batch: the fast backend is served with a batch bucket
-    for each (one compile for every size from 2 up), unless --backend-option says otherwise; other backends keep
-    their own options (ONNX Runtime: --threads)."""
+    for each (its default dynamic batch compiles once for every size from 2 up), unless --backend-option says
+    otherwise; other backends keep their own options (ONNX Runtime: --threads)."""
     from core.triton.serve import backend_options, parser
     opts = lambda *a: backend_options(parser().parse_args(list(a)))   # noqa: E731
-    assert opts("--backend", "fast:fp16:cuda", "--max-batch", "4") == {"batch_buckets": [1, 2, 3, 4],
-                                                                       "dynamic_batch": True}
+    assert opts("--backend", "fast:fp16:cuda", "--max-batch", "4") == {"batch_buckets": [1, 2, 3, 4]}
     assert opts("--backend", "fast:fp16:cuda", "--backend-option", "batch_buckets=[1,4]",
                 "--backend-option", "dynamic_batch=false") == {"batch_buckets": [1, 4], "dynamic_batch": False}
     assert opts("--backend", "ort:fp32:cpu", "--threads", "2") == {"threads": 2}

@@ -97,17 +97,19 @@ class FastBackend(Backend):
         bucket shape, see shape_cache; aoti on the CPU only; precompile needs torch.compile's aot_compile, which the
         GPU machine's torch 2.11 lacks, so it has run on the CPU only);
     compile_scope: "whole" (one graph per shape) | "layer" (fast_module.compile_regions: Dynamo traces one layer
-        instead of 24; with dynamic_batch/dynamic_time too) | "encoder" (the same with the convolutional front left
-        eager: a symbolic length makes its compile most of a warm-cache start). Neither has run on a GPU;
+        instead of 24, the front and the head apart) | "encoder" (the same with the front compiled by its parts, so
+        a symbolic length reaches Dynamo as one fresh symbol per part);
     dynamic_batch: the batch dimension compiled as a symbol (torch.compile or precompile), so each length
         bucket and mask variant compiles twice (batch 1, which torch specializes, and every batch from 2 up) instead
-        of once per batch bucket; CUDA graphs are still captured per batch bucket. H200 (bench/NOTES.md 2026-12-02):
-        W1 unchanged, W2 3.67 -> 3.90 ms, demo WER and the conformance matrix unchanged; off by default in process,
-        on when served (core.triton.serve), where it makes a bucket for every batch size affordable;
+        of once per batch bucket; CUDA graphs are still captured per batch bucket;
     dynamic_time: the length dimension compiled as a symbol too (compile="default" only), so all length buckets share
-        their compiles: with dynamic_batch, four compiles for every bucket (batch 1 or 2+, masked or mask-free).
-        Inductor's coalescing tiling analysis is off for it (it asserted on symbolic sizes on the H200, fourth
-        session). H200 (bench/NOTES.md, ninth session): the conformance matrix passes, W2 +7 %; off by default;
+        their compiles. Inductor's coalescing tiling analysis is off for it (it asserted on symbolic sizes on the
+        H200, fourth session);
+    the defaults with compile="default": scope "encoder" with dynamic batch and time, so every bucket's 64 graphs
+        come from 18 small compiles (H200, eleventh session, bench/NOTES.md: 26.6 s from a warm compile cache against
+        45.9 s for the whole module compiled dynamic, and one compile of 5-18 s per bucket shape when static; W1/W2
+        1.437/3.795 ms against 1.422/3.820 static in the same run; the conformance matrix and demo WER unchanged);
+        with any other compile mode: "whole", static;
     graphs: CUDA graphs (default on for CUDA);
     buckets_s (length buckets in seconds), batch_buckets, pad (pad to buckets even without graphs);
     conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
@@ -118,9 +120,13 @@ class FastBackend(Backend):
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
-                 mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str = "whole",
-                 dynamic_batch: bool = False, dynamic_time: bool = False):
+                 mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str | None = None,
+                 dynamic_batch: bool | None = None, dynamic_time: bool | None = None):
         super().__init__(spec)
+        by_region = compile == "default"   # the defaults above: one compiled graph per part for every shape
+        compile_scope = compile_scope or ("encoder" if by_region else "whole")
+        dynamic_batch = by_region if dynamic_batch is None else dynamic_batch
+        dynamic_time = by_region if dynamic_time is None else dynamic_time
         # refused before anything loads, on any machine: a segfault would take the caller (the dashboard) with it
         if compile == "aoti" and spec.device == "cuda":
             raise BackendUnavailableError(
@@ -192,7 +198,7 @@ class FastBackend(Backend):
             import torch._dynamo as dynamo
             for knob in ("recompile_limit", "cache_size_limit"):  # one compile per bucket shape
                 if hasattr(dynamo.config, knob):
-                    setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
+                    setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 512))
             # a symbolic length tripped an assertion in the coalescing analysis (H200, fourth session)
             options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else None
             self.call = (compile_regions(module, mode, options, self.dynamic_batch, self.dynamic_time,

@@ -337,10 +337,11 @@ def compile_regions(module, mode=None, options=None, dynamic_batch: bool = False
     other region's inputs are a previous region's outputs, which carry no marks, so they are marked here (the batch
     from 2 up, as the caller does: torch specializes a batch of 1). front=False compiles the front by its parts
     instead (scope "encoder"): the feature encoder's first conv, each later conv (conv_rows: one symbol, the rows of
-    the batch laid end to end) and the projection with the positional conv (embed). With a symbolic length, the
-    whole front's seven strided convolutions make nested floor-divisions that Dynamo's shape reasoning spends most
-    of a compile on (CPU, wav2vec2-large, warm cache: 13.4 s of the front against 0.8 s of a layer); by parts, each
-    region sees a fresh symbol. Returns the module, its regions replaced in place."""
+    the batch laid end to end; conv "flat" only, other forms leave the convs eager) and the projection with the
+    positional conv (embed). With a symbolic length, the whole front's seven strided convolutions make nested
+    floor-divisions that Dynamo's shape reasoning spends most of a compile on (CPU, wav2vec2-large, warm cache:
+    13.4 s of the front against 0.8 s of a layer); by parts, each region sees a fresh symbol. Returns the module,
+    its regions replaced in place."""
     import torch._dynamo
     opts = dict(mode=mode, options=options, dynamic=False, fullgraph=True)
 

@@ -165,13 +165,14 @@ def placed(infer, index: int | None):
 
 def backend_options(args) -> dict:
     """The keyword options each instance's backend is made with: --backend-option over the serving defaults. For
-    the fast backend those are a batch bucket for every size up to --max-batch, compiled once for every batch from
-    2 up (dynamic_batch): the batcher forms batches of any size (5.4 requests on average at concurrency 16, max
-    batch 16), which the default buckets (1, 2, 4, 8) padded to 8 rows or split into two replays. On an H200 that
-    change, with one CPU thread per GPU instance, took Triton from 53 % to 64 % of in-process (bench/NOTES.md)."""
+    the fast backend that is a batch bucket for every size up to --max-batch (its graphs come from the compiles of
+    its default dynamic batch and length): the batcher forms batches of any size (5.4 requests on average at
+    concurrency 16, max batch 16), which the default buckets (1, 2, 4, 8) padded to 8 rows or split into two
+    replays. On an H200 that change, with one CPU thread per GPU instance, took Triton from 53 % to 64 % of
+    in-process (bench/NOTES.md)."""
     options = {}
     if args.backend.startswith("fast:"):
-        options = {"batch_buckets": list(range(1, args.max_batch + 1)), "dynamic_batch": True}
+        options = {"batch_buckets": list(range(1, args.max_batch + 1))}
     if args.threads and args.backend.startswith("ort"):
         options["threads"] = args.threads
     options.update(args.backend_option or [])
