@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--backend-option", type=option_argument, action="append", metavar="KEY=VALUE",
                    help="an option of the served backend only (the in-process ceiling keeps the defaults), e.g. "
-                        "dynamic_batch=true batch_buckets=[1,2,...,16]")
+                        "compile_scope=whole batch_buckets=[1,2,4,8,16]")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")

@@ -462,3 +462,8 @@ def test_compile_regions_with_dynamic_batch_and_time_compile_each_region_once(fr
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     regions = 3 if front else len(model.config.conv_kernel) + 3
     assert counters["stats"]["unique_graphs"] - before == regions
+    x = 0.1 * torch.randn(1, 18000, generator=torch.Generator().manual_seed(1))   # batch 1, mask-free: specialized
+    torch._dynamo.mark_dynamic(x, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, torch.tensor([18000]), full=True),
+                                   eager(x, torch.tensor([18000]), full=True), atol=1e-4, rtol=1e-4)
