@@ -63,8 +63,6 @@ VARIANTS = {
     # ... and the convolutional front by its parts (the default since the eleventh session)
     "fast:fp16:encoder-dynamic-compile+graphs": ("fast:fp16:cuda", {"compile": "default", "compile_scope": "encoder",
                                                                    "dynamic_batch": True, "dynamic_time": True}),
-    # the default with Inductor's Triton kernels launched with programmatic dependent launch
-    "fast:fp16:pdl+compile+graphs": ("fast:fp16:cuda", {"compile": "default", "pdl": True}),
     "fast:fp16:autotune+graphs": ("fast:fp16:cuda", {"compile": "max-autotune-no-cudagraphs"}),
     "fast:bf16:compile+graphs": ("fast:bf16:cuda", {"compile": "default"}),
     "fast:fp16:cudnn-conv+compile+graphs": ("fast:fp16:cuda", {"compile": "default", **STATIC, "conv": "cudnn"}),

@@ -386,17 +386,6 @@ def test_the_default_compile_is_by_part_with_dynamic_batch_and_time_and_the_othe
     assert settings(FastBackend(spec, loaded, compile_scope="whole", dynamic_time=False)) == ("whole", True, False)
 
 
-def test_pdl_is_refused_without_torch_compile():
-    from core.backends import BackendSpec
-    from core.errors import BackendUnavailableError
-    from core.models import load_model
-    loaded = load_model("random:wav2vec2-tiny")
-    for compile in (None, "aoti"):
-        with pytest.raises(BackendUnavailableError, match="pdl applies"):
-            FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, compile=compile, pdl=True)
-    assert FastBackend(BackendSpec.parse("fast:fp32:cpu"), loaded, pdl=True).pdl
-
-
 def test_aoti_on_cuda_is_refused_before_it_can_crash():
     """Loading an AOTInductor package segfaulted on the H200 (torch 2.11.0+cu130, 2026-12-02): compile="aoti" on
     CUDA is refused at construction with the reason, before any GPU is touched (so this runs on the CPU too)."""

@@ -115,15 +115,13 @@ class FastBackend(Backend):
     conv: "flat" | "hybrid" | "gemm" | "cudnn", how the convolutions run (fast_module.build_module);
     mask_free: inputs that fill their bucket run the mask-free variant (False forces masks, for comparison);
     gelu_epilogue: see fast_module.build_module; None: on for fp16 only (H200 run 12, bench/NOTES.md: fp16 W2 3.88 ->
-        3.70 ms with all 36 demo transcripts unchanged; in bf16 it changed one transcript, +0.51 WER points);
-    pdl: Inductor's Triton kernels launched with programmatic dependent launch (Hopper and later: a kernel's start
-        overlaps the previous kernel's tail), torch.compile only."""
+        3.70 ms with all 36 demo transcripts unchanged; in bf16 it changed one transcript, +0.51 WER points)."""
     runtime = "fast"
 
     def __init__(self, spec, loaded, compile: str | None = "default", graphs: bool | None = None,
                  buckets_s=BUCKETS_S, batch_buckets=BATCH_BUCKETS, pad: bool | None = None, conv: str = "flat",
                  mask_free: bool = True, gelu_epilogue: bool | None = None, compile_scope: str | None = None,
-                 dynamic_batch: bool | None = None, dynamic_time: bool | None = None, pdl: bool = False):
+                 dynamic_batch: bool | None = None, dynamic_time: bool | None = None):
         super().__init__(spec)
         by_region = compile == "default"   # the defaults above: one compiled graph per part for every shape
         compile_scope = compile_scope or ("encoder" if by_region else "whole")
@@ -165,16 +163,6 @@ class FastBackend(Backend):
                 "Use compile='default', or leave dynamic_time off.")
         self.dynamic_batch = dynamic_batch
         self.dynamic_time = dynamic_time
-        if pdl and compile not in ("default", "max-autotune-no-cudagraphs"):
-            raise BackendUnavailableError("pdl applies to torch.compile's Triton kernels only.",
-                                          "Use compile='default', or leave pdl off.")
-        if pdl:
-            import torch._inductor.config as inductor_config
-            if not hasattr(inductor_config.triton, "enable_pdl"):
-                import torch
-                raise BackendUnavailableError(f"torch {torch.__version__}'s Inductor cannot emit PDL launches.",
-                                              "Leave pdl off.")
-        self.pdl = pdl
         # torch.compile only on CUDA (the CPU is the tests' reference mode); the ahead-of-time forms on both (aoti:
         # CPU only, above), so their build-and-load path is tested on the CPU too
         self.compile_mode = compile if cuda or compile in AHEAD_OF_TIME else None
@@ -212,10 +200,7 @@ class FastBackend(Backend):
                 if hasattr(dynamo.config, knob):
                     setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 512))
             # a symbolic length tripped an assertion in the coalescing analysis (H200, fourth session)
-            options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else {}
-            if self.pdl:
-                options["triton.enable_pdl"] = True
-            options = options or None
+            options = {"triton.coalesce_tiling_analysis": False} if self.dynamic_time else None
             self.call = (compile_regions(module, mode, options, self.dynamic_batch, self.dynamic_time,
                                          front=self.compile_scope == "layer")
                          if self.compile_scope != "whole" else
