@@ -5,9 +5,11 @@
 #           in one run; demo-set WER of each fast variant (the peer alone takes ~220 s: its recompiles)
 #   cold    cold start of fast fp16 (load + compile + capture of 8 graphs: 5/20 s x batch 1/8): empty compile cache,
 #           then warm, each a fresh process
-#   triton  Triton's Python backend on fast fp16 (the server's defaults: a batch bucket per size, dynamic batch, one
-#           CPU thread per instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), concurrency
-#           16; one configuration per call (model load, in-process bench and server start take ~3 min); PYTRITON=1
+#   triton  Triton's Python backend on fast fp16 (the server's defaults: a batch bucket per size, one CPU thread per
+#           instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), preferred sizes $PREFERRED
+#           (default 8: at concurrency 16 a preferred 16 hands all requests to one instance while the other idles;
+#           twelfth session), one level of $LEVEL_S seconds (default 10), concurrency 16; ~2 min a configuration
+#           once the compile cache is warm; PYTRITON=1
 #           serves through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
@@ -56,10 +58,11 @@ case "$phase" in
     python3 bench/gpu_coldstart.py --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_static8.log" 2>&1
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
-    mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; name=triton_pyb_mb${mb}_i${inst}
+    mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
+    name=triton_pyb_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt_mb${mb}_i${inst}   # the instances as threads of one process
-    timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $((mb / 2)) $mb \
-      --level-seconds 10 --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
+    timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
+      --level-seconds ${LEVEL_S:-10} --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
@@ -117,7 +120,7 @@ case "$phase" in
     timeout 240 /tmp/tv/bin/python -m core check --model demo --backend triton:fp16:grpc --triton-url 127.0.0.1:8001 \
       > "$out/check_triton_demo.log" 2>&1
     echo "check triton exit $?" | tee -a "$out/check_triton_demo.log"
-    /tmp/tv/bin/python -m core serve --stop >> "$out/serve_demo.log" 2>&1
+    /tmp/tv/bin/python -m core serve --stop --name gpucheck >> "$out/serve_demo.log" 2>&1
     cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
