@@ -289,10 +289,17 @@ def test_serving_page_starts_a_process_per_instance():
         at.number_input(key="serve_instances").set_value(2)
         assert at.multiselect(key="serve_gpus").disabled          # a CPU backend: no GPUs to choose
         at.toggle(key="serve_pybackend").set_value(True)
+        at.text_input(key="serve_preferred").set_value("9")        # above max batch 8: one clear error, no server
+        next(b for b in at.button if b.label == "Start server").click().run()
+        assert any("outside 1..8" in e.value for e in at.error) and server.read_state("default") is None
+        at.text_input(key="serve_preferred").set_value("2, 4")
         next(b for b in at.button if b.label == "Start server").click().run()
         assert not at.error, [e.value for e in at.error]
         info = server.read_state("default")
         assert "PLACED 2 instance process(es) on the CPU (Triton Python backend)" in Path(info.log).read_text()
+        import tritonclient.http as http
+        config = http.InferenceServerClient(info.url("http")).get_model_config("asr")
+        assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
     finally:
         server.stop("default")

@@ -59,6 +59,26 @@ def test_serving_options_give_the_fast_backend_a_bucket_per_batch_size():
     assert opts("--backend", "torch:fp16:cuda") == {}
 
 
+def test_preferred_batch_sizes_parse_and_stay_within_the_max_batch():
+    from core.errors import WorkbenchError
+    from core.triton.batching import preferred_sizes
+    assert preferred_sizes("8 4, 8", 16) == (4, 8)
+    assert preferred_sizes("", 16) == () and preferred_sizes([2], 2) == (2,)
+    with pytest.raises(WorkbenchError, match=r"outside 1\.\.8"):
+        preferred_sizes([4, 16], 8)
+    with pytest.raises(WorkbenchError, match="whole numbers, not 'eight'"):
+        preferred_sizes("4 eight", 8)
+    with pytest.raises(WorkbenchError, match="outside"):   # refused before any process starts
+        server.start(TINY, "ort:fp32:cpu", name="never", max_batch=4, preferred=[8])
+    assert server.read_state("never") is None
+
+
+def test_the_served_model_has_the_preferred_sizes_asked_for(served):
+    import tritonclient.http as http
+    config = http.InferenceServerClient(served.url("http")).get_model_config("asr")
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+
+
 def test_server_warmed_every_batch_size_before_serving(served):
     # the model turns ready inside triton.bind(), a moment before serve.py prints its SERVING line
     deadline = time.monotonic() + 10
@@ -302,7 +322,8 @@ def test_tensorrt_plan_config_and_container_table():
 
 def test_repository_rejects_bad_requests(tiny, tiny_onnx):
     from core.triton.repo import RepoOptions, build_repo
-    with pytest.raises(ExportError, match="Preferred"):
+    from core.errors import WorkbenchError
+    with pytest.raises(WorkbenchError, match="Preferred batch sizes"):
         build_repo(tiny, "ort:fp32:cpu", opts=RepoOptions(max_batch=4, preferred=(8,)), log=lambda *_: None)
     with pytest.raises(ExportError, match="python -m core serve"):
         build_repo(tiny, "torch:fp32:cpu", log=lambda *_: None)

@@ -66,6 +66,7 @@ def test_each_instance_is_its_own_process(served):
     client = http.InferenceServerClient(served.url("http"))
     config = client.get_model_config("asr")
     assert config["backend"] == "python"
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4]
     assert [(g["count"], g["kind"]) for g in config["instance_group"]] == [(2, "KIND_CPU")]
     stubs = _stubs(served)
     assert len(stubs) == 2 and len({p.pid for p in stubs}) == 2

@@ -15,6 +15,7 @@ from ..pipeline.fingerprint import file_sha256
 from ..pipeline.gates import Gate
 from ..pipeline.onnx_specs import onnx_spec, versions
 from ..pipeline.store import Artifact, Builder, Spec, build
+from .batching import preferred_sizes
 
 # TensorRT minor version -> the NGC Triton containers that ship it (from NVIDIA's Triton release notes /
 # Frameworks Support Matrix). A plan only loads in a Triton built against the TensorRT it was built with.
@@ -43,10 +44,7 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
     from tritonclient.grpc import model_config_pb2 as pb
     if opts.max_batch < 1:
         raise ExportError("max_batch must be at least 1.", "Dynamic batching needs max_batch_size > 0.")
-    bad = [p for p in opts.preferred if not 1 <= p <= opts.max_batch]
-    if bad:
-        raise ExportError(f"Preferred batch sizes {bad} are outside 1..{opts.max_batch} (max batch).",
-                          "Give --preferred sizes no larger than --max-batch.")
+    preferred = preferred_sizes(opts.preferred, opts.max_batch)
     if opts.kind not in ("gpu", "cpu"):
         raise ExportError(f"Unknown instance kind '{opts.kind}'.", "Use --kind gpu or --kind cpu.")
     cfg = pb.ModelConfig(name=name, max_batch_size=opts.max_batch)
@@ -63,7 +61,7 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
         cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1], optional=platform == "python")
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
-    cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(opts.preferred)))
+    cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     if opts.gpus is not None:
         if opts.kind != "gpu":
             raise ExportError(f"GPUs {list(opts.gpus)} were chosen for a CPU instance group.",

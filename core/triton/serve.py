@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from ..backends import option_argument
+from .batching import preferred_sizes
 from .pybackend import libpython_env
 from .stages import StageTimes
 
@@ -262,6 +263,7 @@ def main(argv=None) -> int:
         return 2
     from .gpus import on_device
     try:
+        args.preferred = list(preferred_sizes(args.preferred, args.max_batch))
         gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
         options = backend_options(args)
@@ -290,7 +292,7 @@ def main(argv=None) -> int:
         inputs.append(Tensor(name="attention_mask", dtype=np.int64, shape=(-1,), optional=True))
     outputs = [Tensor(name="logits", dtype=np.float32, shape=(-1, int(loaded.model.config.vocab_size)))]
     batcher = DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us,
-                             preferred_batch_size=sorted(set(args.preferred)) or None)
+                             preferred_batch_size=args.preferred or None)
     config = TritonConfig(http_address=args.address, grpc_address=args.address, metrics_address=args.address,
                           http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           exit_timeout_secs=5, log_verbose=0)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
+from .batching import preferred_sizes
 from .pybackend import libpython_env, ready
 from .serve import MODEL_NAME
 
@@ -137,6 +138,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           backend_options: dict | None = None) -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`;
     backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets)."""
+    preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
     preflight()
     running = read_state(name)
     if running:
