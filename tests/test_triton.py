@@ -130,6 +130,23 @@ def test_served_batches_carry_a_mask_only_where_something_is_masked(tiny):
             np.testing.assert_allclose(out["logits"], backend.logits(alone), atol=1e-4)
 
 
+def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
+    """make_infer keeps one host buffer for its batches: a short row padded after a full batch of long ones must see
+    zeros in its tail, not the previous batch's samples, and each batch hands the backend a contiguous array."""
+    from core.triton.serve import make_infer
+    n = 16000
+    loud = np.full((1, n), 0.5, np.float32)
+    with make_backend("torch:fp32:cpu", tiny) as backend:
+        seen, prepare = [], backend.prepare
+        backend.prepare = lambda v, m=None: (seen.append(np.array(v)), prepare(v, m))[1]   # a copy: the buffer moves on
+        infer = make_infer(backend, tiny)
+        infer([{"input_values": loud}, {"input_values": loud}])
+        quiet = (0.1 * np.random.default_rng(1).standard_normal((1, n // 2))).astype(np.float32)
+        out = infer([{"input_values": quiet}, {"input_values": quiet[:, : n // 4]}])
+        assert seen[-1].shape == (2, n // 2) and not seen[-1][1, n // 4:].any()
+        np.testing.assert_allclose(out[1]["logits"], backend.logits(quiet[:, : n // 4]), atol=1e-4)
+
+
 def test_sweep_numbers_are_coherent(served, tiny, speech):
     from core.results import rows as db_rows, save
     from core.triton.loadtest import prepare_clips, sweep

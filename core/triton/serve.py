@@ -32,6 +32,9 @@ def conv_frames(model_config, samples: int) -> int:
     return int(n)
 
 
+REUSE_BYTES = 64 << 20    # a served batch's host buffer is kept for the next batch up to this size
+
+
 def make_infer(backend, loaded, stages=None):
     """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
     {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are). `stages`
@@ -42,13 +45,30 @@ def make_infer(backend, loaded, stages=None):
     shortest = min_samples(cfg)
     use_mask = loaded.uses_attention_mask
     timed = stages or (lambda _stage: nullcontext())
+    # one host buffer per instance, reused batch after batch: a fresh np.zeros pays its page faults on every batch
+    # (bench/NOTES.md, twelfth session). Batches above REUSE_BYTES get their own array, so one long request does not
+    # keep its memory for the server's lifetime.
+    buffer = np.empty(0, np.float32)
+
+    def padded(rows: list[np.ndarray]) -> np.ndarray:
+        nonlocal buffer
+        width = max(len(r) for r in rows)
+        size = len(rows) * width
+        if size * 4 > REUSE_BYTES:
+            values = np.empty((len(rows), width), np.float32)
+        else:
+            if buffer.size < size:
+                buffer = np.empty(size, np.float32)
+            values = buffer[:size].reshape(len(rows), width)   # contiguous: what the backends take without a copy
+        for i, r in enumerate(rows):
+            values[i, :len(r)] = r
+            values[i, len(r):] = 0.0
+        return values
 
     def run(rows: list[np.ndarray], masks: list) -> np.ndarray:
         with timed("pad"):
-            width = max(len(r) for r in rows)
-            values = np.zeros((len(rows), width), np.float32)
-            for i, r in enumerate(rows):
-                values[i, :len(r)] = r
+            values = padded(rows)
+            width = values.shape[1]
             # a mask only where something is masked: an int64 mask of ones costs 8 bytes a sample to build, to
             # copy to the GPU and to sum, and says nothing the model does not assume without one
             mask = None
