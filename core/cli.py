@@ -460,6 +460,8 @@ def cmd_serve(args):
         print(f"running: pid {info.pid}, http {info.url('http')}, grpc {info.url('grpc')}, model '{info.model_name}' "
               f"({info.backend}), log {info.log}" if info else f"no running server named '{args.name}'")
         return
+    from .triton.batching import preferred_sizes
+    preferred_sizes(args.preferred, args.max_batch)   # a bad size fails before "starting" is printed
     how = "Triton's Python backend" if args.python_backend else "PyTriton"
     print(f"starting Triton ({how}) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
     info = server.start(args.model, args.backend, name=args.name, model_name=args.model_name, address=args.address,
@@ -471,7 +473,7 @@ def cmd_serve(args):
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
-    print("stop:    python -m core serve --stop")
+    print("stop:    python -m core serve --stop" + (f" --name {args.name}" if args.name != "default" else ""))
 
 
 def cmd_sweep(args):

@@ -81,11 +81,12 @@ def test_errors_are_actionable(args, message):
     (["build", "trt", "--precision", "int8w"],    # said without TensorRT installed
      "No int8w TensorRT engine: TensorRT 10 supports weight-only quantization for INT4 only"),
     (["transcribe", "x.wav", "--triton-url", "nohost"], "expected host:port (e.g. localhost:8001), got 'nohost'"),
+    (["serve", "--max-batch", "8", "--preferred", "4", "9"], "Preferred batch sizes [9] are outside 1..8 (max batch)"),
 ])
 def test_bad_options_are_one_clear_line_before_any_work(args, message):
     out = cli(*args, check=False)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
-    assert "model:" not in out.stderr   # refused before the model was loaded
+    assert "model:" not in out.stderr and "starting" not in out.stderr   # refused before the model was loaded
 
 
 def test_triton_url_is_the_server_triton_backends_use(hindi_wav):
