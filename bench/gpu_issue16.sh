@@ -14,6 +14,7 @@
 #           serves through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
+#   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
@@ -46,7 +47,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -65,6 +66,13 @@ case "$phase" in
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
+  settle)
+    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~6 min once
+    # the compile cache is warm: run it after servecheck or triton in the same lease)
+    for mb in 16 32; do
+      LEVEL_S=${LEVEL_S:-10} REPEATS=${REPEATS:-5} PREFERRED=${PREFERRED:-8} INSTANCES=${INSTANCES:-2} MAX_BATCH=$mb \
+        bash "$0" triton
+    done ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
     echo "cold layer exit $?" | tee -a "$out/cold_layer.log"
