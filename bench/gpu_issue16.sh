@@ -9,9 +9,8 @@
 #           instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), preferred sizes $PREFERRED
 #           (default 8: at concurrency 16 a preferred 16 hands all requests to one instance while the other idles;
 #           twelfth session), $REPEATS levels (default 1; the median is compared) of $LEVEL_S seconds (default
-#           10) at concurrency 16; ~2 min a configuration
-#           once the compile cache is warm; PYTRITON=1
-#           serves through PyTriton instead: the instances are threads of one process, one CUDA context, so one
+#           10) at concurrency 16; ~2 min a configuration once the compile cache is warm; PYTRITON=1 serves
+#           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
 #   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians)
@@ -61,8 +60,9 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    name=triton_pyb_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}
-    [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt_mb${mb}_i${inst}   # the instances as threads of one process
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}
+    name=triton_pyb$sfx
+    [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
