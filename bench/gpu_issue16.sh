@@ -130,7 +130,11 @@ case "$phase" in
       > "$out/check_triton_demo.log" 2>&1
     echo "check triton exit $?" | tee -a "$out/check_triton_demo.log"
     /tmp/tv/bin/python -m core serve --stop --name gpucheck >> "$out/serve_demo.log" 2>&1
-    cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null ;;
+    cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null
+    # the GPU-only tests of the served batch's page-locked buffer (pytest staged with the wheels)
+    timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py -k page_locked \
+      > "$out/pinned_test.log" 2>&1
+    echo "page-locked test exit $?" | tee -a "$out/pinned_test.log" ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1

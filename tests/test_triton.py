@@ -137,14 +137,36 @@ def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
     n = 16000
     loud = np.full((1, n), 0.5, np.float32)
     with make_backend("torch:fp32:cpu", tiny) as backend:
-        seen, prepare = [], backend.prepare
-        backend.prepare = lambda v, m=None: (seen.append(np.array(v)), prepare(v, m))[1]   # a copy: the buffer moves on
+        seen, prepare, given, host_array = [], backend.prepare, [], backend.host_array
+        backend.prepare = lambda v, m=None: (seen.append((np.array(v), v)), prepare(v, m))[1]   # a copy: the buffer moves on
+        backend.host_array = lambda size: (given.append(host_array(size)), given[-1])[1]
         infer = make_infer(backend, tiny)
         infer([{"input_values": loud}, {"input_values": loud}])
         quiet = (0.1 * np.random.default_rng(1).standard_normal((1, n // 2))).astype(np.float32)
         out = infer([{"input_values": quiet}, {"input_values": quiet[:, : n // 4]}])
-        assert seen[-1].shape == (2, n // 2) and not seen[-1][1, n // 4:].any()
+        assert seen[-1][0].shape == (2, n // 2) and not seen[-1][0][1, n // 4:].any()
         np.testing.assert_allclose(out[1]["logits"], backend.logits(quiet[:, : n // 4]), atol=1e-4)
+        # both batches were padded in the one array the backend handed out (page-locked on a GPU)
+        assert len(given) == 1 and all(np.shares_memory(v, given[0]) for _, v in seen[:2])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="page-locked memory needs a CUDA GPU; the CI "
+                    "machine has none (run on the lent H200: bench/gpu_issue16.sh servecheck)")
+@pytest.mark.parametrize("spec, options", [("torch:fp32:cuda", {}), ("fast:fp32:cuda", {"compile": None})])
+def test_served_batches_from_page_locked_memory_match_plain_ones(tiny, spec, options):
+    """On a GPU make_infer pads into page-locked memory that the backend copies without the host waiting: batch after
+    batch of other lengths and sizes refills it, and every result must still be that of its own input."""
+    from core.triton.serve import make_infer
+    rng = np.random.default_rng(2)
+    with make_backend(spec, tiny, **options) as backend:   # the fast one with CUDA graphs, not compiled (quicker)
+        infer = make_infer(backend, tiny)
+        assert __import__("torch").from_numpy(backend.host_array(4)).is_pinned()
+        for rows, n in [(1, 16000), (4, 8000), (3, 32000), (8, 4000), (2, 16000)]:
+            x = (0.1 * rng.standard_normal((rows, n))).astype(np.float32)
+            out = infer([{"input_values": x[i:i + 1]} for i in range(rows)])
+            want = backend.logits(x)
+            for i in range(rows):
+                np.testing.assert_allclose(out[i]["logits"][0], want[i], atol=2e-3, rtol=2e-3)
 
 
 def test_sweep_numbers_are_coherent(served, tiny, speech):

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from .base import Backend
 from .shape_cache import FORMS as AHEAD_OF_TIME, precompile_supported, shape_key
+from .torch_backend import pinned_array, to_device
 
 SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -354,9 +355,10 @@ class FastBackend(Backend):
 
     def tensors(self, input_values, attention_mask=None):
         """numpy -> what forward() takes: the values as a device tensor, the lengths on the host."""
-        import torch
-        x = torch.from_numpy(np.ascontiguousarray(input_values, dtype=np.float32)).to(self.device, self.dtype)
-        return x, self.lengths_of(input_values, attention_mask)
+        return to_device(input_values, self.device, self.dtype), self.lengths_of(input_values, attention_mask)
+
+    def host_array(self, size):
+        return pinned_array(size) if self.device == "cuda" else super().host_array(size)
 
     def prepare(self, input_values, attention_mask=None):
         return self.tensors(input_values, attention_mask)

@@ -46,8 +46,9 @@ def make_infer(backend, loaded, stages=None):
     use_mask = loaded.uses_attention_mask
     timed = stages or (lambda _stage: nullcontext())
     # one host buffer per instance, reused batch after batch: a fresh np.zeros pays its page faults on every batch
-    # (bench/NOTES.md, twelfth session). Batches above REUSE_BYTES get their own array, so one long request does not
-    # keep its memory for the server's lifetime.
+    # (bench/NOTES.md, twelfth session), and the backend's host_array is page-locked on a GPU, so the batch goes to
+    # the device without the host waiting (safe to refill: run() ends with to_host, which waits for the GPU). Batches
+    # above REUSE_BYTES get their own array, so one long request does not keep its memory for the server's lifetime.
     buffer = np.empty(0, np.float32)
 
     def padded(rows: list[np.ndarray]) -> np.ndarray:
@@ -58,7 +59,7 @@ def make_infer(backend, loaded, stages=None):
             values = np.empty((len(rows), width), np.float32)
         else:
             if buffer.size < size:
-                buffer = np.empty(size, np.float32)
+                buffer = backend.host_array(size)
             values = buffer[:size].reshape(len(rows), width)   # contiguous: what the backends take without a copy
         for i, r in enumerate(rows):
             values[i, :len(r)] = r
