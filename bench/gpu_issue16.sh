@@ -9,11 +9,14 @@
 #           instance), $INSTANCES instances (default 2), max batch $MAX_BATCH (16 or 32), preferred sizes $PREFERRED
 #           (default 8: at concurrency 16 a preferred 16 hands all requests to one instance while the other idles;
 #           twelfth session), $REPEATS levels (default 1; the median is compared) of $LEVEL_S seconds (default
-#           10) at concurrency 16; ~2 min a configuration once the compile cache is warm; PYTRITON=1 serves
+#           10) at concurrency 16; with REPEATS=5 ~330 s a configuration with a warm compile cache, ~390 s from an
+#           empty one (thirteenth session); TURNS=1: the instances take turns on the GPU (--gpu-turns, not yet
+#           measured: compare with the thirteenth session's medians, 71 % at max batch 16, 81 % at 32); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
-#   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians)
+#   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
+#           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
@@ -60,11 +63,12 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${TURNS:+_turns}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
-      --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how > "$out/$name.log" 2>&1
+      --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
+      ${TURNS:+--gpu-turns} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   settle)
     # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~6 min once

@@ -469,7 +469,7 @@ def cmd_serve(args):
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
                         timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend,
-                        backend_options=dict(args.option or []))
+                        backend_options=dict(args.option or []), gpu_turns=args.gpu_turns)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -598,6 +598,9 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
+    s.add_argument("--gpu-turns", action="store_true",
+                   help="instances on one GPU take turns at it: one batch's GPU work at a time (not yet measured on a "
+                        "GPU; docs/triton.md)")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

@@ -150,6 +150,75 @@ def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
         assert len(given) == 1 and all(np.shares_memory(v, given[0]) for _, v in seen[:2])
 
 
+def _take_turns(path: str, log: str, who: int) -> None:
+    from core.triton.turns import GpuTurn
+    turn = GpuTurn(path)
+    for _ in range(15):
+        with turn:
+            start = time.monotonic()   # CLOCK_MONOTONIC: one clock for every process of the machine
+            time.sleep(0.004)
+            end = time.monotonic()
+        with open(log, "a") as f:
+            f.write(f"{who} {start} {end}\n")
+
+
+def _turn_is_held(path) -> bool:
+    """Whether another instance holds the turn: a try that does not wait."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_instances_take_turns_across_processes_and_a_dead_holder_hands_its_turn_on(tmp_path):
+    import multiprocessing as mp
+    from core.triton.turns import turn_file
+    path, log = turn_file(tmp_path, 0), tmp_path / "spans"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_take_turns, args=(str(path), str(log), i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    spans = sorted(tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines())
+    assert len(spans) == 30 and all(p.exitcode == 0 for p in procs)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))   # never two at once
+
+    def die_holding():
+        from core.triton.turns import GpuTurn
+        GpuTurn(path).__enter__()
+        os._exit(0)
+    dead = ctx.Process(target=die_holding)
+    dead.start()
+    dead.join(10)
+    assert dead.exitcode == 0 and not _turn_is_held(path)
+
+
+def test_a_served_batch_holds_its_turn_from_the_copy_to_the_host(tiny, tmp_path):
+    from core.triton.serve import make_infer
+    from core.triton.stages import StageTimes
+    from core.triton.turns import GpuTurn, turn_file
+    path, seen = turn_file(tmp_path, None), []
+    with make_backend("torch:fp32:cpu", tiny) as backend:
+        for name in ("prepare", "run", "to_host"):
+            step = getattr(backend, name)
+            setattr(backend, name, lambda *a, _step=step, _name=name: (seen.append((_name, _turn_is_held(path))),
+                                                                      _step(*a))[1])
+        stages, turn = StageTimes("t", every_s=1e9), GpuTurn(path)
+        x = (0.1 * np.random.default_rng(3).standard_normal((1, 8000))).astype(np.float32)
+        out = make_infer(backend, tiny, stages, turn)([{"input_values": x}, {"input_values": x}])
+        assert seen == [("prepare", True), ("run", True), ("to_host", True)] and not _turn_is_held(path)
+        assert "turn" in stages.ms and "pad" in stages.ms
+        np.testing.assert_allclose(out[1]["logits"][0], out[0]["logits"][0], atol=1e-5)
+        turn.close()
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="page-locked memory needs a CUDA GPU; the CI "
                     "machine has none (run on the lent H200: bench/gpu_issue16.sh servecheck)")
 @pytest.mark.parametrize("spec, options", [("torch:fp32:cuda", {}), ("fast:fp32:cuda", {"compile": None})])

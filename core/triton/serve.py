@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..backends import option_argument
 from .batching import preferred_sizes
 from .pybackend import libpython_env
 from .stages import StageTimes
+from .turns import GpuTurn, turn_file
 
 MODEL_NAME = "asr"
 
@@ -35,11 +37,12 @@ def conv_frames(model_config, samples: int) -> int:
 REUSE_BYTES = 64 << 20    # a served batch's host buffer is kept for the next batch up to this size
 
 
-def make_infer(backend, loaded, stages=None):
+def make_infer(backend, loaded, stages=None, turn=None):
     """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
     {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are). `stages`
-    (core.triton.stages.StageTimes) times the host-side steps of each batch."""
-    from contextlib import nullcontext
+    (core.triton.stages.StageTimes) times the host-side steps of each batch; `turn` (core.triton.turns.GpuTurn),
+    when given, is held from the copy to the device until the logits are back on the host."""
+    from contextlib import ExitStack, nullcontext
     cfg = loaded.model.config
     from ..transcribe import min_samples
     shortest = min_samples(cfg)
@@ -77,12 +80,16 @@ def make_infer(backend, loaded, stages=None):
                 mask = np.zeros((len(rows), width), np.int64)
                 for i, (r, m) in enumerate(zip(rows, masks)):
                     mask[i, :len(r)] = 1 if m is None else m
-        with timed("prepare"):   # host -> device
-            prepared = backend.prepare(values, mask)
-        with timed("run"):
-            out = backend.run(prepared)
-        with timed("to_host"):   # waits for the GPU
-            return backend.to_host(out)
+        with ExitStack() as held:
+            if turn is not None:
+                with timed("turn"):   # waits for the other instances' GPU work
+                    held.enter_context(turn)
+            with timed("prepare"):   # host -> device
+                prepared = backend.prepare(values, mask)
+            with timed("run"):
+                out = backend.run(prepared)
+            with timed("to_host"):   # waits for the GPU
+                return backend.to_host(out)
 
     def check(req) -> tuple[np.ndarray, list]:
         """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
@@ -172,6 +179,12 @@ def devices(backend: str, gpus) -> list[int | None]:
     return ids
 
 
+def gpu_backend(backend: str) -> bool:
+    from ..backends import BackendSpec
+    from ..backends.base import on_gpu
+    return on_gpu(BackendSpec.parse(backend).device)
+
+
 def placed(infer, index: int | None):
     """The inference callable with its GPU current: PyTriton calls each instance from its own thread, and the
     current CUDA device is per thread."""
@@ -204,11 +217,9 @@ def backend_options(args) -> dict:
 def serve_python_backend(args, loaded, gpus, options: dict) -> int:
     """Each instance a Triton Python-backend process (core.triton.pybackend): on the chosen GPUs, on the backend's
     GPU (the first one) without --gpus, or on the CPU for CPU backends."""
-    from ..backends import BackendSpec
-    from ..backends.base import on_gpu
     from . import pybackend
     from .repo import RepoOptions
-    gpu = on_gpu(BackendSpec.parse(args.backend).device)
+    gpu = gpu_backend(args.backend)
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                        kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
@@ -241,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
+    p.add_argument("--gpu-turns", action="store_true",
+                   help="instances on one GPU take turns: one batch's GPU work at a time (core.triton.turns)")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -320,10 +333,12 @@ def main(argv=None) -> int:
     # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
+    turns_dir = tempfile.TemporaryDirectory(prefix="wb-turns-") if args.gpu_turns and gpu_backend(args.backend) else None
+    turns = [GpuTurn(turn_file(turns_dir.name, g)) if turns_dir else None for g in where]
     with Triton(config=config, security_config=security) as triton:
         stages = [StageTimes(f"instance {i} (GPU {g})" if g is not None else f"instance {i}") for i, g in enumerate(where)]
-        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t)), g)
-                                                            for b, g, t in zip(backends, where, stages)],
+        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t, turn)), g)
+                                                            for b, g, t, turn in zip(backends, where, stages, turns)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
         print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
@@ -332,6 +347,10 @@ def main(argv=None) -> int:
         print(t.summary(), flush=True)
     for b in backends:
         b.close()
+    if turns_dir:
+        for turn in turns:
+            turn.close()
+        turns_dir.cleanup()
     return 0
 
 
