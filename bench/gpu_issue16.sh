@@ -15,6 +15,8 @@
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
+#   turncheck  --gpu-turns on the GPU, outputs only: the demo model on torch fp16 behind two Python-backend instances
+#           taking turns, the conformance matrix over gRPC (~2 min, no compile)
 #   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
 #           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
@@ -49,7 +51,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|turncheck|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -139,6 +141,17 @@ case "$phase" in
     timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py -k page_locked \
       > "$out/pinned_test.log" 2>&1
     echo "page-locked test exit $?" | tee -a "$out/pinned_test.log" ;;
+  turncheck)
+    # --gpu-turns on the GPU, outputs only (no compile: the torch backend): two Python-backend instances taking turns,
+    # the conformance matrix over gRPC, then the STAGES lines with their 'turn' stage
+    WORKBENCH_STAGES_EVERY_S=2 timeout 200 /tmp/tv/bin/python -m core serve --model demo --backend torch:fp16:cuda \
+      --python-backend --instances 2 --max-batch 16 --warmup-seconds 5 --gpu-turns --name turns > "$out/serve_turns.log" 2>&1
+    echo "serve exit $?" | tee -a "$out/serve_turns.log"
+    timeout 240 /tmp/tv/bin/python -m core check --model demo --backend triton:fp16:grpc --triton-url 127.0.0.1:8001 \
+      > "$out/check_turns.log" 2>&1
+    echo "check triton exit $?" | tee -a "$out/check_turns.log"
+    /tmp/tv/bin/python -m core serve --stop --name turns >> "$out/serve_turns.log" 2>&1
+    grep -E "STAGES|WARMED|Error|error" "$WORKBENCH_ARTIFACTS/triton/turns.log" > "$out/server_turns.log" 2>/dev/null ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1
