@@ -146,6 +146,7 @@ def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
         out = infer([{"input_values": quiet}, {"input_values": quiet[:, : n // 4]}])
         assert seen[-1][0].shape == (2, n // 2) and not seen[-1][0][1, n // 4:].any()
         np.testing.assert_allclose(out[1]["logits"], backend.logits(quiet[:, : n // 4]), atol=1e-4)
+        assert all(o["logits"].flags.c_contiguous and o["logits"].dtype == np.float32 for o in out)   # as Triton takes
         # both batches were padded in the one array the backend handed out (page-locked on a GPU)
         assert len(given) == 1 and all(np.shares_memory(v, given[0]) for _, v in seen[:2])
 

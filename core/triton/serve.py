@@ -128,11 +128,16 @@ def make_infer(backend, loaded, stages=None, turn=None):
             for j, i in enumerate(idx):
                 out[i] = logits[j]
         with timed("split"):
+            mine: dict[int, list] = {}
+            for i, k in enumerate(owners):
+                mine.setdefault(k, []).append(out[i])
             for k, req in enumerate(requests):
                 if results[k] is None:
                     frames = conv_frames(cfg, np.shape(req["input_values"])[-1])  # each request: its own length
-                    mine = [out[i][:frames] for i in range(len(rows)) if owners[i] == k]
-                    results[k] = {"logits": np.ascontiguousarray(np.stack(mine), np.float32)}
+                    own = [row[:frames] for row in mine[k]]
+                    # one row (the usual request): a view of the batch's logits, contiguous as a leading slice is
+                    results[k] = {"logits": np.ascontiguousarray(own[0][None] if len(own) == 1 else np.stack(own),
+                                                                 np.float32)}
         if stages is not None:
             stages.batch_done()
         return results
