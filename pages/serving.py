@@ -78,7 +78,7 @@ with c1, st.container(border=True):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch), preferred=preferred,
                                            max_queue_delay_us=int(delay), warmup_s=float(warmup) or None,
                                            instances=int(instances), gpus=gpus or None, python_backend=processes,
-                                           gpu_turns=turns)
+                                           gpu_turns=turns and on_gpu(parsed.device))   # kept from a GPU pick
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
             st.caption("Same as `python -m core serve --backend … [--preferred …] [--instances N] [--gpus …] "

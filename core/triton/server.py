@@ -22,7 +22,7 @@ from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 from .batching import preferred_sizes
 from .pybackend import libpython_env, ready
-from .serve import MODEL_NAME
+from .serve import MODEL_NAME, gpu_backend
 
 
 class TritonServerError(WorkbenchError):
@@ -130,6 +130,14 @@ def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
                             f"{log_tail(info.log)}", "Large models load slowly: give a longer timeout.")
 
 
+def check_gpu_turns(backend: str, gpu_turns: bool) -> None:
+    """Taking turns (core.triton.turns) is for instances on a GPU: asked of a CPU backend, refused before anything
+    starts rather than ignored."""
+    if gpu_turns and not gpu_backend(backend):
+        raise TritonServerError(f"Instances take turns on a GPU, but {backend} does not run on one.",
+                                "Leave --gpu-turns out for CPU backends, or serve a GPU backend (fast:fp16:cuda).")
+
+
 def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "default", model_name: str = MODEL_NAME,
           address: str = "127.0.0.1", http_port: int | None = None, grpc_port: int | None = None,
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
@@ -140,6 +148,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
     gpu_turns: the instances on one GPU take turns at it (core.triton.turns)."""
     preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
+    check_gpu_turns(backend, gpu_turns)
     preflight()
     running = read_state(name)
     if running:
