@@ -73,8 +73,8 @@ case "$phase" in
       ${TURNS:+--gpu-turns} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   settle)
-    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~6 min once
-    # the compile cache is warm: run it after servecheck or triton in the same lease)
+    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~11 min with a
+    # warm compile cache: more than one call allows; run the triton phase once per max batch instead)
     for mb in 16 32; do
       LEVEL_S=${LEVEL_S:-10} REPEATS=${REPEATS:-5} PREFERRED=${PREFERRED:-8} INSTANCES=${INSTANCES:-2} MAX_BATCH=$mb \
         bash "$0" triton

@@ -462,7 +462,8 @@ def cmd_serve(args):
         return
     from .triton.batching import preferred_sizes
     preferred_sizes(args.preferred, args.max_batch)   # a bad size fails before "starting" is printed
-    server.check_gpu_turns(args.backend, args.gpu_turns)   # as server.start does, but before "starting" is printed
+    from .triton.serve import check_gpu_turns
+    check_gpu_turns(args.backend, args.gpu_turns)   # as server.start does, but before "starting" is printed
     how = "Triton's Python backend" if args.python_backend else "PyTriton"
     print(f"starting Triton ({how}) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
     info = server.start(args.model, args.backend, name=args.name, model_name=args.model_name, address=args.address,

@@ -190,6 +190,15 @@ def gpu_backend(backend: str) -> bool:
     return on_gpu(BackendSpec.parse(backend).device)
 
 
+def check_gpu_turns(backend: str, gpu_turns: bool) -> None:
+    """Taking turns (core.triton.turns) is for instances on a GPU: asked of a CPU backend, refused before anything
+    starts rather than ignored."""
+    from ..errors import WorkbenchError
+    if gpu_turns and not gpu_backend(backend):
+        raise WorkbenchError(f"Instances take turns on a GPU, but {backend} does not run on one.",
+                             "Leave --gpu-turns out for CPU backends, or serve a GPU backend (fast:fp16:cuda).")
+
+
 def placed(infer, index: int | None):
     """The inference callable with its GPU current: PyTriton calls each instance from its own thread, and the
     current CUDA device is per thread."""
@@ -303,6 +312,7 @@ def main(argv=None) -> int:
     from .gpus import on_device
     try:
         args.preferred = list(preferred_sizes(args.preferred, args.max_batch))
+        check_gpu_turns(args.backend, args.gpu_turns)
         gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
         options = backend_options(args)
@@ -338,7 +348,7 @@ def main(argv=None) -> int:
     # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
-    turns_dir = tempfile.TemporaryDirectory(prefix="wb-turns-") if args.gpu_turns and gpu_backend(args.backend) else None
+    turns_dir = tempfile.TemporaryDirectory(prefix="wb-turns-") if args.gpu_turns else None
     turns = [GpuTurn(turn_file(turns_dir.name, g)) if turns_dir else None for g in where]
     with Triton(config=config, security_config=security) as triton:
         stages = [StageTimes(f"instance {i} (GPU {g})" if g is not None else f"instance {i}") for i, g in enumerate(where)]

@@ -22,7 +22,7 @@ from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 from .batching import preferred_sizes
 from .pybackend import libpython_env, ready
-from .serve import MODEL_NAME, gpu_backend
+from .serve import MODEL_NAME, check_gpu_turns
 
 
 class TritonServerError(WorkbenchError):
@@ -128,14 +128,6 @@ def wait_ready(info: ServerInfo, timeout_s: float = 300.0) -> ServerInfo:
     stop(info)
     raise TritonServerError(f"The Triton server was not ready after {timeout_s:.0f} s; stopped it. Log tail:\n"
                             f"{log_tail(info.log)}", "Large models load slowly: give a longer timeout.")
-
-
-def check_gpu_turns(backend: str, gpu_turns: bool) -> None:
-    """Taking turns (core.triton.turns) is for instances on a GPU: asked of a CPU backend, refused before anything
-    starts rather than ignored."""
-    if gpu_turns and not gpu_backend(backend):
-        raise TritonServerError(f"Instances take turns on a GPU, but {backend} does not run on one.",
-                                "Leave --gpu-turns out for CPU backends, or serve a GPU backend (fast:fp16:cuda).")
 
 
 def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "default", model_name: str = MODEL_NAME,

@@ -19,8 +19,7 @@ class GpuTurn:
     instance that dies holding it and the others never wait on a dead one."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def __enter__(self) -> "GpuTurn":
         fcntl.flock(self.fd, fcntl.LOCK_EX)   # blocks outside the GIL
