@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 from .backends import option_argument
 from .errors import WorkbenchError
@@ -179,7 +180,6 @@ def cmd_record(args):
     """Record from this machine's audio input, then transcribe the recording exactly as `transcribe` does."""
     import tempfile
     import time
-    from pathlib import Path
     from .microphone import input_devices, record
     devices = input_devices()
     if args.list:
@@ -198,10 +198,35 @@ def cmd_record(args):
     take = record(args.seconds, args.device, progress=meter, devices=devices)
     if tty:
         print(file=sys.stderr)
+    failed = 0
+    if args.save:  # kept as 16-bit WAV; a save that fails is reported and the take is still transcribed
+        from .errors import WorkbenchError
+        from .paths import atomic_path
+        try:
+            with atomic_path(args.save) as partial:
+                partial.write_bytes(take.wav_bytes())
+        except (WorkbenchError, OSError) as err:
+            why = err.message if isinstance(err, WorkbenchError) else f"Cannot write {args.save}: {err.strerror}."
+            print(f"error: {why} The recording is transcribed but not kept.", file=sys.stderr)
+            failed = 1
+        else:
+            print(f"saved the recording to {args.save}", file=sys.stderr)
+            return cmd_transcribe(argparse.Namespace(**vars(args), audio=[args.save], beam=False, reference=None))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"microphone-{time.strftime('%Y%m%d-%H%M%S')}.wav"
         path.write_bytes(take.wav_bytes())
-        return cmd_transcribe(argparse.Namespace(**vars(args), audio=[str(path)], beam=False, reference=None))
+        return cmd_transcribe(argparse.Namespace(**vars(args), audio=[str(path)], beam=False, reference=None)) or failed
+
+
+def _new_file(text: str) -> str:
+    """An argparse type: a file path that can be created, checked before a recording rather than after it."""
+    path = Path(text).absolute()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name, like {Path(text) / 'take.wav'}")
+    folder = next(p for p in path.parents if p.exists())
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{folder} is a file, not a folder: {text} cannot be created")
+    return text
 
 
 def _number(kind, low, high=None, what="value"):
@@ -687,6 +712,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="input device: index or (part of) its name; default: the "
                                                   "system's default input")
     s.add_argument("--list", action="store_true", help="list the input devices with their default rates, and exit")
+    s.add_argument("--save", metavar="WAV", type=_new_file, help="also keep the recording as a 16-bit WAV file here")
     s.add_argument("--backend", action="append", default=None, help=backend_help)
     _option(s, "every backend", "compile_scope=whole for fast:…")
     s.add_argument("--json", action="store_true")
