@@ -11,7 +11,9 @@
 #           twelfth session), $REPEATS levels (default 1; the median is compared) of $LEVEL_S seconds (default
 #           10) at concurrency 16; with REPEATS=5 ~330 s a configuration with a warm compile cache, ~390 s from an
 #           empty one (thirteenth session); TURNS=1: the instances take turns on the GPU (--gpu-turns, not yet
-#           measured: compare with the thirteenth session's medians, 71 % at max batch 16, 81 % at 32); PYTRITON=1 serves
+#           measured: compare with the thirteenth session's medians, 71 % at max batch 16, 81 % at 32); CLIENTS=N:
+#           N load-generator processes (default 8, two client threads each at concurrency 16; 16 gives each client
+#           its own interpreter, so no answer waits on another's CTC decode and send under one GIL); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
@@ -65,12 +67,12 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${TURNS:+_turns}
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${TURNS:+_turns}${CLIENTS:+_c$CLIENTS}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
-      ${TURNS:+--gpu-turns} > "$out/$name.log" 2>&1
+      ${TURNS:+--gpu-turns} ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   settle)
     # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~11 min with a

@@ -88,7 +88,9 @@ def main(argv=None) -> int:
     def progress(r):   # each server process role's share of a core since the previous level ended
         cpu.append(server_cpu(info.pid))
         r["server_cpu_pct"] = {k: round(100 * v / r["wall_s"]) for k, v in cpu_by_role(cpu[-2], cpu[-1]).items()}
-        print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, errors "
+        outside = r.get("outside_server_ms")
+        print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, in flight "
+              f"{r['in_flight']:.2f}, outside the server {'-' if outside is None else f'{outside:.2f}'} ms, errors "
               f"{r['errors']}, client CPU {r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']}), server CPU "
               f"% of a core by process: {r['server_cpu_pct']}", file=sys.stderr)
     try:

@@ -152,9 +152,13 @@ else:
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")
         c[1].plotly_chart(charts.queue_compute(rows), width="stretch")
         cols = ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
-                "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms", "client_cpu_pct"]
+                "in_flight", "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms",
+                "outside_server_ms", "client_cpu_pct"]
         df = pd.DataFrame(rows)
         st.dataframe(df[[c for c in cols if c in df]], hide_index=True, width="stretch")
+        st.caption(":gray[in_flight: requests outstanding on average (Little's law), the concurrency the clients "
+                   "kept up; outside_server_ms: a request's mean latency less its time in the server (transport, "
+                   "serialisation, the client's own work before the answer is read).]")
         loads = [dict(g, concurrency=r["concurrency"]) for r in rows for g in (r.get("gpu_load") or [])]
         if loads:  # one bar per GPU and level: are all chosen GPUs busy, or does one do the work?
             gl = pd.DataFrame(loads).assign(gpu=lambda d: "GPU " + d["gpu"].astype(str))

@@ -253,9 +253,13 @@ def test_sweep_numbers_are_coherent(served, tiny, speech):
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         little = r["items_per_s"] * r["mean_ms"] / 1e3          # Little's law: L = λ·W in a closed loop
         assert abs(little - r["concurrency"]) / r["concurrency"] < 0.35, (r["concurrency"], little)
+        assert r["in_flight"] == pytest.approx(little, rel=1e-6) and r["in_flight"] <= r["concurrency"]
         assert r["audio_s_per_s"] == pytest.approx(r["items_per_s"] * 2.0, rel=1e-6)
         assert r["server_stats"] and r["server_requests"] == r["n"]  # server saw exactly what clients counted
         assert r["server_compute_ms"] > 0 and r["server_queue_ms"] >= 0
+        # the server's whole time holds its parts, and the client's latency holds the server's time
+        assert r["server_total_ms"] >= r["server_queue_ms"] + r["server_compute_ms"] + r["server_io_ms"] - 1e-3
+        assert 0 < r["outside_server_ms"] == pytest.approx(r["mean_ms"] - r["server_total_ms"])
     assert rows[2]["server_avg_batch"] > 1.2  # 4 clients, one instance: the dynamic batcher merges requests
     run = save(rows, "sweep")
     stored = db_rows(run, "sweep")

@@ -65,7 +65,8 @@ def server_stats(client, protocol: str, model_name: str, timeout_s: float) -> di
     except Exception:
         return None
     inf = model.get("inference_stats", {})
-    ns = {k: int(inf.get(k, {}).get("ns", 0)) for k in ("queue", "compute_input", "compute_infer", "compute_output")}
+    ns = {k: int(inf.get(k, {}).get("ns", 0))
+          for k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
     return {"requests": int(model.get("inference_count", 0)), "executions": int(model.get("execution_count", 0)),
             "success": int(inf.get("success", {}).get("count", 0)), "fail": int(inf.get("fail", {}).get("count", 0)),
             **{f"{k}_ns": v for k, v in ns.items()}}
@@ -79,7 +80,9 @@ def stats_delta(before: dict | None, after: dict | None) -> dict:
     return {"server_stats": True, "server_requests": d["requests"], "server_batches": d["executions"],
             "server_avg_batch": d["requests"] / d["executions"] if d["executions"] else None,
             "server_queue_ms": d["queue_ns"] / n / 1e6, "server_compute_ms": d["compute_infer_ns"] / n / 1e6,
-            "server_io_ms": (d["compute_input_ns"] + d["compute_output_ns"]) / n / 1e6, "server_fail": d["fail"]}
+            "server_io_ms": (d["compute_input_ns"] + d["compute_output_ns"]) / n / 1e6, "server_fail": d["fail"],
+            # a request's whole time in the server, arrival to response (Triton's "success" duration)
+            "server_total_ms": d["success_ns"] / n / 1e6}
 
 
 @dataclass
@@ -364,6 +367,8 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
             after = stats()
             row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env, served_backend)
             row.update(stats_delta(before, after))
+            if row["server_stats"] and row["n"]:   # what the round trip adds: transport, (de)serialisation, client
+                row["outside_server_ms"] = row["mean_ms"] - row["server_total_ms"]
             row.update(load.result())
             row["server_died"] = after is None and bool(r["errors"])
             rows.append(row)
@@ -392,6 +397,9 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
            "wall_s": r["wall_s"], "items_per_s": ok / wall if ok else 0.0, "audio_s_per_s": audio / wall if ok else 0.0,
            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
+           # requests outstanding on average (Little's law): below `concurrency` by the time each client spends
+           # between an answer and its next request (its CTC decode, its share of one interpreter)
+           "in_flight": float(lat.sum()) / 1e3 / wall if ok else 0.0,
            "consistency": r["agree"] / r["compared"] if r["compared"] else None,
            "hung_clients": r["hung_clients"], "error_examples": sorted(set(r["errors"]))[:3],
            "client_cpu_pct": r.get("client_cpu_pct"), "client_processes": r.get("client_processes", 1),
