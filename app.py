@@ -5,8 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core.envinfo import device_label, environment
+from core.hostmem import keep_freed_memory
 from pages._shared import active_model, catalogue, show_error
 
+keep_freed_memory()   # the dashboard's in-process transcriptions and benchmarks, and the jobs it starts
 st.set_page_config(page_title="ASR backend workbench", page_icon=":material/graphic_eq:", layout="wide")
 
 PAGES = [

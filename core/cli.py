@@ -834,6 +834,8 @@ STAGE_COMMANDS = {"trt": ["trt-build"], "trtrtx": ["trt-build", "--flavor", "trt
 
 
 def main(argv=None) -> int:
+    from .hostmem import keep_freed_memory
+    keep_freed_memory()   # before any model is loaded: every backend's CPU work runs with it
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"] and len(argv) > 1 and argv[1] in STAGE_COMMANDS:
         argv = [*STAGE_COMMANDS[argv[1]], *argv[2:]]

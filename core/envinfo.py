@@ -44,6 +44,8 @@ def environment() -> dict:
         pass
     for lib in LIBRARIES:
         env[lib] = version(lib)
+    from .hostmem import describe
+    env["malloc"] = describe()   # changes the PyTorch CPU backends' times (core/hostmem.py)
     try:  # with both onnxruntime and onnxruntime-gpu installed, one module is imported: record that one
         import onnxruntime
         env["onnxruntime"] = onnxruntime.__version__

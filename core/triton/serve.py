@@ -297,6 +297,8 @@ def warm_up(backend, loaded, seconds: float, max_batch: int) -> list[int]:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from ..hostmem import keep_freed_memory
+    keep_freed_memory()   # this process (PyTriton's callables) and, through os.environ, tritonserver and its stubs
     os.environ.update(libpython_env())  # PyTriton passes os.environ on to tritonserver and the stub
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
