@@ -1,9 +1,8 @@
 """glibc malloc settings for the workbench's processes. By default glibc hands large freed blocks back to the
-kernel (munmap, or trimming the heap's top) and then faults them in again on the next allocation: a torch CPU
-forward of the demo model at batch 8 x 5 s took ~32,000-43,000 minor page faults and ~15 % longer (bench/NOTES.md,
-fourteenth session). ONNX Runtime keeps its own arena and is not affected, so without this the comparison would
-penalise the PyTorch CPU backends for the allocator, not the runtime. Heap blocks below MMAP_BYTES come from the
-heap, which keeps up to TRIM_BYTES of freed memory instead of returning it."""
+kernel and faults them in again on the next allocation: thousands of page faults per PyTorch CPU forward
+(bench/NOTES.md, fourteenth session). ONNX Runtime allocates from its own arena, so the default would penalise only
+the PyTorch CPU backends, for the allocator rather than the runtime. With these settings blocks below MMAP_BYTES
+come from the heap, which keeps up to TRIM_BYTES of freed memory instead of returning it."""
 from __future__ import annotations
 
 import ctypes
