@@ -198,23 +198,23 @@ def cmd_record(args):
     take = record(args.seconds, args.device, progress=meter, devices=devices)
     if tty:
         print(file=sys.stderr)
-    failed = 0
+    saved, failed = None, 0
     if args.save:  # kept as 16-bit WAV; a save that fails is reported and the take is still transcribed
         from .errors import WorkbenchError
         from .paths import atomic_path
         try:
             with atomic_path(args.save) as partial:
                 partial.write_bytes(take.wav_bytes())
+            saved = args.save
+            print(f"saved the recording to {saved}", file=sys.stderr)
         except (WorkbenchError, OSError) as err:
             why = err.message if isinstance(err, WorkbenchError) else f"Cannot write {args.save}: {err.strerror}."
             print(f"error: {why} The recording is transcribed but not kept.", file=sys.stderr)
             failed = 1
-        else:
-            print(f"saved the recording to {args.save}", file=sys.stderr)
-            return cmd_transcribe(argparse.Namespace(**vars(args), audio=[args.save], beam=False, reference=None))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"microphone-{time.strftime('%Y%m%d-%H%M%S')}.wav"
-        path.write_bytes(take.wav_bytes())
+        path = saved or Path(tmp) / f"microphone-{time.strftime('%Y%m%d-%H%M%S')}.wav"
+        if not saved:
+            path.write_bytes(take.wav_bytes())
         return cmd_transcribe(argparse.Namespace(**vars(args), audio=[str(path)], beam=False, reference=None)) or failed
 
 

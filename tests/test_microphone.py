@@ -141,9 +141,9 @@ def speech_in(samples: np.ndarray, rate: int, speech: Path) -> tuple[float, floa
     xc = np.fft.irfft(np.fft.rfft(took, n) * np.conj(np.fft.rfft(ref, n)), n)[: len(took) - len(ref) + 1]
     if len(xc) < 1:
         return 0.0, 0.0
-    energy = np.convolve(took ** 2, np.ones(len(ref)), "valid")  # the take's energy under each placement
     at = int(np.argmax(xc))
-    return at / 16000, float(xc[at] / np.sqrt(max(energy[at], 1e-12) * np.dot(ref, ref)))
+    under = took[at:at + len(ref)]   # the take where the speech lies
+    return at / 16000, float(xc[at] / np.sqrt(max(np.dot(under, under), 1e-12) * np.dot(ref, ref)))
 
 
 def assert_speech_whole(samples: np.ndarray, rate: int, speech: Path, where: str) -> float:
