@@ -39,7 +39,10 @@ def test_freed_memory_is_reused_without_page_faults():
     default, _ = faults(False)
     tuned, said = faults(True)
     print(f"minor page faults over 20 allocations of 40 MiB: {default} by default, {tuned} with keep_freed_memory")
-    assert default >= 1000 and tuned <= default / 20, (default, tuned)
+    # every allocation faults its memory in again by default: at least once each (a 2 MiB transparent huge page
+    # is one fault, so the count is 20 x 20 where the kernel had huge pages to give, as in CI, and up to 20 x 10,240
+    # where it had not), and almost never once the heap keeps it
+    assert default >= 20 and tuned <= default / 20, (default, tuned)
     assert said.strip() == "glibc mmap threshold 64 MiB, trim threshold 128 MiB"
 
 
