@@ -10,15 +10,12 @@
 #           (default 8: at concurrency 16 a preferred 16 hands all requests to one instance while the other idles;
 #           twelfth session), $REPEATS levels (default 1; the median is compared) of $LEVEL_S seconds (default
 #           10) at concurrency 16; with REPEATS=5 ~330 s a configuration with a warm compile cache, ~390 s from an
-#           empty one (thirteenth session); TURNS=1: the instances take turns on the GPU (--gpu-turns, not yet
-#           measured: compare with the thirteenth session's medians, 71 % at max batch 16, 81 % at 32); CLIENTS=N:
+#           empty one (thirteenth session); CLIENTS=N:
 #           N load-generator processes (default 8, two client threads each at concurrency 16; 16 gives each client
 #           its own interpreter, so no answer waits on another's CTC decode and send under one GIL); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
 #           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
-#   turncheck  --gpu-turns on the GPU, outputs only: the demo model on torch fp16 behind two Python-backend instances
-#           taking turns, the conformance matrix over gRPC (~2 min, no compile)
 #   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
 #           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
@@ -53,7 +50,7 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|turncheck|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -67,16 +64,16 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${TURNS:+_turns}${CLIENTS:+_c$CLIENTS}
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
-      ${TURNS:+--gpu-turns} ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
+      ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   settle)
-    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~11 min with a
-    # warm compile cache: more than one call allows; run the triton phase once per max batch instead)
+    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~6 min once
+    # the compile cache is warm: run it after servecheck or triton in the same lease)
     for mb in 16 32; do
       LEVEL_S=${LEVEL_S:-10} REPEATS=${REPEATS:-5} PREFERRED=${PREFERRED:-8} INSTANCES=${INSTANCES:-2} MAX_BATCH=$mb \
         bash "$0" triton
@@ -143,17 +140,6 @@ case "$phase" in
     timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py -k page_locked \
       > "$out/pinned_test.log" 2>&1
     echo "page-locked test exit $?" | tee -a "$out/pinned_test.log" ;;
-  turncheck)
-    # --gpu-turns on the GPU, outputs only (no compile: the torch backend): two Python-backend instances taking turns,
-    # the conformance matrix over gRPC, then the STAGES lines with their 'turn' stage
-    WORKBENCH_STAGES_EVERY_S=2 timeout 200 /tmp/tv/bin/python -m core serve --model demo --backend torch:fp16:cuda \
-      --python-backend --instances 2 --max-batch 16 --warmup-seconds 5 --gpu-turns --name turns > "$out/serve_turns.log" 2>&1
-    echo "serve exit $?" | tee -a "$out/serve_turns.log"
-    timeout 240 /tmp/tv/bin/python -m core check --model demo --backend triton:fp16:grpc --triton-url 127.0.0.1:8001 \
-      > "$out/check_turns.log" 2>&1
-    echo "check triton exit $?" | tee -a "$out/check_turns.log"
-    /tmp/tv/bin/python -m core serve --stop --name turns >> "$out/serve_turns.log" 2>&1
-    grep -E "STAGES|WARMED|Error|error" "$WORKBENCH_ARTIFACTS/triton/turns.log" > "$out/server_turns.log" 2>/dev/null ;;
   graphmem)
     timeout 300 python3 bench/gpu_coldstart.py --dynamic-batch --buckets-s 5 --runs warm \
       --batch-buckets $(seq 1 32) > "$out/graphmem.log" 2>&1

@@ -59,7 +59,6 @@ def main(argv=None) -> int:
                         "compile_scope=whole batch_buckets=[1,2,4,8,16]")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
-    p.add_argument("--gpu-turns", action="store_true", help="the instances take turns on the GPU (core.triton.turns)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--client-processes", type=int, default=8, help="load-generator processes (one sends ~500 "
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend,
-                        backend_options=dict(args.backend_option or []), gpu_turns=args.gpu_turns)
+                        backend_options=dict(args.backend_option or []))
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended

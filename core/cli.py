@@ -487,8 +487,6 @@ def cmd_serve(args):
         return
     from .triton.batching import preferred_sizes
     preferred_sizes(args.preferred, args.max_batch)   # a bad size fails before "starting" is printed
-    from .triton.serve import check_gpu_turns
-    check_gpu_turns(args.backend, args.gpu_turns)   # as server.start does, but before "starting" is printed
     how = "Triton's Python backend" if args.python_backend else "PyTriton"
     print(f"starting Triton ({how}) for {args.model or 'the default model'} on {args.backend} ...", file=sys.stderr)
     info = server.start(args.model, args.backend, name=args.name, model_name=args.model_name, address=args.address,
@@ -496,7 +494,7 @@ def cmd_serve(args):
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
                         timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend,
-                        backend_options=dict(args.option or []), gpu_turns=args.gpu_turns)
+                        backend_options=dict(args.option or []))
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -626,9 +624,6 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
-    s.add_argument("--gpu-turns", action="store_true",
-                   help="instances on one GPU take turns at it: one batch's GPU work at a time (not yet measured on a "
-                        "GPU; docs/triton.md)")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

@@ -53,10 +53,9 @@ with c1, st.container(border=True):
                                             "that compile or capture CUDA graphs per shape (fast:…) would otherwise "
                                             "time out their first requests.")
             from core.backends import BackendSpec
-            from core.backends.base import on_gpu
             from core.triton.gpus import visible_gpus
             from core.triton.serve import PLACEABLE
-            c = st.columns(4)
+            c = st.columns(3)
             instances = c[0].number_input("Instances", 1, 16, 1, key="serve_instances",
                                           help="Model instances (each with its own backend); with GPUs chosen, on "
                                                "each of them")
@@ -69,20 +68,15 @@ with c1, st.container(border=True):
                                     help="Triton's own Python backend runs each instance as its own process (own "
                                          "interpreter, own GPU); off: PyTriton calls every instance in one process. "
                                          "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
-            turns = c[3].toggle("Instances take turns", key="serve_turns", disabled=not on_gpu(parsed.device),
-                                help="Instances on one GPU run one batch's GPU work at a time instead of sharing the "
-                                     "GPU in time slices, which lets two batches end late together. Not yet measured "
-                                     "on a GPU: off by default (docs/triton.md).")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch), preferred=preferred,
                                            max_queue_delay_us=int(delay), warmup_s=float(warmup) or None,
-                                           instances=int(instances), gpus=gpus or None, python_backend=processes,
-                                           gpu_turns=turns and on_gpu(parsed.device))   # kept from a GPU pick
+                                           instances=int(instances), gpus=gpus or None, python_backend=processes)
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
             st.caption("Same as `python -m core serve --backend … [--preferred …] [--instances N] [--gpus …] "
-                       "[--python-backend] [--gpu-turns]`; "
+                       "[--python-backend]`; "
                        "the server keeps running when you leave the page.")
 
 with c2, st.container(border=True):

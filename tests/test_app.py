@@ -288,7 +288,6 @@ def test_serving_page_starts_a_process_per_instance():
         at.selectbox(key="serve_backend").set_value("torch:fp32:cpu")
         at.number_input(key="serve_instances").set_value(2)
         assert at.multiselect(key="serve_gpus").disabled          # a CPU backend: no GPUs to choose
-        assert at.toggle(key="serve_turns").disabled              # ... and no GPU to take turns on
         at.toggle(key="serve_pybackend").set_value(True)
         at.text_input(key="serve_preferred").set_value("9")        # above max batch 8: one clear error, no server
         next(b for b in at.button if b.label == "Start server").click().run()

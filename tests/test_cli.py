@@ -82,7 +82,6 @@ def test_errors_are_actionable(args, message):
      "No int8w TensorRT engine: TensorRT 10 supports weight-only quantization for INT4 only"),
     (["transcribe", "x.wav", "--triton-url", "nohost"], "expected host:port (e.g. localhost:8001), got 'nohost'"),
     (["serve", "--max-batch", "8", "--preferred", "4", "9"], "Preferred batch sizes [9] are outside 1..8 (max batch)"),
-    (["serve", "--backend", "ort:fp32:cpu", "--gpu-turns"], "Instances take turns on a GPU, but ort:fp32:cpu does not"),
 ])
 def test_bad_options_are_one_clear_line_before_any_work(args, message):
     out = cli(*args, check=False)

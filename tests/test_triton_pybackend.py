@@ -127,12 +127,12 @@ def test_python_repository_config_parses(tmp_path, tiny):
     from core.triton.pybackend import write_repository
     from core.triton.repo import RepoOptions
     root = write_repository(tmp_path, tiny, "fast:fp16:cuda", "asr", RepoOptions(max_batch=16, instances=2, gpus=(0, 1)),
-                            5.0, {"dynamic_batch": True, "batch_buckets": [1, 2, 3]}, gpu_turns=True)
+                            5.0, {"dynamic_batch": True, "batch_buckets": [1, 2, 3]})
     cfg = parse_config((root / "asr" / "config.pbtxt").read_text())
     assert cfg.backend == "python" and list(cfg.instance_group[0].gpus) == [0, 1] and cfg.instance_group[0].count == 2
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
         "model": TINY, "backend": "fast:fp16:cuda", "warmup_seconds": "5",
-        "backend_options": '{"dynamic_batch": true, "batch_buckets": [1, 2, 3]}', "gpu_turns": "1"}
+        "backend_options": '{"dynamic_batch": true, "batch_buckets": [1, 2, 3]}'}
     assert (root / "asr" / "1" / "model.py").read_text().startswith('"""A Triton Python-backend model')
 
 

@@ -19,16 +19,15 @@ SHM_BYTES = 16 << 20   # the stub <-> server shared memory per instance, grown b
 
 
 def write_repository(root: Path, loaded, backend: str, model_name: str, opts, warmup_seconds: float | None,
-                     backend_options: dict | None = None, gpu_turns: bool = False) -> Path:
+                     backend_options: dict | None = None) -> Path:
     """<root>/<model_name>/{config.pbtxt, 1/model.py}; the config is a ModelConfig protobuf, parsed back.
-    backend_options travel as one JSON parameter, the backend's keyword options in each instance; gpu_turns: GPU
-    instances take turns on their GPU (core.triton.turns)."""
+    backend_options travel as one JSON parameter, the backend's keyword options in each instance."""
     import json
     from .repo import config_text, model_config, parse_config
     cfg = model_config(model_name, "python", int(loaded.model.config.vocab_size), loaded.uses_attention_mask,
                        backend.split(":")[1], opts)
     for key, value in {"model": loaded.source, "backend": backend, "warmup_seconds": f"{warmup_seconds or 0:g}",
-                       "backend_options": json.dumps(backend_options or {}), "gpu_turns": str(int(gpu_turns))}.items():
+                       "backend_options": json.dumps(backend_options or {})}.items():
         cfg.parameters[key].string_value = value
     text = config_text(cfg)
     parse_config(text)
@@ -92,7 +91,7 @@ def serve(args, loaded, opts, backend_options: dict) -> int:
     with tempfile.TemporaryDirectory(prefix="wb-triton-") as tmp:
         work = Path(tmp)
         repo = write_repository(work / "models", loaded, args.backend, args.model_name, opts, args.warmup_seconds,
-                                backend_options, args.gpu_turns)
+                                backend_options)
         binary, backends, libs = server_files(work)
         env = server_env()
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [env.get("LD_LIBRARY_PATH"), str(libs)] if p)

@@ -3,8 +3,7 @@ repository as <model>/1/model.py. Triton starts every instance of its instance_g
 interpreter, own GIL, own GPU), which PyTriton's in-process callables cannot do: on two H200s, four PyTriton
 instances in one process gave 0.84x the throughput of two on one GPU (bench/NOTES.md).
 
-Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options),
-gpu_turns ("1": the instances on one GPU take turns at it, core.triton.turns; the turn file is in the model's folder).
+Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options).
 The stub imports the workbench through PYTHONPATH, which the launcher sets to its own sys.path."""
 from __future__ import annotations
 
@@ -49,11 +48,7 @@ class TritonPythonModel:
         from core.triton.stages import StageTimes
         self.stages = StageTimes(f"{args['model_instance_name']} ({args['model_instance_kind']} "
                                  f"{args['model_instance_device_id']})")
-        self.turn = None
-        if gpu and params.get("gpu_turns") == "1":
-            from core.triton.turns import GpuTurn, turn_file
-            self.turn = GpuTurn(turn_file(args["model_repository"], int(args["model_instance_device_id"])))
-        self.infer = make_infer(self.backend, loaded, self.stages, self.turn)
+        self.infer = make_infer(self.backend, loaded, self.stages)
 
     def execute(self, requests):
         with self.stages("inputs"):
@@ -74,5 +69,3 @@ class TritonPythonModel:
     def finalize(self):
         print(self.stages.summary(), flush=True)   # into the server's log
         self.backend.close()
-        if self.turn is not None:
-            self.turn.close()

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -22,7 +21,6 @@ from ..backends import option_argument
 from .batching import preferred_sizes
 from .pybackend import libpython_env
 from .stages import StageTimes
-from .turns import GpuTurn, turn_file
 
 MODEL_NAME = "asr"
 
@@ -37,12 +35,11 @@ def conv_frames(model_config, samples: int) -> int:
 REUSE_BYTES = 64 << 20    # a served batch's host buffer is kept for the next batch up to this size
 
 
-def make_infer(backend, loaded, stages=None, turn=None):
+def make_infer(backend, loaded, stages=None):
     """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
     {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are). `stages`
-    (core.triton.stages.StageTimes) times the host-side steps of each batch; `turn` (core.triton.turns.GpuTurn),
-    when given, is held from the copy to the device until the logits are back on the host."""
-    from contextlib import ExitStack, nullcontext
+    (core.triton.stages.StageTimes) times the host-side steps of each batch."""
+    from contextlib import nullcontext
     cfg = loaded.model.config
     from ..transcribe import min_samples
     shortest = min_samples(cfg)
@@ -80,16 +77,12 @@ def make_infer(backend, loaded, stages=None, turn=None):
                 mask = np.zeros((len(rows), width), np.int64)
                 for i, (r, m) in enumerate(zip(rows, masks)):
                     mask[i, :len(r)] = 1 if m is None else m
-        with ExitStack() as held:
-            if turn is not None:
-                with timed("turn"):   # waits for the other instances' GPU work
-                    held.enter_context(turn)
-            with timed("prepare"):   # host -> device
-                prepared = backend.prepare(values, mask)
-            with timed("run"):
-                out = backend.run(prepared)
-            with timed("to_host"):   # waits for the GPU
-                return backend.to_host(out)
+        with timed("prepare"):   # host -> device
+            prepared = backend.prepare(values, mask)
+        with timed("run"):
+            out = backend.run(prepared)
+        with timed("to_host"):   # waits for the GPU
+            return backend.to_host(out)
 
     def check(req) -> tuple[np.ndarray, list]:
         """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
@@ -184,21 +177,6 @@ def devices(backend: str, gpus) -> list[int | None]:
     return ids
 
 
-def gpu_backend(backend: str) -> bool:
-    from ..backends import BackendSpec
-    from ..backends.base import on_gpu
-    return on_gpu(BackendSpec.parse(backend).device)
-
-
-def check_gpu_turns(backend: str, gpu_turns: bool) -> None:
-    """Taking turns (core.triton.turns) is for instances on a GPU: asked of a CPU backend, refused before anything
-    starts rather than ignored."""
-    from ..errors import WorkbenchError
-    if gpu_turns and not gpu_backend(backend):
-        raise WorkbenchError(f"Instances take turns on a GPU, but {backend} does not run on one.",
-                             "Leave --gpu-turns out for CPU backends, or serve a GPU backend (fast:fp16:cuda).")
-
-
 def placed(infer, index: int | None):
     """The inference callable with its GPU current: PyTriton calls each instance from its own thread, and the
     current CUDA device is per thread."""
@@ -231,9 +209,11 @@ def backend_options(args) -> dict:
 def serve_python_backend(args, loaded, gpus, options: dict) -> int:
     """Each instance a Triton Python-backend process (core.triton.pybackend): on the chosen GPUs, on the backend's
     GPU (the first one) without --gpus, or on the CPU for CPU backends."""
+    from ..backends import BackendSpec
+    from ..backends.base import on_gpu
     from . import pybackend
     from .repo import RepoOptions
-    gpu = gpu_backend(args.backend)
+    gpu = on_gpu(BackendSpec.parse(args.backend).device)
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                        kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
@@ -266,8 +246,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
-    p.add_argument("--gpu-turns", action="store_true",
-                   help="instances on one GPU take turns: one batch's GPU work at a time (core.triton.turns)")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -314,7 +292,6 @@ def main(argv=None) -> int:
     from .gpus import on_device
     try:
         args.preferred = list(preferred_sizes(args.preferred, args.max_batch))
-        check_gpu_turns(args.backend, args.gpu_turns)
         gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
         options = backend_options(args)
@@ -350,12 +327,10 @@ def main(argv=None) -> int:
     # Statistics stay readable without a token (the load sweep reads them); model loading stays protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
     signal.signal(signal.SIGTERM, _interrupt)
-    turns_dir = tempfile.TemporaryDirectory(prefix="wb-turns-") if args.gpu_turns else None
-    turns = [GpuTurn(turn_file(turns_dir.name, g)) if turns_dir else None for g in where]
     with Triton(config=config, security_config=security) as triton:
         stages = [StageTimes(f"instance {i} (GPU {g})" if g is not None else f"instance {i}") for i, g in enumerate(where)]
-        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t, turn)), g)
-                                                            for b, g, t, turn in zip(backends, where, stages, turns)],
+        triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t)), g)
+                                                            for b, g, t in zip(backends, where, stages)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
         print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
@@ -364,10 +339,6 @@ def main(argv=None) -> int:
         print(t.summary(), flush=True)
     for b in backends:
         b.close()
-    if turns_dir:
-        for turn in turns:
-            turn.close()
-        turns_dir.cleanup()
     return 0
 
 

@@ -22,7 +22,7 @@ from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 from .batching import preferred_sizes
 from .pybackend import libpython_env, ready
-from .serve import MODEL_NAME, check_gpu_turns
+from .serve import MODEL_NAME
 
 
 class TritonServerError(WorkbenchError):
@@ -135,12 +135,10 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
           timeout_s: float = 300.0, gpus=None, python_backend: bool = False,
-          backend_options: dict | None = None, gpu_turns: bool = False) -> ServerInfo:
+          backend_options: dict | None = None) -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`;
-    backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
-    gpu_turns: the instances on one GPU take turns at it (core.triton.turns)."""
+    backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets)."""
     preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
-    check_gpu_turns(backend, gpu_turns)
     preflight()
     running = read_state(name)
     if running:
@@ -159,7 +157,6 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     cmd += ["--warmup-seconds", str(warmup_s)] if warmup_s else []
     cmd += ["--gpus", *map(str, gpus)] if gpus else []   # instances on each chosen GPU (core.triton.serve)
     cmd += ["--python-backend"] if python_backend else []   # each instance its own process (core.triton.pybackend)
-    cmd += ["--gpu-turns"] if gpu_turns else []
     for key, value in (backend_options or {}).items():
         cmd += ["--backend-option", f"{key}={json.dumps(value)}"]
     log = state_dir() / f"{name}.log"
