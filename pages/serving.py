@@ -55,7 +55,7 @@ with c1, st.container(border=True):
             from core.backends import BackendSpec
             from core.triton.gpus import visible_gpus
             from core.triton.serve import PLACEABLE
-            c = st.columns(3)
+            c = st.columns(2)
             instances = c[0].number_input("Instances", 1, 16, 1, key="serve_instances",
                                           help="Model instances (each with its own backend); with GPUs chosen, on "
                                                "each of them")
@@ -64,10 +64,10 @@ with c1, st.container(border=True):
             gpus = c[1].multiselect("GPUs", list(range(gpu_count)), key="serve_gpus", disabled=not gpu_count,
                                     help="Spread the instances over these GPUs (fast and torch backends on CUDA); "
                                          "none: the backend's own GPU")
-            processes = c[2].toggle("A process per instance", key="serve_pybackend",
-                                    help="Triton's own Python backend runs each instance as its own process (own "
-                                         "interpreter, own GPU); off: PyTriton calls every instance in one process. "
-                                         "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
+            processes = st.toggle("A process per instance", key="serve_pybackend",   # own row: the label in full
+                                  help="Triton's own Python backend runs each instance as its own process (own "
+                                       "interpreter, own GPU); off: PyTriton calls every instance in one process. "
+                                       "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch), preferred=preferred,
