@@ -55,11 +55,12 @@ with st.container(border=True):
                "weight-only INT8 (per output channel). **bf16** is for TensorRT-RTX and TensorRT engines: ONNX "
                "Runtime's CPU EP has no BF16 kernels, so its gate runs ONNX Runtime CPU on a BF16 emulation (FP32 "
                "compute, each BF16 tensor rounded where produced) — recorded as `verified_by` in its meta.json.")
-    c = st.columns(len(VARIANTS) + 2)
+    c = st.columns([1, 1, 2])   # the export on its own row: nine buttons in one row cut these two labels short
     action(c[0], "Export ONNX (FP32)", ["build", "onnx"], "python -m core build onnx")
-    for i, p in enumerate(VARIANTS, 1):
-        action(c[i], f"Build {p.upper()}", ["build", p], f"python -m core build {p}")
-    action(c[-1], "Re-export (force)", ["build", "onnx", "--force"], "python -m core build onnx --force")
+    action(c[1], "Re-export (force)", ["build", "onnx", "--force"], "python -m core build onnx --force")
+    c = st.columns(len(VARIANTS))
+    for col, p in zip(c, VARIANTS):
+        action(col, f"Build {p.upper()}", ["build", p], f"python -m core build {p}")
     st.caption("Gate defaults (`--max-rel-dlogit`, `--max-wer-delta` on the CLI): "
                + " · ".join(f"**{p}** |Δlogit| ≤ {g.max_rel_dlogit:g} of the logit scale, WER +{g.max_wer_delta_points:g}"
                             " points" for p in ("fp32", *VARIANTS) for g in [Gate.default(p)]))
@@ -114,7 +115,7 @@ with st.container(border=True):
                    f"python -m core trt-build --precision {p}", enabled=ok and not refused, why=refused or why,
                    show_why=False)
         if not ok:
-            st.caption(f":material/block: Not on this machine: {why}.")
+            st.caption(f":material/block: Not on this machine: {why.rstrip('.')}.")
         st.markdown("**TensorRT for RTX** — built ahead of time (no GPU needed) for RTX-class GPUs of compute "
                     "capability 8.0, 8.6, 8.9 and 12.x, which JIT-compile its kernels on first use.")
         rtx_ok, rtx_why = trt.tensorrt_available("trtrtx")
@@ -128,10 +129,10 @@ with st.container(border=True):
         else:
             run_ok, run_why = availability("trtrtx:fp16:cuda") if rtx_ok else (False, rtx_why)
             st.caption(f":material/{'check_circle' if run_ok else 'block'}: "
-                       + ("Engines run on this GPU." if run_ok else f"Not on this machine: {run_why}."))
+                       + ("Engines run on this GPU." if run_ok else f"Not on this machine: {run_why.rstrip('.')}."))
         ep_ok, ep_why = availability("ort:fp16:trtrtx")
         st.caption("ONNX Runtime's TensorRT-RTX EP plugin (`ort:…:trtrtx`, onnxruntime-ep-nv-tensorrt-rtx-cu13): "
-                   + ("can run here." if ep_ok else f"not here — {ep_why}."))
+                   + ("can run here." if ep_ok else f"not here — {ep_why.rstrip('.')}."))
         st.warning("TensorRT-RTX inference (`trtrtx:…:cuda` and `ort:…:trtrtx`) has never been executed in this "
                    "project's own runs: no RTX-class GPU was available. Engines build here and are checked as far as "
                    "a machine without that GPU allows; the lent H200 (compute capability 9.0) refuses them, as "
