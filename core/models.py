@@ -137,7 +137,7 @@ def load_model(source: str | None = None) -> LoadedModel:
             return load_model(REFERENCE_MODEL)
         except ModelNotFoundError as err:
             loaded = load_model(DEMO)
-            loaded.notice = f"{REFERENCE_MODEL} unavailable ({err.message}); using the offline demo model."
+            loaded.notice = f"{REFERENCE_MODEL} unavailable ({err.message.rstrip('.')}); using the offline demo model."
             return loaded
     if source.startswith(RANDOM_PREFIX):
         model, processor = build_random(source[len(RANDOM_PREFIX):])
