@@ -67,10 +67,23 @@ def available_backends() -> list[str]:
     return [b["backend"] for b in catalogue() if b["available"]]
 
 
-def default_backends(n: int = 2) -> list[str]:
+def default_backends(loaded, n: int = 2) -> list[str]:
+    """The pre-selected backends: ones that run on `loaded` as it stands, so a first click does not end in "not
+    built yet" (an ONNX or engine backend needs its artifact built for this model first)."""
     avail = available_backends()
-    preferred = [b for b in ("torch:fp32:cuda", "ort:fp16:cuda", "torch:fp32:cpu", "ort:fp32:cpu") if b in avail]
+    preferred = [b for b in ("torch:fp32:cuda", "ort:fp16:cuda", "torch:fp32:cpu", "ort:fp32:cpu")
+                 if b in avail and _runs_now(b, loaded)]
     return (preferred or avail)[:n]
+
+
+def _runs_now(spec: str, loaded) -> bool:
+    from core.backends import make_backend
+    from core.errors import WorkbenchError
+    try:
+        make_backend(spec, loaded)   # finds the artifact it needs, loads nothing
+    except WorkbenchError:
+        return False
+    return True
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)

@@ -19,7 +19,7 @@ model_badge(loaded)
 
 with st.form("bench"):
     c = st.columns([3, 2, 2])
-    specs = c[0].multiselect("Backends", available_backends(), default=default_backends(2))
+    specs = c[0].multiselect("Backends", available_backends(), default=default_backends(loaded, 2))
     seconds = c[1].multiselect("Audio lengths (s)", [1, 2, 5, 10, 20, 30], default=[1, 5])
     batches = c[2].multiselect("Batch sizes", [1, 2, 4, 8, 16, 32], default=[1, 4])
     c = st.columns([1, 1, 3, 1])

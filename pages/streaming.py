@@ -36,7 +36,7 @@ with tab_up:
 
 c = st.columns([2, 1, 1, 1])
 specs = available_backends()
-first = default_backends(1)
+first = default_backends(loaded, 1)
 spec = c[0].selectbox("Backend", specs, index=specs.index(first[0]) if first else 0, key="stream_backend")
 chunk_s = c[1].number_input("Chunk (s)", 0.1, 60.0, 2.0, step=0.5, key="stream_chunk_s")
 left_s = c[2].number_input("Left context (s)", 0.0, 60.0, 4.0, step=0.5, key="stream_left_s")

@@ -83,7 +83,7 @@ with tab_samples:
 
 c1, c2 = st.columns([2, 3])
 specs = c1.multiselect("Backends (the first is the reference for differences)", available_backends(),
-                       default=default_backends(2), key="transcribe_backends")
+                       default=default_backends(loaded, 2), key="transcribe_backends")
 reference = c2.text_input("Reference text (optional): WER/CER per backend", key="reference")
 go = st.button("Transcribe", type="primary", icon=":material/play_arrow:", disabled=not (clips and specs))
 if not clips:

@@ -88,6 +88,22 @@ def test_unbuilt_backend_says_how_to_build_it(app, hindi_wav):
     assert "not built yet" in shown and "python -m core build int8" in shown
 
 
+def test_preselected_backends_run_on_the_model_as_built(tiny, tmp_path, monkeypatch):
+    """The Transcribe page pre-selects only backends that can run now: ort:fp32:cpu once its ONNX export of this
+    model is built, not before (a first click would end in "not built yet")."""
+    from core.pipeline.onnx_build import build_onnx
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path))   # nothing built here yet
+
+    def preselected():
+        at = AppTest.from_file("../app.py", default_timeout=120)
+        at.run()
+        return page(at, "pages/transcribe.py").multiselect(key="transcribe_backends").value
+
+    assert preselected() == ["torch:fp32:cpu"]
+    build_onnx(tiny, log=lambda *_: None)
+    assert preselected() == ["torch:fp32:cpu", "ort:fp32:cpu"]
+
+
 def test_transcribe_two_backends_with_reference(app, hindi_wav, tiny_onnx):
     page(app, "pages/transcribe.py")
     app.file_uploader(key="uploads").set_value((hindi_wav.name, hindi_wav.read_bytes(), "audio/wav")).run()
