@@ -66,13 +66,23 @@ def write_json_atomic(path: Path | str, data) -> None:
 
 
 def process_identity(pid: int | None) -> dict | None:
-    """What identifies a process beyond its PID (which the OS reuses): its start time and command line."""
+    """What identifies a process beyond its PID (which the OS reuses): its start time and command line. The start
+    time is counted from boot (the kernel's clock ticks), not psutil's create_time: that one adds the boot time
+    read from the wall clock at each call, so it moves when the clock is set or slewed, and a job recorded before
+    the move would pass for a stranger afterwards (the likely cause of a CI cancel that signalled nothing,
+    2026-12-03)."""
     import psutil
     try:
         proc = psutil.Process(pid)
-        return {"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()[:8]}
-    except (psutil.Error, TypeError, ValueError):
+        return {"pid": pid, "started_s": _started_since_boot(pid), "cmdline": proc.cmdline()[:8]}
+    except (psutil.Error, TypeError, ValueError, OSError):
         return None
+
+
+def _started_since_boot(pid: int) -> float:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot; it never changes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def same_process(identity: dict | None) -> bool:
@@ -81,8 +91,7 @@ def same_process(identity: dict | None) -> bool:
     if not identity or not pid_alive(identity.get("pid")):
         return False
     now = process_identity(identity["pid"])
-    return bool(now) and abs(now["create_time"] - identity["create_time"]) < 0.05 and \
-        now["cmdline"] == identity["cmdline"]
+    return bool(now) and now["started_s"] == identity.get("started_s") and now["cmdline"] == identity["cmdline"]
 
 
 def pid_alive(pid: int | None) -> bool:

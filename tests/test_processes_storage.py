@@ -29,13 +29,25 @@ def stranger():
 
 def _reused(identity: dict) -> dict:
     """The identity an earlier process with the same PID would have left: started long before this one."""
-    return dict(identity, create_time=identity["create_time"] - 3600, cmdline=["python", "-m", "core.jobs", "x"])
+    return dict(identity, started_s=identity["started_s"] - 3600, cmdline=["python", "-m", "core.jobs", "x"])
 
 
 def test_identity_tells_a_reused_pid_apart(stranger):
     me = process_identity(stranger.pid)
     assert me["pid"] == stranger.pid and me["cmdline"] == ["sleep", "120"]
     assert same_process(me) and not same_process(_reused(me)) and not same_process(None)
+
+
+def test_identity_survives_a_wall_clock_change(stranger, monkeypatch):
+    """A process recorded before the wall clock moves is still the same process after it: psutil's create_time
+    adds a boot time read from the wall clock at each call, so it shifts with every step or slew; when it flipped
+    by a second, a job's own supervisor would pass for a stranger and a cancel would signal nothing (the likely
+    cause of a CI failure of the cancel test below, 2026-12-03)."""
+    from psutil import _pslinux
+    me = process_identity(stranger.pid)
+    boot = _pslinux.boot_time()
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: boot + 1.0)   # the clock set one second on
+    assert same_process(me)
 
 
 def test_cancel_never_signals_a_process_that_is_not_the_job(stranger):
