@@ -66,32 +66,28 @@ def write_json_atomic(path: Path | str, data) -> None:
 
 
 def process_identity(pid: int | None) -> dict | None:
-    """What identifies a process beyond its PID (which the OS reuses): its start time and command line. The start
-    time is counted from boot (the kernel's clock ticks), not psutil's create_time: that one adds the boot time
-    read from the wall clock at each call, so it moves when the clock is set or slewed, and a job recorded before
-    the move would pass for a stranger afterwards (the likely cause of a CI cancel that signalled nothing,
-    2026-12-03)."""
-    import psutil
+    """What identifies a process beyond its PID (which the OS reuses): the boot it runs in and its start time in
+    clock ticks since that boot. Neither moves with the wall clock (psutil's create_time does: it adds a boot time
+    read from the clock at each call) nor with exec (the command line does: read just after Popen it can be the
+    parent's, or empty mid-exec, and a server recorded that way could never be stopped)."""
     try:
-        proc = psutil.Process(pid)
-        return {"pid": pid, "started_s": _started_since_boot(pid), "cmdline": proc.cmdline()[:8]}
-    except (psutil.Error, TypeError, ValueError, OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return {"pid": pid, "boot_id": _boot_id(), "started_s": int(fields[19]) / os.sysconf("SC_CLK_TCK")}
+    except (TypeError, ValueError, OSError, IndexError):
         return None
 
 
-def _started_since_boot(pid: int) -> float:
-    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot; it never changes."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def same_process(identity: dict | None) -> bool:
-    """Whether the process recorded in `identity` still runs: same PID, start time and command line, not a
-    zombie. A reused PID (after a reboot, or a long time) is another process and must never be signalled."""
+    """Whether the process recorded in `identity` still runs: same PID, boot and start time, not a zombie. A
+    reused PID (after a reboot, or a long time) is another process and must never be signalled."""
     if not identity or not pid_alive(identity.get("pid")):
         return False
     now = process_identity(identity["pid"])
-    return bool(now) and now["started_s"] == identity.get("started_s") and now["cmdline"] == identity["cmdline"]
+    return bool(now) and all(now[k] == identity.get(k) for k in ("boot_id", "started_s"))
 
 
 def pid_alive(pid: int | None) -> bool:

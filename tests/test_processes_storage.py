@@ -29,13 +29,33 @@ def stranger():
 
 def _reused(identity: dict) -> dict:
     """The identity an earlier process with the same PID would have left: started long before this one."""
-    return dict(identity, started_s=identity["started_s"] - 3600, cmdline=["python", "-m", "core.jobs", "x"])
+    return dict(identity, started_s=identity["started_s"] - 3600)
 
 
 def test_identity_tells_a_reused_pid_apart(stranger):
     me = process_identity(stranger.pid)
-    assert me["pid"] == stranger.pid and me["cmdline"] == ["sleep", "120"]
+    assert me["pid"] == stranger.pid and me["started_s"] > 0
     assert same_process(me) and not same_process(_reused(me)) and not same_process(None)
+    assert not same_process(dict(me, boot_id="another-boot"))     # the same PID and tick count after a reboot
+
+
+def test_identity_recorded_before_exec_still_matches_after_it():
+    """A server's identity is read right after Popen, when the child may not have exec'd yet (its command line
+    then reads empty or as the parent's: two CI failures, 2026-12-03); it must still name the same process once
+    the program runs, or stop would forget a live server instead of stopping it."""
+    proc = subprocess.Popen(["sh", "-c", "read go; exec sleep 120"], stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        before = process_identity(proc.pid)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        deadline = time.time() + 10
+        while open(f"/proc/{proc.pid}/cmdline", "rb").read() != b"sleep\x00120\x00" and time.time() < deadline:
+            time.sleep(0.01)
+        assert open(f"/proc/{proc.pid}/cmdline", "rb").read() == b"sleep\x00120\x00"   # it has exec'd
+        assert same_process(before)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_identity_survives_a_wall_clock_change(stranger, monkeypatch):
