@@ -15,10 +15,10 @@
 #           its own interpreter, so no answer waits on another's CTC decode and send under one GIL); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
-#           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads); MPS=1
-#           runs the server under an MPS control daemon of this command's own (pipe and log dirs under /tmp, quit
-#           when the phase ends), so the instances' processes share one GPU context instead of time-slicing two
-#           (where nvidia-cuda-mps-control is missing the phase says so and runs nothing)
+#           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
+# MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
+#           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
+#           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
 #   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
 #           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
@@ -57,6 +57,14 @@ phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|aoti|scope|precompile|dyn
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
+if [ -n "${MPS:-}" ] && [ -z "${MPS_OWNER:-}" ]; then   # one GPU context for the phase's processes (NOTES, sixteenth session); settle's inner calls reuse it
+  command -v nvidia-cuda-mps-control >/dev/null || { echo "MPS=1: nvidia-cuda-mps-control is not on this machine" | tee "$out/mps-$phase.log"; exit 1; }
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  nvidia-cuda-mps-control -d || exit 1
+  export MPS_OWNER=$$
+  trap 'echo quit | nvidia-cuda-mps-control; cp $CUDA_MPS_LOG_DIRECTORY/control.log "$out/mps-$phase-control.log" 2>/dev/null' EXIT
+fi
 case "$phase" in
   w1)
     python3 bench/gpu_w1.py --eval-demo --budget-s 420 --warmup 20 --repeats 100 \
@@ -70,13 +78,7 @@ case "$phase" in
     sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
-    if [ -n "${MPS:-}" ]; then
-      command -v nvidia-cuda-mps-control >/dev/null || { echo "MPS=1: nvidia-cuda-mps-control is not on this machine" | tee "$out/${name}_mps.log"; exit 1; }
-      name=${name}_mps
-      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-      mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-      nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control; cp $CUDA_MPS_LOG_DIRECTORY/control.log "$out/${name}_control.log" 2>/dev/null' EXIT
-    fi
+    [ -n "${MPS:-}" ] && name=${name}_mps
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
       ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
