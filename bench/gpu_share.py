@@ -32,15 +32,18 @@ def worker(args) -> None:
     from core.backends import make_backend
     from core.models import load_model
     from core.triton.serve import make_infer
+    from core.triton.stages import StageTimes
     loaded = load_model(args.model)
     rate = loaded.sample_rate
     x = (0.1 * np.random.default_rng(0).standard_normal((1, 5 * rate))).astype(np.float32)
     requests = [{"input_values": x} for _ in range(args.batch)]
     options = OPTIONS if args.backend.startswith("fast:") else {}
     with make_backend(args.backend, loaded, **options) as backend:
-        infer = make_infer(backend, loaded)
+        stages = StageTimes("share", every_s=1e9)   # host stages vs the GPU wait (to_host), per batch
+        infer = make_infer(backend, loaded, stages)
         for _ in range(5):
             infer(requests)
+        stages.ms = {}
         Path(args.ready).touch()
         while not Path(args.go).exists():
             time.sleep(0.001)
@@ -51,7 +54,8 @@ def worker(args) -> None:
             times.append(time.perf_counter() - t)
     print(json.dumps({"batches": len(times), "seconds": time.perf_counter() - start,
                       "p50_ms": 1e3 * statistics.median(times),
-                      "p90_ms": 1e3 * statistics.quantiles(times, n=10)[-1]}), flush=True)
+                      "p90_ms": 1e3 * statistics.quantiles(times, n=10)[-1],
+                      "stages_p50_ms": {k: round(statistics.median(v), 3) for k, v in stages.ms.items()}}), flush=True)
 
 
 def run_level(args, k: int, env: dict) -> dict:
@@ -75,7 +79,8 @@ def run_level(args, k: int, env: dict) -> dict:
     per_s = sum(r["batches"] / r["seconds"] for r in rows)
     return {"procs": k, "batches_per_s": round(per_s, 1),
             "audio_s_per_s": round(per_s * args.batch * 5, 1),
-            "p50_ms": [round(r["p50_ms"], 2) for r in rows], "p90_ms": [round(r["p90_ms"], 2) for r in rows]}
+            "p50_ms": [round(r["p50_ms"], 2) for r in rows], "p90_ms": [round(r["p90_ms"], 2) for r in rows],
+            "stages_p50_ms": [r["stages_p50_ms"] for r in rows]}
 
 
 def levels(args, env: dict, label: str, counts) -> list[dict]:
