@@ -180,8 +180,10 @@ def build(run_id: int, fmt: str = "html", path: Path | None = None) -> str:
     tables = _tables(data)
     note = "rebuilt from the run's rows (saved before commands were recorded)" if rebuilt else "as recorded"
     env_rows = [(k, env.get(k)) for k in ENV_KEYS if k in env]
+    models = list(dict.fromkeys(r.get("model_label") or r.get("model") for r in data if r.get("model")))
+    model_line = "Model: " + "; ".join(models) if models else "Model: not recorded"
     if fmt == "md":
-        out = [f"# {title}", ""]
+        out = [f"# {title}", "", model_line, ""]
         if meta.get("note"):
             out += [f"Note: {meta['note']}", ""]
         out += ["## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in env_rows]
@@ -198,7 +200,8 @@ def build(run_id: int, fmt: str = "html", path: Path | None = None) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:"
              "collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "code{background:#f4f4f4;padding:2px 4px}</style></head><body>", f"<h1>{e(title)}</h1>"]
+             "code{background:#f4f4f4;padding:2px 4px}.wide{overflow-x:auto}</style></head><body>",
+             f"<h1>{e(title)}</h1>", f"<p><b>{e(model_line)}</b></p>"]
     if meta.get("note"):
         parts.append(f"<p>Note: {e(meta['note'])}</p>")
     parts.append("<h2>Environment</h2><table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(_fmt(v))}</td></tr>"
@@ -207,8 +210,10 @@ def build(run_id: int, fmt: str = "html", path: Path | None = None) -> str:
         parts.append(f"<p>Rows of this run were measured in {len(envs)} different environments.</p>")
     parts.append("<h2>Method</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in method) + "</ul>")
     for name, df in tables:
-        parts.append(f"<h2>{e(name)}</h2>" + df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}")
-                     + f"<p>Reproduce: <code>{e(command)}</code></p>")
+        df = df.apply(lambda c: c.where(c.notna(), "–") if c.dtype == object else c)   # na_rep skips object columns
+        parts.append(f"<h2>{e(name)}</h2><div class='wide'>"   # a wide table scrolls inside the page
+                     + df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}")
+                     + f"</div><p>Reproduce: <code>{e(command)}</code></p>")
     figs = _figures(data)
     if figs:
         parts.append("<h2>Charts</h2>")
@@ -222,9 +227,10 @@ def build(run_id: int, fmt: str = "html", path: Path | None = None) -> str:
 
 def write(run_id: int, fmt: str = "html", out: Path | None = None, path: Path | None = None) -> Path:
     """Write the report; the default file is artifacts/reports/run-<id>.<fmt>."""
-    from .paths import artifacts_dir
+    from .paths import artifacts_dir, atomic_path
     text = build(run_id, fmt, path)
     out = Path(out) if out else artifacts_dir() / "reports" / f"run-{run_id}.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return out

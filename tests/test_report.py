@@ -40,6 +40,8 @@ def test_report_has_environment_method_tables_and_commands(bench_run, fmt, tmp_p
     text = _report(bench_run, fmt, tmp_path)
     import platform
     assert platform.python_version() in text and "torch" in text                 # the environment
+    assert "Model: wav2vec2-tiny (random weights — WER meaningless)" in text        # what was measured, and that
+                                                                                  # its WER means nothing
     assert "Timing scopes" in text and "warm-up" in text and "Stability" in text  # the method
     assert "Energy and cost: not measured (cpu backend" in text                   # why a figure is missing
     for table in ("Latency", "Accuracy", "Memory"):
@@ -52,6 +54,7 @@ def test_report_has_environment_method_tables_and_commands(bench_run, fmt, tmp_p
     if fmt == "html":
         assert text.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in text   # charts, drawn in the file
         assert "Latency per backend" in text and "WER vs RTFx" in text
+        assert ">None<" not in text                                                 # a missing figure reads "–"
     else:
         assert "| backend | scope | audio_s | batch | p50_ms |" in text and "<script" not in text
 
