@@ -14,11 +14,12 @@
 #           N load-generator processes (default 8, two client threads each at concurrency 16; 16 gives each client
 #           its own interpreter, so no answer waits on another's CTC decode and send under one GIL); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
-#           instance's host work overlaps the other's GPU work without time-slicing two contexts (not run with
-#           these defaults: the seventh session's PyTriton 49 % had buckets 1/2/4/8 and torch's CPU threads)
+#           instance's host work overlaps the other's GPU work without time-slicing two contexts (seventeenth
+#           session: 53 % against the Python backend's 84 % on the same machine, the one interpreter's GIL the limit)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
 #           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
+#           (seventeenth session, triton at max batch 16: 65 % under MPS against 84 % without; not recommended)
 #   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
 #           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
