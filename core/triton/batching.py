@@ -10,8 +10,7 @@ def preferred_sizes(value, max_batch: int) -> tuple[int, ...]:
     """"4 8", "4,8" or a sequence of ints -> sorted unique sizes, each within 1..max_batch.
 
     At concurrency C with N instances, a preferred size above C / N lets the batcher hand every waiting request to
-    one instance while the others idle (H200, two instances, concurrency 16: preferred 16 32 gave 44 % of
-    in-process throughput, preferred 8 gave 71-81 % on medians of five levels; docs/triton.md)."""
+    one instance while the others idle (figures in docs/triton.md)."""
     if isinstance(value, str):
         words = [w for w in re.split(r"[\s,]+", value.strip()) if w]
         bad = [w for w in words if not w.isdigit()]
