@@ -20,8 +20,6 @@
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
 #           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
 #           (seventeenth session, triton at max batch 16: 65 % under MPS against 84 % without; not recommended)
-#   settle  the triton phase at max batch 16 and 32 with five repeated levels each (item 4 on medians; both do not
-#           fit one call: the thirteenth session's was cut after max batch 32's second level)
 #   scope   cold start with the fast module compiled by region (compile_scope="layer"), empty then warm cache, the
 #           same 8 graphs as `cold`; then W1/W2 and the demo-set WER of both scopes in one run
 #   precompile  cold start with torch.compile's ahead-of-time artifacts per shape (compile="precompile", weights
@@ -57,16 +55,15 @@
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|settle|gemmlt|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|gemmlt|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
-if [ -n "${MPS:-}" ] && [ -z "${MPS_OWNER:-}" ]; then   # one GPU context for the phase's processes (NOTES, sixteenth session); settle's inner calls reuse it
+if [ -n "${MPS:-}" ]; then   # one GPU context for the phase's processes (NOTES, sixteenth session)
   command -v nvidia-cuda-mps-control >/dev/null || { echo "MPS=1: nvidia-cuda-mps-control is not on this machine" | tee "$out/mps-$phase.log"; exit 1; }
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
   nvidia-cuda-mps-control -d || exit 1
-  export MPS_OWNER=$$
   trap 'echo quit | nvidia-cuda-mps-control; cp $CUDA_MPS_LOG_DIRECTORY/control.log "$out/mps-$phase-control.log" 2>/dev/null' EXIT
 fi
 case "$phase" in
@@ -87,13 +84,6 @@ case "$phase" in
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
       ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
-  settle)
-    # item 4 decided on medians: both max batches, preferred 8, five 10 s levels each, two instances (~6 min once
-    # the compile cache is warm: run it after servecheck or triton in the same lease)
-    for mb in 16 32; do
-      LEVEL_S=${LEVEL_S:-10} REPEATS=${REPEATS:-5} PREFERRED=${PREFERRED:-8} INSTANCES=${INSTANCES:-2} MAX_BATCH=$mb \
-        bash "$0" triton
-    done ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
     echo "cold layer exit $?" | tee -a "$out/cold_layer.log"
