@@ -73,7 +73,7 @@ class Lt:
     Row-major y is column-major y^T = w @ x^T: A is w seen column-major (K x N, transposed), B is x (K x M)."""
 
     def __init__(self, lib, m: int, k: int, n: int):
-        self.lib, self.m, self.k, self.n = lib, m, k, n
+        self.lib = lib
         self.handle = ctypes.c_void_p()
         self.call("cublasLtCreate", ctypes.byref(self.handle))
         self.desc = ctypes.c_void_p()
