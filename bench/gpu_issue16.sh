@@ -50,12 +50,15 @@
 #   gemmlt  item 1: every cuBLASLt candidate (the heuristic's list, and split-K variants of each) for W1's four
 #           linear-layer shapes at $ROWS rows (default 249), checked against F.linear and timed on 24 weights in one
 #           CUDA graph; then the 96-GEMM chain with the fastest per shape against F.linear's (bench/gemm_lt.py)
+#   sdpa    item 1: each SDPA backend (cuDNN, flash, memory-efficient) on the encoder's attention at 249 tokens,
+#           batch 1 and 8: error against FP32 math, kernels and memsets launched, 24 calls in one CUDA graph
+#           (bench/sdpa_backends.py)
 #   aoti    does an AOTInductor package load on this GPU? (2026-12-02, torch 2.11.0+cu130: every form segfaulted at
 #           load, so the fast backend refuses compile="aoti" on CUDA; rerun this on a new torch before lifting that)
 # (2026-11-29, fourth session: a dynamic-shape compile of the fast module failed in Inductor on the H200 after ~4
 # minutes — bench/results/2026-11-29-s4/cold_dynamic_failed.log — so the option and its check phase are gone.)
 set -uo pipefail
-phase=${1:?usage: gpu_issue16.sh w1|cold|triton|gemmlt|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
+phase=${1:?usage: gpu_issue16.sh w1|cold|triton|gemmlt|sdpa|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
@@ -160,6 +163,9 @@ case "$phase" in
     rows=${ROWS:-249}
     timeout 500 python3 bench/gemm_lt.py --rows $rows --json "$out/gemm_lt_m$rows.json" > "$out/gemm_lt_m$rows.log" 2>&1
     echo "gemm_lt rows $rows exit $?" | tee -a "$out/gemm_lt_m$rows.log" ;;
+  sdpa)
+    timeout 300 python3 bench/sdpa_backends.py --json "$out/sdpa_backends.json" > "$out/sdpa_backends.log" 2>&1
+    echo "sdpa exit $?" | tee -a "$out/sdpa_backends.log" ;;
   aoti)
     timeout 560 python3 bench/aoti_load_probe.py > "$out/aoti_probe.log" 2>&1; echo "aoti probe exit $?" | tee -a "$out/aoti_probe.log" ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
