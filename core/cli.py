@@ -597,8 +597,8 @@ def _batching(s):
     s.add_argument("--max-batch", type=int, default=8)
     s.add_argument("--preferred", type=int, nargs="*", default=[],
                    help="preferred dynamic-batch sizes; keep them at most the expected concurrency over the instances "
-                        "(H200, 2 instances, concurrency 16: 8 gave 71-84 %% of in-process on medians of five levels, "
-                        "8 16 gave 70-83 %% in single levels; docs/triton.md)")
+                        "(H200, 2 instances, concurrency 16: 8 gave 71-84 %% of in-process at max batch 16 and "
+                        "74-81 %% at 32 on medians of five levels, 8 16 gave 70-83 %% in single levels; docs/triton.md)")
     s.add_argument("--max-queue-delay-us", type=int, default=500)
     s.add_argument("--instances", type=int, default=1)
 

@@ -45,8 +45,8 @@ with c1, st.container(border=True):
                 "Preferred batch sizes", "", key="serve_preferred", placeholder="none",
                 help="Sizes the batcher sends as soon as it has them, e.g. '4 8'. Keep them at most the expected "
                      "concurrency over the instances: on an H200 with two instances at concurrency 16, preferred 8 "
-                     "served 71-84 % of in-process throughput (medians of three leases), preferred 16 32 only 44 % (one instance "
-                     "took every request while the other idled).")
+                     "served 71-84 % of in-process throughput at max batch 16 and 74-81 % at 32 (medians over four "
+                     "leases), preferred 16 32 only 44 % (one instance took every request while the other idled).")
             delay = c[2].number_input("Max queue delay (µs)", 0, 100000, 500)
             warmup = c[3].number_input("Warm-up audio (s)", 0.0, 30.0, 0.0, key="serve_warmup",
                                        help="Run every batch size once at this length before serving: GPU backends "
