@@ -15,7 +15,10 @@
 #           its own interpreter, so no answer waits on another's CTC decode and send under one GIL); PYTRITON=1 serves
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (seventeenth
-#           session: 53 % against the Python backend's 84 % on the same machine, the one interpreter's GIL the limit)
+#           session: 53 % against the Python backend's 84 % on the same machine, the one interpreter's GIL the limit);
+#           INPUT_DTYPE=fp32|fp16 sets the served audio's type (default auto: FP16 for fast:fp16, the outputs bit for
+#           bit the same, every copy of a request's audio half the bytes; fp32 is what every run before the
+#           eighteenth session's second lease served)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
 #           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
@@ -79,13 +82,13 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}${INPUT_DTYPE:+_$INPUT_DTYPE}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     [ -n "${MPS:-}" ] && name=${name}_mps
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
-      ${CLIENTS:+--client-processes $CLIENTS} > "$out/$name.log" 2>&1
+      ${CLIENTS:+--client-processes $CLIENTS} ${INPUT_DTYPE:+--input-dtype $INPUT_DTYPE} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1

@@ -26,6 +26,7 @@ from core.envinfo import environment  # noqa: E402
 from core.export import parity_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.triton import server  # noqa: E402
+from core.triton.repo import AUDIO_DTYPES  # noqa: E402
 from core.triton.loadtest import cpu_by_role, prepare_clips, server_cpu, sweep  # noqa: E402
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
                         "compile_scope=whole batch_buckets=[1,2,4,8,16]")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
+    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
+                   help="the served audio's type (core serve --input-dtype; auto: FP16 for fast/torch fp16)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--client-processes", type=int, default=8, help="load-generator processes (one sends ~500 "
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend,
-                        backend_options=dict(args.backend_option or []))
+                        backend_options=dict(args.backend_option or []), input_dtype=args.input_dtype)
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended
@@ -115,12 +118,13 @@ def main(argv=None) -> int:
         print(f"{args.backend:<28}{r['batch']:>6}{r['p50_ms']:>10.2f}{r['audio_s_per_s']:>12.1f}"
               f"{'yes' if r['stable'] else 'NO':>8}")
     print(f"\n{'triton c':>9}{'ok':>6}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50':>9}{'p90':>9}{'p99':>9}"
-          f"{'batch':>7}{'queue ms':>10}{'compute ms':>12}{'agree':>7}")
+          f"{'batch':>7}{'queue ms':>10}{'compute ms':>12}{'io ms':>7}{'agree':>7}")
     for r in rows:
         f = lambda v, fmt: (format(v, fmt) if isinstance(v, (int, float)) else "-")  # noqa: E731
         print(f"{r['concurrency']:>9}{r['n']:>6}{r['errors']:>5}{r['items_per_s']:>9.2f}{r['audio_s_per_s']:>11.1f}"
               f"{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{f(r.get('server_avg_batch'), '.2f'):>7}"
               f"{f(r.get('server_queue_ms'), '.2f'):>10}{f(r.get('server_compute_ms'), '.2f'):>12}"
+              f"{f(r.get('server_io_ms'), '.2f'):>7}"
               f"{f(r.get('consistency'), '.2f'):>7}")
     if at:
         spread = (f" (median of {len(at_rates)} levels, {at_rates[0]:.1f} to {at_rates[-1]:.1f})"

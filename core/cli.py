@@ -11,6 +11,7 @@ from pathlib import Path
 from .backends import option_argument
 from .errors import WorkbenchError
 from .pipeline.onnx_specs import DEFAULT_KEEP_FP32, VARIANTS
+from .triton.repo import AUDIO_DTYPES
 
 MODEL_HELP = ("Hugging Face id, local folder, 'demo' (offline synthetic-speech demo model) or "
               "'random:wav2vec2-large' / 'random:wav2vec2-tiny' (random weights, speed only). "
@@ -494,7 +495,7 @@ def cmd_serve(args):
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
                         timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend,
-                        backend_options=dict(args.option or []))
+                        backend_options=dict(args.option or []), input_dtype=args.input_dtype)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -624,6 +625,10 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
+    s.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
+                   help="type of the served input_values: auto is fp16 for fast and torch fp16 backends (they cast "
+                        "the audio to FP16 first, so the outputs do not change and requests carry half the bytes), "
+                        "fp32 otherwise; clients read it from the model's metadata")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

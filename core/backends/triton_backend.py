@@ -1,6 +1,7 @@
 """Triton client backend: the model behind a Triton server (the local PyTriton one or any remote cluster),
 measured exactly like an in-process backend. Spec `triton:<precision>:<http|grpc>`; the precision is a
-label for what the server runs (requests are always FP32 audio). Options: url, model_name, timeout_s."""
+label for what the server runs; requests carry the audio as the server's metadata declares it (FP32, or FP16 where the
+served backend computes in FP16). Options: url, model_name, timeout_s."""
 from __future__ import annotations
 
 import os
@@ -80,6 +81,7 @@ class TritonBackend(Backend):
         self._lock = threading.Lock()
         self._loaded = False
         self.optional_inputs: set[str] = set()
+        self.audio_dtype = "FP32"
 
     @property
     def name(self) -> str:
@@ -136,6 +138,10 @@ class TritonBackend(Backend):
         meta = self.client.get_model_metadata(self.model_name, self.model_version, **self._meta_kw())
         inputs = meta["inputs"] if isinstance(meta, dict) else meta.get("inputs", [])
         self.input_names = [i["name"] for i in inputs]
+        # the audio goes as the server declares it: FP16 halves every copy of it (core.triton.repo.audio_dtype);
+        # a type this client does not send gets FP32 and the server's own refusal
+        declared = next((i.get("datatype") for i in inputs if i["name"] == "input_values"), "FP32")
+        self.audio_dtype = declared if declared in ("FP16", "FP32") else "FP32"
         config = self._config()
         self.max_batch = int(config.get("max_batch_size", 0) or 0)   # 0: the server takes any batch, or did not say
         self.optional_inputs = {i["name"] for i in config.get("input", []) if i.get("optional")}
@@ -174,7 +180,7 @@ class TritonBackend(Backend):
         """Requests of at most the server's max batch (a larger batch is split, as a client of that server must)."""
         if self.client is None:
             raise BackendUnavailableError("The Triton backend is not loaded.", "Call load() (or use `with`).")
-        values = np.ascontiguousarray(input_values, dtype=np.float32)
+        values = np.ascontiguousarray(input_values, dtype=np.float16 if self.audio_dtype == "FP16" else np.float32)
         mask = None
         if "attention_mask" in self.input_names:
             mask = None if attention_mask is None else np.ascontiguousarray(attention_mask, dtype=np.int64)
@@ -190,7 +196,8 @@ class TritonBackend(Backend):
 
     def _inputs(self, values, mask):
         mod = self._module()
-        feeds = [("input_values", values, "FP32")] + ([] if mask is None else [("attention_mask", mask, "INT64")])
+        feeds = [("input_values", values, self.audio_dtype)]
+        feeds += [] if mask is None else [("attention_mask", mask, "INT64")]
         inputs = []
         for name, array, dtype in feeds:
             item = mod.InferInput(name, list(array.shape), dtype)
@@ -226,7 +233,8 @@ class TritonBackend(Backend):
                                   "broken pipe", "remote end closed", "connection aborted")):
             return BackendUnavailableError(f"Triton server at {self.url} is not reachable: {text}", START_HINT)
         return TritonRequestError(f"Triton server at {self.url} rejected the request: {text}",
-                                  "Inputs are input_values FP32 [batch, samples] (processor-normalised audio)"
+                                  f"Inputs are input_values {self.audio_dtype} [batch, samples] "
+                                  "(processor-normalised audio)"
                                   + (" and attention_mask INT64 [batch, samples]" if "attention_mask" in
                                      getattr(self, "input_names", []) else "") + ".")
 

@@ -39,8 +39,29 @@ class RepoOptions:
     gpus: tuple[int, ...] | None = None   # GPU kind: `instances` on each listed GPU; None: on every GPU (Triton's default)
 
 
-def model_config(name: str, platform: str, vocab: int, with_mask: bool, precision: str, opts: RepoOptions):
-    """The ModelConfig protobuf: variable-length batched audio in, [frames, vocab] logits out."""
+# runtimes whose fp16 forms cast the audio to FP16 before anything reads it (core.backends.torch_backend.to_device)
+FP16_AUDIO_RUNTIMES = ("fast", "torch")
+AUDIO_DTYPES = ("auto", "fp32", "fp16")
+
+
+def audio_dtype(choice: str, backend: str) -> str:
+    """The served input_values type, 'FP32' or 'FP16', for the --input-dtype choice (auto, fp32, fp16). auto: FP16
+    where the served backend casts the audio to FP16 before its first op (fast and torch at fp16), so the outputs
+    are the same bit for bit while every copy of a request's audio (client, gRPC, server, the instance's shared
+    memory) moves half the bytes; FP32 elsewhere."""
+    from ..backends import BackendSpec
+    if choice not in AUDIO_DTYPES:
+        raise ExportError(f"Unknown input type '{choice}'.", f"Use one of {', '.join(AUDIO_DTYPES)}.")
+    if choice != "auto":
+        return choice.upper()
+    spec = BackendSpec.parse(backend)
+    return "FP16" if spec.precision == "fp16" and spec.runtime in FP16_AUDIO_RUNTIMES else "FP32"
+
+
+def model_config(name: str, platform: str, vocab: int, with_mask: bool, precision: str, opts: RepoOptions,
+                 audio_dtype: str = "FP32"):
+    """The ModelConfig protobuf: variable-length batched audio (`audio_dtype`, FP32 or FP16) in, [frames, vocab]
+    logits out."""
     from tritonclient.grpc import model_config_pb2 as pb
     if opts.max_batch < 1:
         raise ExportError("max_batch must be at least 1.", "Dynamic batching needs max_batch_size > 0.")
@@ -56,7 +77,9 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
     else:
         cfg.backend = "onnxruntime"
         cfg.default_model_filename = "model.onnx"
-    cfg.input.add(name="input_values", data_type=pb.TYPE_FP32, dims=[-1])
+    if audio_dtype not in ("FP32", "FP16"):
+        raise ExportError(f"Unknown input type '{audio_dtype}' for input_values.", "Use FP32 or FP16.")
+    cfg.input.add(name="input_values", data_type=getattr(pb, f"TYPE_{audio_dtype}"), dims=[-1])
     if with_mask:   # optional where the model code fills it in (PyTriton and the Python backend do)
         cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1], optional=platform == "python")
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])

@@ -20,9 +20,11 @@ import numpy as np
 from ..backends import option_argument
 from .batching import preferred_sizes
 from .pybackend import libpython_env
+from .repo import AUDIO_DTYPES, audio_dtype
 from .stages import StageTimes
 
 MODEL_NAME = "asr"
+AUDIO_NUMPY = {"FP32": np.float32, "FP16": np.float16}
 
 
 def conv_frames(model_config, samples: int) -> int:
@@ -86,7 +88,9 @@ def make_infer(backend, loaded, stages=None):
 
     def check(req) -> tuple[np.ndarray, list]:
         """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
-        x = np.asarray(req["input_values"], np.float32)
+        x = np.asarray(req["input_values"])
+        if x.dtype != np.float16:   # FP16 audio (--input-dtype) is widened by pad's copy, not by a pass of its own
+            x = np.asarray(x, np.float32)
         if x.shape[-1] < shortest:
             raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
                              f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
@@ -246,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
+    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
+                   help="type of the served input_values; auto: fp16 for fast and torch fp16 backends (they cast the "
+                        "audio to FP16 first, so outputs do not change and requests carry half the bytes), else fp32")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -292,6 +299,7 @@ def main(argv=None) -> int:
     from .gpus import on_device
     try:
         args.preferred = list(preferred_sizes(args.preferred, args.max_batch))
+        args.input_dtype = audio_dtype(args.input_dtype, args.backend)   # FP32 or FP16 from here on
         gpus = devices(args.backend, args.gpus)
         loaded = load_model(args.model)
         options = backend_options(args)
@@ -315,7 +323,7 @@ def main(argv=None) -> int:
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    inputs = [Tensor(name="input_values", dtype=np.float32, shape=(-1,))]
+    inputs = [Tensor(name="input_values", dtype=AUDIO_NUMPY[args.input_dtype], shape=(-1,))]
     if loaded.uses_attention_mask:
         inputs.append(Tensor(name="attention_mask", dtype=np.int64, shape=(-1,), optional=True))
     outputs = [Tensor(name="logits", dtype=np.float32, shape=(-1, int(loaded.model.config.vocab_size)))]
@@ -332,7 +340,7 @@ def main(argv=None) -> int:
         triton.bind(model_name=args.model_name, infer_func=[placed(pytriton_infer(make_infer(b, loaded, t)), g)
                                                             for b, g, t in zip(backends, where, stages)],
                     inputs=inputs, outputs=outputs, config=ModelConfig(max_batch_size=args.max_batch, batcher=batcher))
-        print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}: http {args.address}:{args.http_port} "
+        print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend}, input_values {args.input_dtype}: http {args.address}:{args.http_port} "
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
         triton.serve()
     for t in stages:

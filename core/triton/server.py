@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import WorkbenchError
 from ..paths import REPO_ROOT, artifacts_dir, process_identity, same_process, write_json_atomic
 from .batching import preferred_sizes
+from .repo import audio_dtype
 from .pybackend import libpython_env, ready
 from .serve import MODEL_NAME
 
@@ -135,10 +136,12 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
           timeout_s: float = 300.0, gpus=None, python_backend: bool = False,
-          backend_options: dict | None = None) -> ServerInfo:
+          backend_options: dict | None = None, input_dtype: str = "auto") -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`;
-    backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets)."""
+    backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
+    input_dtype: the served audio's type (core.triton.repo.audio_dtype)."""
     preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
+    audio_dtype(input_dtype, backend)                   # and so is a bad input type
     preflight()
     running = read_state(name)
     if running:
@@ -157,6 +160,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     cmd += ["--warmup-seconds", str(warmup_s)] if warmup_s else []
     cmd += ["--gpus", *map(str, gpus)] if gpus else []   # instances on each chosen GPU (core.triton.serve)
     cmd += ["--python-backend"] if python_backend else []   # each instance its own process (core.triton.pybackend)
+    cmd += ["--input-dtype", input_dtype]
     for key, value in (backend_options or {}).items():
         cmd += ["--backend-option", f"{key}={json.dumps(value)}"]
     log = state_dir() / f"{name}.log"
