@@ -625,10 +625,11 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
-    s.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
-                   help="type of the served input_values: auto is fp16 for fast and torch fp16 backends (they cast "
-                        "the audio to FP16 first, so the outputs do not change and requests carry half the bytes), "
-                        "fp32 otherwise; clients read it from the model's metadata")
+    s.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="fp32",
+                   help="type of the served input_values (default fp32; clients read it from the model's metadata). "
+                        "auto is fp16 for fast and torch fp16 backends, which cast the audio to FP16 first, so the "
+                        "outputs do not change and requests carry half the bytes; its speed on a GPU is not yet "
+                        "settled (docs/triton.md)")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

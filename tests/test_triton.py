@@ -139,7 +139,7 @@ def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
     with make_backend("torch:fp32:cpu", tiny) as backend:
         seen, prepare, given, host_array = [], backend.prepare, [], backend.host_array
         backend.prepare = lambda v, m=None: (seen.append((np.array(v), v)), prepare(v, m))[1]   # a copy: the buffer moves on
-        backend.host_array = lambda size: (given.append(host_array(size)), given[-1])[1]
+        backend.host_array = lambda size, dtype=np.float32: (given.append(host_array(size, dtype)), given[-1])[1]
         infer = make_infer(backend, tiny)
         infer([{"input_values": loud}, {"input_values": loud}])
         quiet = (0.1 * np.random.default_rng(1).standard_normal((1, n // 2))).astype(np.float32)
@@ -156,16 +156,20 @@ def test_the_reused_batch_buffer_pads_with_zeros_not_the_last_batch(tiny):
 @pytest.mark.parametrize("spec, options", [("torch:fp32:cuda", {}), ("fast:fp32:cuda", {"compile": None})])
 def test_served_batches_from_page_locked_memory_match_plain_ones(tiny, spec, options):
     """On a GPU make_infer pads into page-locked memory that the backend copies without the host waiting: batch after
-    batch of other lengths and sizes refills it, and every result must still be that of its own input."""
+    batch of other lengths and sizes (and of FP32 and FP16 audio, each in its own buffer) refills it, and every
+    result must still be that of its own input."""
     from core.triton.serve import make_infer
     rng = np.random.default_rng(2)
     with make_backend(spec, tiny, **options) as backend:   # the fast one with CUDA graphs, not compiled (quicker)
         infer = make_infer(backend, tiny)
-        assert __import__("torch").from_numpy(backend.host_array(4)).is_pinned()
-        for rows, n in [(1, 16000), (4, 8000), (3, 32000), (8, 4000), (2, 16000)]:
-            x = (0.1 * rng.standard_normal((rows, n))).astype(np.float32)
+        for dtype in (np.float32, np.float16):
+            pinned = backend.host_array(4, dtype)
+            assert pinned.dtype == dtype and __import__("torch").from_numpy(pinned).is_pinned()
+        shapes = [(1, 16000), (4, 8000), (3, 32000), (8, 4000), (2, 16000)]
+        for (rows, n), dtype in zip(shapes + shapes[::-1], [np.float32] * 5 + [np.float16] * 5):
+            x = (0.1 * rng.standard_normal((rows, n))).astype(dtype)
             out = infer([{"input_values": x[i:i + 1]} for i in range(rows)])
-            want = backend.logits(x)
+            want = backend.logits(x.astype(np.float32))
             for i in range(rows):
                 np.testing.assert_allclose(out[i]["logits"][0], want[i], atol=2e-3, rtol=2e-3)
 

@@ -27,6 +27,39 @@ def test_auto_is_fp16_only_where_the_backend_casts_the_audio_to_fp16_first():
         audio_dtype("int16", "torch:fp32:cpu")
 
 
+def test_the_clients_fp16_cast_rounds_as_numpy_does():
+    """The client casts with torch (numpy 1.26's float16 cast has no SIMD): ties to even, overflow to inf and
+    subnormals must come out as numpy's cast gives them, or served FP16 audio would differ from the model's own."""
+    from core.backends.triton_backend import half
+    rng = np.random.default_rng(0)
+    ties = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, -(2 + 2 ** -10), 65520.0, 70000.0, -1e6, 3e-8, 6.1e-5, 0.0, -0.0],
+                    np.float32)
+    x = np.concatenate([ties, (3 * rng.standard_normal(100_000)).astype(np.float32)]).reshape(2, -1)
+    got = half(x)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    with np.errstate(over="ignore"):   # 70000 and -1e6 overflow to inf on purpose
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_served_fp16_rows_reach_the_backend_as_fp16(tiny):
+    """make_infer pads FP16 requests into an FP16 buffer for torch and fast backends (numpy's float16 -> float32
+    cast costs ~10x a copy) and the backend widens them itself: the results are those of the rounded audio."""
+    from core.triton.serve import make_infer
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal((3, 16000))).astype(np.float16)
+    with make_backend("torch:fp32:cpu", tiny) as backend:
+        seen, prepare = [], backend.prepare
+        backend.prepare = lambda v, m=None: (seen.append(v.dtype), prepare(v, m))[1]
+        infer = make_infer(backend, tiny)
+        out = infer([{"input_values": x[:1]}, {"input_values": x[1:, :12000]}])
+        assert seen and set(seen) == {np.dtype(np.float16)}
+        np.testing.assert_allclose(out[0]["logits"][0], backend.logits(x[:1].astype(np.float32))[0], atol=1e-5)
+        np.testing.assert_allclose(out[1]["logits"], backend.logits(x[1:, :12000].astype(np.float32)), atol=1e-5)
+        mixed = infer([{"input_values": x[:1]}, {"input_values": x[1:2].astype(np.float32)}])   # one FP32 row: FP32
+        assert seen[-1] == np.float32 and mixed[0]["logits"].shape == out[0]["logits"].shape
+
+
 def test_a_bad_input_type_fails_before_a_server_starts(tiny):
     with pytest.raises(ExportError, match="Unknown input type"):
         server.start(TINY, "torch:fp32:cpu", name="fp16-bad", input_dtype="fp64")

@@ -63,11 +63,12 @@ class Backend(ABC):
     def load(self) -> "Backend":
         """Allocate sessions/engines; heavy work happens here, not in __init__."""
 
-    def host_array(self, size: int) -> np.ndarray:
-        """A float32 host array of `size` values that prepare() takes fastest, for a caller that fills one batch after
-        another (a served batch). Plain memory here; page-locked on a torch CUDA device, whose prepare() then copies
-        it asynchronously: the caller must not rewrite it before that batch's to_host() has returned."""
-        return np.empty(size, np.float32)
+    def host_array(self, size: int, dtype=np.float32) -> np.ndarray:
+        """A host array of `size` values (float32; float16 for FP16 audio where prepare() takes it) that prepare()
+        takes fastest, for a caller that fills one batch after another (a served batch). Plain memory here;
+        page-locked on a torch CUDA device, whose prepare() then copies it asynchronously: the caller must not
+        rewrite it before that batch's to_host() has returned."""
+        return np.empty(size, dtype)
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None):
         """Host arrays -> this backend's inputs, already on its device (copied once, outside compute timing)."""

@@ -357,8 +357,8 @@ class FastBackend(Backend):
         """numpy -> what forward() takes: the values as a device tensor, the lengths on the host."""
         return to_device(input_values, self.device, self.dtype), self.lengths_of(input_values, attention_mask)
 
-    def host_array(self, size):
-        return pinned_array(size) if self.device == "cuda" else super().host_array(size)
+    def host_array(self, size, dtype=np.float32):
+        return pinned_array(size, dtype) if self.device == "cuda" else super().host_array(size, dtype)
 
     def prepare(self, input_values, attention_mask=None):
         return self.tensors(input_values, attention_mask)

@@ -30,18 +30,21 @@ def available(spec) -> tuple[bool, str]:
     return cuda_available() if spec.device == "cuda" else (True, "")
 
 
-def pinned_array(size: int) -> np.ndarray:
-    """float32 page-locked host memory seen as numpy: a copy from it to the GPU runs asynchronously."""
+def pinned_array(size: int, dtype=np.float32) -> np.ndarray:
+    """Page-locked host memory seen as numpy: a copy from it to the GPU runs asynchronously."""
     import torch
-    return torch.empty(size, dtype=torch.float32, pin_memory=True).numpy()   # the array keeps the tensor alive
+    kind = torch.from_numpy(np.empty(0, dtype)).dtype
+    return torch.empty(size, dtype=kind, pin_memory=True).numpy()   # the array keeps the tensor alive
 
 
 def to_device(values: np.ndarray, device: str, dtype):
-    """Host values -> a device tensor of `dtype`, copied as float32 and cast there: a cast on the host costs the host
-    more than the cast costs the GPU, and a page-locked source (pinned_array) is then copied without the host
-    waiting. On the CPU a float32 result may share the array's memory."""
+    """Host values -> a device tensor of `dtype`, copied as float32 (float16 values, served FP16 audio, as they are)
+    and cast there: a cast on the host costs the host more than the cast costs the GPU, and a page-locked source
+    (pinned_array) is then copied without the host waiting. On the CPU a float32 result may share the array's
+    memory."""
     import torch
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device, non_blocking=True).to(dtype)
+    values = np.ascontiguousarray(values, dtype=np.float16 if values.dtype == np.float16 else np.float32)
+    return torch.from_numpy(values).to(device, non_blocking=True).to(dtype)
 
 
 def make(spec, loaded, **_):
@@ -79,8 +82,8 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             return self.model(input_values, attention_mask=attention_mask if self.use_mask else None).logits
 
-    def host_array(self, size):
-        return pinned_array(size) if self.device == "cuda" else super().host_array(size)
+    def host_array(self, size, dtype=np.float32):
+        return pinned_array(size, dtype) if self.device == "cuda" else super().host_array(size, dtype)
 
     def prepare(self, input_values, attention_mask=None):
         import torch

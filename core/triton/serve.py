@@ -20,7 +20,7 @@ import numpy as np
 from ..backends import option_argument
 from .batching import preferred_sizes
 from .pybackend import libpython_env
-from .repo import AUDIO_DTYPES, audio_dtype
+from .repo import AUDIO_DTYPES, FP16_AUDIO_RUNTIMES, audio_dtype
 from .stages import StageTimes
 
 MODEL_NAME = "asr"
@@ -51,18 +51,21 @@ def make_infer(backend, loaded, stages=None):
     # (bench/NOTES.md, twelfth session), and the backend's host_array is page-locked on a GPU, so the batch goes to
     # the device without the host waiting (safe to refill: run() ends with to_host, which waits for the GPU). Batches
     # above REUSE_BYTES get their own array, so one long request does not keep its memory for the server's lifetime.
-    buffer = np.empty(0, np.float32)
+    # FP16 audio stays FP16 up to the device for the runtimes whose to_device widens it there: numpy's float16 casts
+    # cost many times a copy (bench/NOTES.md, eighteenth session). Other backends get float32.
+    half_ok = backend.spec.runtime in FP16_AUDIO_RUNTIMES
+    buffers: dict = {}
 
     def padded(rows: list[np.ndarray]) -> np.ndarray:
-        nonlocal buffer
+        dtype = np.float16 if half_ok and all(r.dtype == np.float16 for r in rows) else np.float32
         width = max(len(r) for r in rows)
         size = len(rows) * width
         if size * 4 > REUSE_BYTES:
-            values = np.empty((len(rows), width), np.float32)
+            values = np.empty((len(rows), width), dtype)
         else:
-            if buffer.size < size:
-                buffer = backend.host_array(size)
-            values = buffer[:size].reshape(len(rows), width)   # contiguous: what the backends take without a copy
+            if buffers.get(dtype) is None or buffers[dtype].size < size:
+                buffers[dtype] = backend.host_array(size, dtype)
+            values = buffers[dtype][:size].reshape(len(rows), width)   # contiguous: the backends take it as it is
         for i, r in enumerate(rows):
             values[i, :len(r)] = r
             values[i, len(r):] = 0.0
@@ -89,7 +92,7 @@ def make_infer(backend, loaded, stages=None):
     def check(req) -> tuple[np.ndarray, list]:
         """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
         x = np.asarray(req["input_values"])
-        if x.dtype != np.float16:   # FP16 audio (--input-dtype) is widened by pad's copy, not by a pass of its own
+        if x.dtype != np.float16:   # FP16 audio (--input-dtype) is padded as it is (see `padded`)
             x = np.asarray(x, np.float32)
         if x.shape[-1] < shortest:
             raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
@@ -250,9 +253,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
-    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
-                   help="type of the served input_values; auto: fp16 for fast and torch fp16 backends (they cast the "
-                        "audio to FP16 first, so outputs do not change and requests carry half the bytes), else fp32")
+    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="fp32",
+                   help="type of the served input_values (default fp32); auto: fp16 for fast and torch fp16 backends "
+                        "(they cast the audio to FP16 first, so outputs do not change and requests carry half the "
+                        "bytes), else fp32; docs/triton.md says what it measured")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
