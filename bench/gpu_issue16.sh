@@ -16,9 +16,9 @@
 #           through PyTriton instead: the instances are threads of one process, one CUDA context, so one
 #           instance's host work overlaps the other's GPU work without time-slicing two contexts (seventeenth
 #           session: 53 % against the Python backend's 84 % on the same machine, the one interpreter's GIL the limit);
-#           INPUT_DTYPE=fp16|auto serves FP16 audio (default fp32): the outputs bit for bit the same, every copy of
-#           a request's audio half the bytes (eighteenth session: with numpy's float16 casts on the host, two levels
-#           gave 59 % and 68 %; the casts are now torch's in the client and the GPU's in the server, not measured)
+#           INPUT_DTYPE=fp32|fp16 sets the served audio's type (default auto: FP16 for fast:fp16, the outputs bit for
+#           bit the same, every copy of a request's audio half the bytes; nineteenth session, same lease, max batch
+#           16: 79 % against fp32's 75 %; fp32 is what every run before the nineteenth session served)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
 #           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
@@ -45,7 +45,7 @@
 #   coldlayerw1  W1/W2 and demo WER of static, whole dynamic, encoder and layer dynamic compiles in one run
 #           ($VARIANTS: another comma-separated list of bench/gpu_w1.py variants)
 #   servecheck  the conformance matrix through Triton (Python backend, 2 instances, max batch 16) of the fast
-#           backend's default options, demo model; INPUT_DTYPE=auto|fp16 serves FP16 audio
+#           backend's default options, demo model; INPUT_DTYPE=fp32 serves FP32 audio
 #   graphmem  GPU memory of 32 CUDA graphs (batch 1..32 at 5 s, dynamic batch; Triton's per-instance warm-up at max
 #           batch 32): one capture stream per backend since the ninth session (was a new stream per capture, ~38 GiB)
 #   check   the conformance matrix of fast fp16 on the GPU, demo model (trained: transcripts gated; the same code

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                         "compile_scope=whole batch_buckets=[1,2,4,8,16]")
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend (each instance "
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
-    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="fp32",
+    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
                    help="the served audio's type (core serve --input-dtype; auto: FP16 for fast/torch fp16)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)

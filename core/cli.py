@@ -599,7 +599,7 @@ def _batching(s):
     s.add_argument("--preferred", type=int, nargs="*", default=[],
                    help="preferred dynamic-batch sizes; keep them at most the expected concurrency over the instances "
                         "(H200, 2 instances, concurrency 16: 8 gave 71-84 %% of in-process at max batch 16 and "
-                        "74-81 %% at 32 on medians of five levels, 8 16 gave 70-83 %% in single levels; docs/triton.md)")
+                        "74-83 %% at 32 on medians of five levels, 8 16 gave 70-83 %% in single levels; docs/triton.md)")
     s.add_argument("--max-queue-delay-us", type=int, default=500)
     s.add_argument("--instances", type=int, default=1)
 
@@ -625,11 +625,10 @@ def _triton_commands(add):
     s.add_argument("--python-backend", action="store_true",
                    help="run each instance as its own Triton Python-backend process (own interpreter, own GPU) "
                         "instead of PyTriton's callables in one process (two H200s: 0.86x one GPU; docs/triton.md)")
-    s.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="fp32",
-                   help="type of the served input_values (default fp32; clients read it from the model's metadata). "
-                        "auto is fp16 for fast and torch fp16 backends, which cast the audio to FP16 first, so the "
-                        "outputs do not change and requests carry half the bytes; its speed on a GPU is not yet "
-                        "settled (docs/triton.md)")
+    s.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
+                   help="type of the served input_values; clients read it from the model's metadata. auto (the "
+                        "default) is fp16 for fast and torch fp16 backends, which cast the audio to FP16 first, so "
+                        "the outputs do not change and requests carry half the bytes; fp32 otherwise (docs/triton.md)")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

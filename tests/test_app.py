@@ -305,6 +305,8 @@ def test_serving_page_starts_a_process_per_instance():
         at.number_input(key="serve_instances").set_value(2)
         assert at.multiselect(key="serve_gpus").disabled          # a CPU backend: no GPUs to choose
         at.toggle(key="serve_pybackend").set_value(True)
+        assert at.selectbox(key="serve_input_dtype").value == "auto"
+        at.selectbox(key="serve_input_dtype").set_value("fp16")  # FP16 audio for an FP32 backend: asked, so served
         at.text_input(key="serve_preferred").set_value("9")        # above max batch 8: one clear error, no server
         next(b for b in at.button if b.label == "Start server").click().run()
         assert any("outside 1..8" in e.value for e in at.error) and server.read_state("default") is None
@@ -316,6 +318,8 @@ def test_serving_page_starts_a_process_per_instance():
         import tritonclient.http as http
         config = http.InferenceServerClient(info.url("http")).get_model_config("asr")
         assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+        inputs = http.InferenceServerClient(info.url("http")).get_model_metadata("asr")["inputs"]
+        assert [i["datatype"] for i in inputs if i["name"] == "input_values"] == ["FP16"]
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
     finally:
         server.stop("default")

@@ -253,8 +253,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--python-backend", action="store_true",
                    help="serve through Triton's own Python backend: each instance its own process (one interpreter "
                         "per instance and GPU) instead of PyTriton's callables in this process")
-    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="fp32",
-                   help="type of the served input_values (default fp32); auto: fp16 for fast and torch fp16 backends "
+    p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
+                   help="type of the served input_values; auto (the default): fp16 for fast and torch fp16 backends "
                         "(they cast the audio to FP16 first, so outputs do not change and requests carry half the "
                         "bytes), else fp32; docs/triton.md says what it measured")
     p.add_argument("--warmup-seconds", type=float, default=None,

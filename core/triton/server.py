@@ -136,7 +136,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
           timeout_s: float = 300.0, gpus=None, python_backend: bool = False,
-          backend_options: dict | None = None, input_dtype: str = "fp32") -> ServerInfo:
+          backend_options: dict | None = None, input_dtype: str = "auto") -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`;
     backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
     input_dtype: the served audio's type (core.triton.repo.audio_dtype)."""
