@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from gemm_m249 import LAYERS, SHAPES, graph_ms   # beside this script, on sys.pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.envinfo import environment  # noqa: E402
+from core.paths import write_json_atomic  # noqa: E402
 
 # cublasLt.h (CUDA 12/13)
 CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16F = 68, 0, 2
@@ -232,8 +232,7 @@ def main(argv=None):
         print(f"96-GEMM chain: F.linear {ref:.3f} ms, cuBLASLt fastest per shape {ours:.3f} ms ({ref / ours:.2f}x)")
         report["chain_ms"] = {"f_linear": ref, "cublaslt_best": ours}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
 
 

@@ -14,7 +14,6 @@ at 249 tokens in run 13's W1 profile, beside 24 "Memset (Unknown)" of 0.83 us ea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from gemm_m249 import graph_ms   # beside this script, on sys.path when it runs 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.envinfo import environment  # noqa: E402
+from core.paths import write_json_atomic  # noqa: E402
 
 HEADS, HEAD_DIM, LAYERS = 16, 64, 24
 
@@ -92,8 +92,7 @@ def main(argv=None):
                                     "launches": launched})
         report["cases"].append({"batch": b, "backend": "default", "launches": chosen})
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
 
 
