@@ -26,7 +26,8 @@ with c1, st.container(border=True):
     if server is not None:
         info = server.read_state("default")
         if info:
-            st.success(f"Running: model **{info.model_name}** ({info.backend}, {info.model or 'default model'}) · "
+            st.success(f"Running: model **{info.model_name}** ({info.backend}, {info.model or 'default model'}, "
+                       f"{info.audio} audio) · "
                        f"http `{info.url('http')}` · grpc `{info.url('grpc')}` · pid {info.pid}",
                        icon=":material/check_circle:")
             if st.button("Stop server", icon=":material/stop:"):

@@ -320,6 +320,9 @@ def test_serving_page_starts_a_process_per_instance():
         assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
         inputs = http.InferenceServerClient(info.url("http")).get_model_metadata("asr")["inputs"]
         assert [i["datatype"] for i in inputs if i["name"] == "input_values"] == ["FP16"]
+        at.run()
+        assert any(s.value.startswith("Running: model **asr** (torch:fp32:cpu, ") and ", FP16 audio)" in s.value
+                   for s in at.success)
         assert ":green-badge[live] :green-badge[ready]" in [m.value for m in at.markdown]
     finally:
         server.stop("default")

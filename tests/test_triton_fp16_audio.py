@@ -81,6 +81,13 @@ def test_the_server_declares_fp16_audio(fp16_served):
     client = http.InferenceServerClient(fp16_served.url("http"))
     inputs = {i["name"]: i["datatype"] for i in client.get_model_metadata("asr")["inputs"]}
     assert inputs["input_values"] == "FP16"
+    assert server.read_state(fp16_served.name).audio == "FP16"   # what the Serving page and `serve --status` show
+
+
+def test_serve_status_names_the_audio_type(fp16_served, capsys):
+    from core.cli import main
+    assert main(["serve", "--status", "--name", fp16_served.name]) == 0
+    assert f"({fp16_served.backend}, FP16 audio)" in capsys.readouterr().out
 
 
 def test_served_fp16_audio_gives_the_in_process_outputs_on_the_same_audio(fp16_served, tiny, hindi_wav):

@@ -64,6 +64,7 @@ class ServerInfo:
     log: str
     started: str
     identity: dict | None = None   # pid + start time + command line: what `stop` checks before signalling
+    audio: str = "FP32"            # the served input_values type (a state file from before it was recorded: FP32)
 
     def url(self, protocol: str = "http") -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
@@ -141,7 +142,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
     input_dtype: the served audio's type (core.triton.repo.audio_dtype)."""
     preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
-    audio_dtype(input_dtype, backend)                   # and so is a bad input type
+    audio = audio_dtype(input_dtype, backend)           # and so is a bad input type
     preflight()
     running = read_state(name)
     if running:
@@ -171,7 +172,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
                                 env=env, cwd=REPO_ROOT, start_new_session=True)
     _CHILDREN[proc.pid] = proc
     info = ServerInfo(name, proc.pid, address, *ports, model, backend, model_name, str(log),
-                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), process_identity(proc.pid))
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), process_identity(proc.pid), audio)
     write_json_atomic(state_dir() / f"{name}.json", asdict(info))
     try:
         return wait_ready(info, timeout_s)
