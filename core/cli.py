@@ -484,7 +484,8 @@ def cmd_serve(args):
     if args.status:
         info = server.read_state(args.name)
         print(f"running: pid {info.pid}, http {info.url('http')}, grpc {info.url('grpc')}, model '{info.model_name}' "
-              f"({info.backend}, {info.audio} audio), log {info.log}" if info else f"no running server named '{args.name}'")
+              f"({info.backend}, {info.audio} audio), log {info.log}" if info
+              else f"no running server named '{args.name}'")
         return
     from .triton.batching import preferred_sizes
     preferred_sizes(args.preferred, args.max_batch)   # a bad size fails before "starting" is printed
