@@ -60,10 +60,10 @@ def make_infer(backend, loaded, stages=None):
         dtype = np.float16 if half_ok and all(r.dtype == np.float16 for r in rows) else np.float32
         width = max(len(r) for r in rows)
         size = len(rows) * width
-        if size * 4 > REUSE_BYTES:
+        if size * np.dtype(dtype).itemsize > REUSE_BYTES:
             values = np.empty((len(rows), width), dtype)
         else:
-            if buffers.get(dtype) is None or buffers[dtype].size < size:
+            if dtype not in buffers or buffers[dtype].size < size:
                 buffers[dtype] = backend.host_array(size, dtype)
             values = buffers[dtype][:size].reshape(len(rows), width)   # contiguous: the backends take it as it is
         for i, r in enumerate(rows):
