@@ -132,7 +132,7 @@ def test_python_repository_config_parses(tmp_path, tiny):
     assert cfg.backend == "python" and list(cfg.instance_group[0].gpus) == [0, 1] and cfg.instance_group[0].count == 2
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
         "model": TINY, "backend": "fast:fp16:cuda", "warmup_seconds": "5",
-        "backend_options": '{"dynamic_batch": true, "batch_buckets": [1, 2, 3]}'}
+        "backend_options": '{"dynamic_batch": true, "batch_buckets": [1, 2, 3]}', "pipeline_depth": "2"}
     assert (root / "asr" / "1" / "model.py").read_text().startswith('"""A Triton Python-backend model')
 
 

@@ -83,6 +83,14 @@ class Backend(ABC):
         """run()'s result -> float32 numpy logits [batch, frames, vocab]."""
         return np.asarray(out, dtype=np.float32)
 
+    def to_host_async(self, out):
+        """Starts run()'s result on its way to the host and returns a callable that waits for it and returns what
+        to_host() would: a pipelined caller (a decoupled served model) prepares and runs the next batch meanwhile.
+        Here the copy is made at once, and is a copy: to_host() may return a view of a buffer that the next run()
+        reuses (the fast backend's graph outputs). torch's CUDA backends queue the copy behind the GPU work instead."""
+        result = np.array(self.to_host(out), dtype=np.float32)
+        return lambda: result
+
     def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """float32 [batch, samples] (normalised by the processor) -> float32 logits [batch, frames, vocab]."""
         return self.to_host(self.run(self.prepare(input_values, attention_mask)))

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from .base import Backend
 from .shape_cache import FORMS as AHEAD_OF_TIME, precompile_supported, shape_key
-from .torch_backend import pinned_array, to_device
+from .torch_backend import pinned_array, to_device, to_host_async
 
 SPECS = ["fast:fp16:cuda", "fast:bf16:cuda", "fast:fp32:cuda"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -368,6 +368,9 @@ class FastBackend(Backend):
 
     def to_host(self, out):
         return out.float().cpu().numpy()
+
+    def to_host_async(self, out):
+        return to_host_async(out) if self.device == "cuda" else super().to_host_async(out)
 
     def close(self):
         self.graphs.clear()

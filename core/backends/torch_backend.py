@@ -47,6 +47,23 @@ def to_device(values: np.ndarray, device: str, dtype):
     return torch.from_numpy(values).to(device, non_blocking=True).to(dtype)
 
 
+def to_host_async(out):
+    """A CUDA tensor -> a callable that returns it as float32 numpy: the cast runs on the GPU and the copy into
+    page-locked memory is queued behind the work that computes it, so the host waits only when the callable runs.
+    The page-locked block comes from torch's caching host allocator, which reuses it only after the copy is done."""
+    import torch
+    on_gpu = out.float()
+    host = torch.empty(on_gpu.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(on_gpu, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> np.ndarray:
+        done.synchronize()
+        return host.numpy()
+    return wait
+
+
 def make(spec, loaded, **_):
     return TorchBackend(spec, loaded)
 
@@ -96,6 +113,9 @@ class TorchBackend(Backend):
 
     def to_host(self, out):
         return out.float().cpu().numpy()
+
+    def to_host_async(self, out):
+        return to_host_async(out) if self.device == "cuda" else super().to_host_async(out)
 
     def close(self):
         self.model = None

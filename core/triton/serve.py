@@ -37,66 +37,82 @@ def conv_frames(model_config, samples: int) -> int:
 REUSE_BYTES = 64 << 20    # a served batch's host buffer is kept for the next batch up to this size
 
 
-def make_infer(backend, loaded, stages=None):
+def make_infer(backend, loaded, stages=None) -> "BatchRunner":
     """requests (each a dict: input_values [n, samples], optional attention_mask) -> one result per request: a
     {'logits'} dict, or the ValueError saying why that request cannot be run (the others still are). `stages`
     (core.triton.stages.StageTimes) times the host-side steps of each batch."""
-    from contextlib import nullcontext
-    cfg = loaded.model.config
-    from ..transcribe import min_samples
-    shortest = min_samples(cfg)
-    use_mask = loaded.uses_attention_mask
-    timed = stages or (lambda _stage: nullcontext())
-    # one host buffer per instance, reused batch after batch: a fresh np.zeros pays its page faults on every batch
-    # (bench/NOTES.md, twelfth session), and the backend's host_array is page-locked on a GPU, so the batch goes to
-    # the device without the host waiting (safe to refill: run() ends with to_host, which waits for the GPU). Batches
-    # above REUSE_BYTES get their own array, so one long request does not keep its memory for the server's lifetime.
-    # FP16 audio stays FP16 up to the device for the runtimes whose to_device widens it there: numpy's float16 casts
-    # cost many times a copy (bench/NOTES.md, eighteenth session). Other backends get float32.
-    half_ok = backend.spec.runtime in FP16_AUDIO_RUNTIMES
-    buffers: dict = {}
+    return BatchRunner(backend, loaded, stages)
 
-    def padded(rows: list[np.ndarray]) -> np.ndarray:
-        dtype = np.float16 if half_ok and all(r.dtype == np.float16 for r in rows) else np.float32
+
+class BatchRunner:
+    """A served batch in two halves: start() pads the requests into one batch, copies it to the device and queues
+    the forward and the copy back; finish() waits for that copy and splits the logits per request. Called whole
+    (`runner(requests)`) it is one synchronous batch; a decoupled model (core/triton/python_model.py) starts the
+    next batch before it finishes this one, so the host's work overlaps the GPU's. Each batch in flight needs a
+    `slot` of its own: its host buffer may be read by the device until finish() returns."""
+
+    def __init__(self, backend, loaded, stages=None):
+        from contextlib import nullcontext
+        from ..transcribe import min_samples
+        self.backend, self.loaded, self.stages = backend, loaded, stages
+        self.cfg = loaded.model.config
+        self.shortest = min_samples(self.cfg)
+        self.use_mask = loaded.uses_attention_mask
+        self.timed = stages or (lambda _stage: nullcontext())
+        # one host buffer per slot, reused batch after batch: a fresh np.zeros pays its page faults on every batch
+        # (bench/NOTES.md, twelfth session), and the backend's host_array is page-locked on a GPU, so the batch goes
+        # to the device without the host waiting (safe to refill once finish() has returned: it waits for the GPU).
+        # Batches above REUSE_BYTES get their own array, so one long request does not keep its memory for the
+        # server's lifetime. FP16 audio stays FP16 up to the device for the runtimes whose to_device widens it
+        # there: numpy's float16 casts cost many times a copy (bench/NOTES.md, eighteenth session). Other backends
+        # get float32.
+        self.half_ok = backend.spec.runtime in FP16_AUDIO_RUNTIMES
+        self.buffers: dict = {}
+
+    def __call__(self, requests):
+        return self.finish(self.start(requests))
+
+    def padded(self, rows: list[np.ndarray], slot: int) -> np.ndarray:
+        dtype = np.float16 if self.half_ok and all(r.dtype == np.float16 for r in rows) else np.float32
         width = max(len(r) for r in rows)
         size = len(rows) * width
         if size * np.dtype(dtype).itemsize > REUSE_BYTES:
             values = np.empty((len(rows), width), dtype)
         else:
-            if dtype not in buffers or buffers[dtype].size < size:
-                buffers[dtype] = backend.host_array(size, dtype)
-            values = buffers[dtype][:size].reshape(len(rows), width)   # contiguous: the backends take it as it is
+            key = (slot, np.dtype(dtype))
+            if key not in self.buffers or self.buffers[key].size < size:
+                self.buffers[key] = self.backend.host_array(size, dtype)
+            values = self.buffers[key][:size].reshape(len(rows), width)   # contiguous: the backends take it as is
         for i, r in enumerate(rows):
             values[i, :len(r)] = r
             values[i, len(r):] = 0.0
         return values
 
-    def run(rows: list[np.ndarray], masks: list) -> np.ndarray:
-        with timed("pad"):
-            values = padded(rows)
+    def launch(self, rows: list[np.ndarray], masks: list, slot: int):
+        """One padded batch to the device and through the model; returns the wait for its logits on the host."""
+        with self.timed("pad"):
+            values = self.padded(rows, slot)
             width = values.shape[1]
             # a mask only where something is masked: an int64 mask of ones costs 8 bytes a sample to build, to
             # copy to the GPU and to sum, and says nothing the model does not assume without one
             mask = None
-            if use_mask and any(m is not None or len(r) < width for r, m in zip(rows, masks)):
+            if self.use_mask and any(m is not None or len(r) < width for r, m in zip(rows, masks)):
                 mask = np.zeros((len(rows), width), np.int64)
                 for i, (r, m) in enumerate(zip(rows, masks)):
                     mask[i, :len(r)] = 1 if m is None else m
-        with timed("prepare"):   # host -> device
-            prepared = backend.prepare(values, mask)
-        with timed("run"):
-            out = backend.run(prepared)
-        with timed("to_host"):   # waits for the GPU
-            return backend.to_host(out)
+        with self.timed("prepare"):   # host -> device
+            prepared = self.backend.prepare(values, mask)
+        with self.timed("run"):       # queues the forward and the copy back on a GPU
+            return self.backend.to_host_async(self.backend.run(prepared))
 
-    def check(req) -> tuple[np.ndarray, list]:
+    def check(self, req) -> tuple[np.ndarray, list]:
         """The request's rows and, per row, its mask (None: all ones, as when the request carries none)."""
         x = np.asarray(req["input_values"])
         if x.dtype != np.float16:   # FP16 audio (--input-dtype) is padded as it is (see `padded`)
             x = np.asarray(x, np.float32)
-        if x.shape[-1] < shortest:
-            raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {shortest} "
-                             f"({shortest / loaded.sample_rate * 1e3:.0f} ms at {loaded.sample_rate} Hz)")
+        if x.shape[-1] < self.shortest:
+            raise ValueError(f"input_values has {x.shape[-1]} samples; this model needs at least {self.shortest} "
+                             f"({self.shortest / self.loaded.sample_rate * 1e3:.0f} ms at {self.loaded.sample_rate} Hz)")
         m = req.get("attention_mask")
         if m is None:
             return x, [None] * x.shape[0]
@@ -105,11 +121,12 @@ def make_infer(backend, loaded, stages=None):
             raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
         return x, [None if row.all() else row for row in m]
 
-    def infer(requests):
+    def start(self, requests, slot: int = 0) -> dict:
+        """Checks, pads and launches the batch; what finish() needs. A request that fails its check gets its error."""
         rows, masks, owners, results = [], [], [], []
         for k, req in enumerate(requests):
             try:
-                x, m = check(req)
+                x, m = self.check(req)
             except ValueError as err:
                 results.append(err)
                 continue
@@ -118,31 +135,40 @@ def make_infer(backend, loaded, stages=None):
             masks += m
             owners += [k] * x.shape[0]
         # Models without an attention mask change their output when padded: run equal lengths together only.
-        groups = {0: list(range(len(rows)))} if use_mask and rows else {}
-        if not use_mask:
+        groups = {0: list(range(len(rows)))} if self.use_mask and rows else {}
+        if not self.use_mask:
             for i, r in enumerate(rows):
                 groups.setdefault(len(r), []).append(i)
-        out: list = [None] * len(rows)
+        parts = []
         for idx in groups.values():
-            logits = run([rows[i] for i in idx], [masks[i] for i in idx])
-            for j, i in enumerate(idx):
-                out[i] = logits[j]
-        with timed("split"):
+            if parts:   # the slot's buffer is refilled: the previous group must have left it
+                done = parts[-1][1]()
+                parts[-1] = (parts[-1][0], lambda done=done: done)
+            parts.append((idx, self.launch([rows[i] for i in idx], [masks[i] for i in idx], slot)))
+        return {"requests": requests, "results": results, "owners": owners, "parts": parts, "rows": len(rows)}
+
+    def finish(self, started: dict) -> list:
+        out: list = [None] * started["rows"]
+        with self.timed("to_host"):   # waits for the GPU
+            for idx, wait in started["parts"]:
+                logits = wait()
+                for j, i in enumerate(idx):
+                    out[i] = logits[j]
+        results = started["results"]
+        with self.timed("split"):
             mine: dict[int, list] = {}
-            for i, k in enumerate(owners):
+            for i, k in enumerate(started["owners"]):
                 mine.setdefault(k, []).append(out[i])
-            for k, req in enumerate(requests):
+            for k, req in enumerate(started["requests"]):
                 if results[k] is None:
-                    frames = conv_frames(cfg, np.shape(req["input_values"])[-1])  # each request: its own length
+                    frames = conv_frames(self.cfg, np.shape(req["input_values"])[-1])  # each request: its own length
                     own = [row[:frames] for row in mine[k]]
                     # one row (the usual request): a view of the batch's logits, contiguous as a leading slice is
                     results[k] = {"logits": np.ascontiguousarray(own[0][None] if len(own) == 1 else np.stack(own),
                                                                  np.float32)}
-        if stages is not None:
-            stages.batch_done()
+        if self.stages is not None:
+            self.stages.batch_done()
         return results
-
-    return infer
 
 
 def pytriton_infer(infer):
@@ -223,7 +249,8 @@ def serve_python_backend(args, loaded, gpus, options: dict) -> int:
     gpu = on_gpu(BackendSpec.parse(args.backend).device)
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                       kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
+                       kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None,
+                       decoupled=args.decoupled)
     return pybackend.serve(args, loaded, opts, options)
 
 
@@ -257,6 +284,11 @@ def parser() -> argparse.ArgumentParser:
                    help="type of the served input_values; auto (the default): fp16 for fast and torch fp16 backends "
                         "(they cast the audio to FP16 first, so outputs do not change and requests carry half the "
                         "bytes), else fp32; docs/triton.md says what it measured")
+    p.add_argument("--decoupled", action="store_true",
+                   help="with --python-backend: each instance pipelines its batches (prepares the next while the GPU "
+                        "computes the last) and sends responses from a thread; clients must use gRPC streaming "
+                        "(Triton refuses HTTP and unary gRPC for it; the workbench's client streams by itself)")
+    p.add_argument("--pipeline-depth", type=int, default=2, help="with --decoupled: batches in flight per instance")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -297,8 +329,11 @@ def main(argv=None) -> int:
     from ..errors import WorkbenchError
     from ..models import load_model
 
-    if args.instances < 1 or args.max_batch < 1:
-        print("error: --instances and --max-batch must be at least 1", file=sys.stderr)
+    if args.instances < 1 or args.max_batch < 1 or args.pipeline_depth < 1:
+        print("error: --instances, --max-batch and --pipeline-depth must be at least 1", file=sys.stderr)
+        return 2
+    if args.decoupled and not args.python_backend:
+        print("error: --decoupled needs --python-backend", file=sys.stderr)
         return 2
     from .gpus import on_device
     try:
