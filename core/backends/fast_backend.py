@@ -270,7 +270,9 @@ class FastBackend(Backend):
                 x_static.zero_()
             x_static[:b, :t].copy_(values)
             if not full:  # a full graph was captured with every length at tb
-                n_static.copy_(torch.from_numpy(padded))
+                # non_blocking: a blocking copy from pageable memory waits for the stream to drain, which would stall
+                # a served batch behind the one still on the GPU; CUDA stages a pageable source before returning
+                n_static.copy_(torch.from_numpy(padded), non_blocking=True)
             g.replay()
             if not isinstance(g, torch.cuda.CUDAGraph):   # emulated: model the shared pool's reuse (see _capture)
                 for key, other in self.graphs.items():
