@@ -27,7 +27,7 @@ with c1, st.container(border=True):
         info = server.read_state("default")
         if info:
             st.success(f"Running: model **{info.model_name}** ({info.backend}, {info.model or 'default model'}, "
-                       f"{info.audio} audio) · "
+                       f"{info.audio} audio{', decoupled: gRPC streaming only' if info.decoupled else ''}) · "
                        f"http `{info.url('http')}` · grpc `{info.url('grpc')}` · pid {info.pid}",
                        icon=":material/check_circle:")
             if st.button("Stop server", icon=":material/stop:"):
@@ -76,16 +76,22 @@ with c1, st.container(border=True):
                                   help="Triton's own Python backend runs each instance as its own process (own "
                                        "interpreter, own GPU); off: PyTriton calls every instance in one process. "
                                        "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
+            decoupled = st.toggle("Pipelined batches (decoupled)", key="serve_decoupled", disabled=not processes,
+                                  help="With a process per instance: each instance prepares its next batch while the "
+                                       "GPU computes the last and answers from a thread. Clients must use gRPC "
+                                       "streaming (Triton refuses HTTP for it; this workbench's gRPC client and the "
+                                       "sweep below stream by themselves). Opt-in: on an H200 one such instance "
+                                       "served 76 % of in-process, as two plain instances did that day.")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch), preferred=preferred,
                                            max_queue_delay_us=int(delay), warmup_s=float(warmup) or None,
                                            instances=int(instances), gpus=gpus or None, python_backend=processes,
-                                           input_dtype=input_dtype)
+                                           input_dtype=input_dtype, decoupled=processes and decoupled)
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
             st.caption("Same as `python -m core serve --backend … [--preferred …] [--instances N] [--gpus …] "
-                       "[--python-backend] [--input-dtype …]`; "
+                       "[--python-backend [--decoupled]] [--input-dtype …]`; "
                        "the server keeps running when you leave the page.")
 
 with c2, st.container(border=True):
@@ -128,7 +134,10 @@ else:
         if not ready:
             st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
     if go:  # a background job (python -m core sweep): leaving or reloading the page does not lose it
-        args = ["sweep", "--model", loaded.source, "--url", url.removeprefix("http://"), "--protocol", "http",
+        target, protocol = url.removeprefix("http://"), "http"
+        if local and local.decoupled and target == local.url("http"):   # Triton answers it over gRPC streams only
+            target, protocol = local.url("grpc"), "grpc"
+        args = ["sweep", "--model", loaded.source, "--url", target, "--protocol", protocol,
                 "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
                 "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}",
                 *(["--client-processes", str(int(procs))] if procs else [])]

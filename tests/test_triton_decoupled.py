@@ -135,3 +135,14 @@ def test_cuda_copy_back_is_queued_and_is_a_copy():
     out.fill_(float("nan"))
     got = wait()
     assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_a_sweep_streams_from_several_processes_and_says_the_model_is_decoupled(decoupled, tiny, hindi_wav):
+    """The load generator's clients (two processes) stream to the decoupled model; the rows say it is decoupled and
+    leave out the time outside the server, which Triton's statistics for such a model cannot give."""
+    from core.audio import load_audio
+    from core.triton.loadtest import prepare_clips, sweep
+    clips = prepare_clips(tiny, [load_audio(hindi_wav, tiny.sample_rate)], seconds=1.0)
+    [row] = sweep(tiny, clips, decoupled.url("grpc"), "grpc", concurrency=[4], requests=40, seconds=30, processes=2)
+    assert row["n"] == 40 and row["errors"] == 0 and row["server_requests"] == 40
+    assert row["server_decoupled"] and "outside_server_ms" not in row
