@@ -76,6 +76,22 @@ def test_a_bad_request_gets_its_own_error_and_the_stream_goes_on(decoupled, tiny
         assert c.logits(np.full((1, 16000), 0.01, np.float32)).shape[:2] == (1, 49)
 
 
+def test_a_client_that_gives_up_leaves_the_server_serving(decoupled, tiny):
+    """A stream cancelled while its batch is in flight (the client's timeout): the instance's responder thread, which
+    every later batch needs, goes on, and the same client answers on a new stream."""
+    from core.backends.triton_backend import TritonRequestError
+    x = np.full((8, 32000), 0.01, np.float32)
+    with make_backend("triton:fp32:grpc", tiny, url=decoupled.url("grpc")) as c:
+        c.timeout_s = 0.001   # after load(): the model's config, which says it is decoupled, is read in time
+        for _ in range(3):
+            with pytest.raises(TritonRequestError, match="timed out"):
+                c.logits(x)
+        c.timeout_s = 30.0
+        assert c.logits(x).shape[:2] == (8, 99)
+    with make_backend("triton:fp32:grpc", tiny, url=decoupled.url("grpc")) as other:
+        assert other.logits(x[:1]).shape[:2] == (1, 99)
+
+
 def test_a_server_that_goes_away_is_a_clear_error(tiny):
     """The stream's client against a server that is gone: refused at load, in words."""
     with pytest.raises(BackendUnavailableError, match="not reachable"):

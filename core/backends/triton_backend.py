@@ -266,11 +266,20 @@ class TritonBackend(Backend):
                     raise self._request_error(error)
                 if result.get_response().id in ids:   # not a late answer to an earlier call
                     got[result.get_response().id] = result
-        except Exception as err:
-            self._local.answers = None
-            self.client.stop_stream(cancel_requests=True)
-            raise err if isinstance(err, WorkbenchError) else self._request_error(err) from err
+        except WorkbenchError:
+            self._drop_stream()
+            raise
+        except Exception as err:  # transport failures surface as many types
+            self._drop_stream()
+            raise self._request_error(err) from err
         return [got[rid] for rid in ids]
+
+    def _drop_stream(self):
+        self._local.answers = None
+        try:
+            self.client.stop_stream(cancel_requests=True)
+        except Exception:  # noqa: BLE001 - a broken stream may not stop cleanly; the next call opens a new one
+            pass
 
     def to_host(self, out):
         return np.concatenate([r.as_numpy("logits") for r in out]).astype(np.float32, copy=False)
@@ -285,6 +294,9 @@ class TritonBackend(Backend):
         if any(s in low for s in ("connection refused", "failed to connect", "unavailable", "connection reset",
                                   "broken pipe", "remote end closed", "connection aborted")):
             return BackendUnavailableError(f"Triton server at {self.url} is not reachable: {text}", START_HINT)
+        if "decoupled" in low:   # the model's config could not be read at load(), so the client did not stream
+            return TritonRequestError(f"Triton server at {self.url} rejected the request: {text}",
+                                      "The model is decoupled: load the backend again (it then streams over gRPC).")
         return TritonRequestError(f"Triton server at {self.url} rejected the request: {text}",
                                   f"Inputs are input_values {self.audio_dtype} [batch, samples] "
                                   "(processor-normalised audio)"

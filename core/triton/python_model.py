@@ -113,8 +113,13 @@ class TritonPythonModel:
             self.send(senders, results)
 
     def send(self, senders, results):
+        """Each request's final response; a request whose client has gone (a cancelled stream) is logged and
+        skipped, so the responder thread, which every later batch needs, goes on."""
         for sender, response in zip(senders, self.responses(results)):
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            try:
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as err:  # noqa: BLE001
+                print(f"RESPONSE not sent: {err}", flush=True)
 
     def finalize(self):
         if self.decoupled:
