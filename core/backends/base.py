@@ -67,7 +67,7 @@ class Backend(ABC):
         """A host array of `size` values (float32; float16 for FP16 audio where prepare() takes it) that prepare()
         takes fastest, for a caller that fills one batch after another (a served batch). Plain memory here;
         page-locked on a torch CUDA device, whose prepare() then copies it asynchronously: the caller must not
-        rewrite it before that batch's to_host() has returned."""
+        rewrite it before that batch's to_host() (or to_host_async()'s wait) has returned."""
         return np.empty(size, dtype)
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None):
