@@ -20,7 +20,8 @@
 #           bit the same, every copy of a request's audio half the bytes; nineteenth session, same lease, max batch
 #           16: 79 % against fp32's 75 %; fp32 is what every run before the nineteenth session served);
 #           DECOUPLED=1 serves the model decoupled (each instance pipelines $DEPTH batches, default 2; the clients
-#           stream over gRPC; twentieth session)
+#           stream over gRPC; twentieth session); PA=1: after the workbench's levels, Triton's perf_analyzer drives
+#           the same server at concurrency 16 (5 s windows; needs `source /tmp/pa/env.sh` from .pa/setup.sh)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
 #           time-slicing two; where nvidia-cuda-mps-control is missing the phase says so and runs nothing
@@ -91,7 +92,7 @@ case "$phase" in
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
       ${CLIENTS:+--client-processes $CLIENTS} ${INPUT_DTYPE:+--input-dtype $INPUT_DTYPE} \
-      ${DECOUPLED:+--decoupled --pipeline-depth ${DEPTH:-2}} > "$out/$name.log" 2>&1
+      ${DECOUPLED:+--decoupled --pipeline-depth ${DEPTH:-2}} ${PA:+--perf-analyzer} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1

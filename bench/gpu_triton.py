@@ -67,6 +67,11 @@ def main(argv=None) -> int:
     p.add_argument("--pipeline-depth", type=int, default=2)
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--perf-analyzer", action="store_true", help="after the workbench's levels, the same server at "
+                   "--compare-at driven by Triton's perf_analyzer (C++ client; core.triton.perf_analyzer), compared "
+                   "with in-process the same way: a gap between the two is the load generator's")
+    p.add_argument("--perf-analyzer-window-s", type=float, default=5.0,
+                   help="perf_analyzer's measurement window (it runs 3 to 10 of them)")
     p.add_argument("--client-processes", type=int, default=8, help="load-generator processes (one sends ~500 "
                    "requests/s of 5 s audio at most; 80 %% of in-process batch 16 on an H200 is ~2,000 requests/s)")
     args = p.parse_args(argv)
@@ -95,15 +100,24 @@ def main(argv=None) -> int:
         cpu.append(server_cpu(info.pid))
         r["server_cpu_pct"] = {k: round(100 * v / r["wall_s"]) for k, v in cpu_by_role(cpu[-2], cpu[-1]).items()}
         outside = r.get("outside_server_ms")
+        client = (f"client CPU {r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']})"
+                  if r.get("client_cpu_pct") is not None else f"{r['load_generator']}")
         print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, in flight "
               f"{r['in_flight']:.2f}, outside the server {'-' if outside is None else f'{outside:.2f}'} ms, errors "
-              f"{r['errors']}, client CPU {r['client_cpu_pct']:.0f} % (busiest of {r['client_processes']}), server CPU "
+              f"{r['errors']}{' ' + r['error_examples'][0] if r['errors'] else ''}, {client}, server CPU "
               f"% of a core by process: {r['server_cpu_pct']}", file=sys.stderr)
     try:
         levels = [c for c in args.concurrency for _ in range(args.level_repeats)]
         rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, levels,
                      args.requests, args.level_seconds, args.timeout, served_backend=args.backend,
                      processes=args.client_processes, progress=progress)
+        pa_rows = []
+        if args.perf_analyzer:
+            cpu.append(server_cpu(info.pid))
+            pa_level = max([c for c in args.concurrency if c <= args.compare_at] or [args.compare_at])
+            pa_rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, [pa_level],
+                            seconds=args.perf_analyzer_window_s, timeout_s=args.timeout, served_backend=args.backend,
+                            progress=progress, generator="perf_analyzer")
     finally:
         server.stop(info)
     for line in Path(info.log).read_text(errors="replace").splitlines():   # host time per stage of each batch
@@ -123,21 +137,35 @@ def main(argv=None) -> int:
               f"{'yes' if r['stable'] else 'NO':>8}")
     print(f"\n{'triton c':>9}{'ok':>6}{'err':>5}{'req/s':>9}{'audio-s/s':>11}{'p50':>9}{'p90':>9}{'p99':>9}"
           f"{'batch':>7}{'queue ms':>10}{'compute ms':>12}{'io ms':>7}{'agree':>7}")
+    f = lambda v, fmt: (format(v, fmt) if isinstance(v, (int, float)) else "-")  # noqa: E731
     for r in rows:
-        f = lambda v, fmt: (format(v, fmt) if isinstance(v, (int, float)) else "-")  # noqa: E731
         print(f"{r['concurrency']:>9}{r['n']:>6}{r['errors']:>5}{r['items_per_s']:>9.2f}{r['audio_s_per_s']:>11.1f}"
               f"{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{f(r.get('server_avg_batch'), '.2f'):>7}"
               f"{f(r.get('server_queue_ms'), '.2f'):>10}{f(r.get('server_compute_ms'), '.2f'):>12}"
               f"{f(r.get('server_io_ms'), '.2f'):>7}"
               f"{f(r.get('consistency'), '.2f'):>7}")
+    pa_ratios = {}
+    for r in pa_rows:
+        pa_ratios = {f"batch_{b['batch']}": (r["audio_s_per_s"] / b["audio_s_per_s"] if r["n"] else None)
+                     for b in inproc}
+        print(f"{'pa ' + str(r['concurrency']):>9}{r['n']:>6}{r['errors']:>5}{r['items_per_s']:>9.2f}{r['audio_s_per_s']:>11.1f}"
+              f"{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{f(r.get('server_avg_batch'), '.2f'):>7}{f(r.get('server_queue_ms'), '.2f'):>10}"
+              f"{f(r.get('server_compute_ms'), '.2f'):>12}{f(r.get('server_io_ms'), '.2f'):>7}")
     if at:
         spread = (f" (median of {len(at_rates)} levels, {at_rates[0]:.1f} to {at_rates[-1]:.1f})"
                   if len(at_rates) > 1 else "")
         print(f"\nTriton at concurrency {at}: {at_rate:.1f} audio-s/s{spread} = "
               + ", ".join(f"{v:.0%} of in-process {k.replace('_', ' ')}" for k, v in ratios.items()))
+    for r in pa_rows:
+        print(f"perf_analyzer at concurrency {r['concurrency']}: " + (
+            f"{r['audio_s_per_s']:.1f} audio-s/s (its stable windows of {args.perf_analyzer_window_s:g} s) = "
+            + ", ".join(f"{v:.0%} of in-process {k.replace('_', ' ')}" for k, v in pa_ratios.items())
+            if r["n"] else f"no measurement: {r['error_examples'][0]}"))
     result = {"model": loaded.source, "label": loaded.label, "backend": args.backend, "seconds": args.seconds,
               "args": vars(args), "in_process": inproc, "triton": rows,
               "compare_at": at, "compare_levels_audio_s_per_s": at_rates, "triton_over_in_process": ratios,
+              "perf_analyzer": pa_rows, "perf_analyzer_over_in_process": pa_ratios,
               "env": env}
     if os.environ.get("OUT"):
         out = Path(os.environ["OUT"]) / "gpu_triton.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 from .backends import option_argument
 from .errors import WorkbenchError
 from .pipeline.onnx_specs import DEFAULT_KEEP_FP32, VARIANTS
+from .triton.loadtest import GENERATORS
 from .triton.repo import AUDIO_DTYPES
 
 MODEL_HELP = ("Hugging Face id, local folder, 'demo' (offline synthetic-speech demo model) or "
@@ -530,7 +531,8 @@ def cmd_sweep(args):
         print(f"progress: {(levels.index(r['concurrency']) + 1) / len(levels):.2f} c={r['concurrency']}: "
               f"{r['items_per_s']:.2f} req/s, p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr)
     rows = sweep(loaded, clips, url, args.protocol, model_name, levels, args.requests, args.seconds,
-                 args.timeout, served_backend=served, progress=tick, processes=args.client_processes)
+                 args.timeout, served_backend=served, progress=tick, processes=args.client_processes,
+                 generator=args.load_generator)
     print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
                         "in_flight", "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms",
                         "outside_server_ms", "client_cpu_pct"]))
@@ -658,7 +660,10 @@ def _triton_commands(add):
                    "requests/s of 5 s audio; its CPU is the client_cpu_pct column); default: a quarter of the "
                    "cores, at most one per client")
     s.add_argument("--seconds", type=_number(float, 0.5, 3600, "seconds per level"), default=30,
-                   help="max seconds per level")
+                   help="max seconds per level (perf_analyzer: its measurement window, three to ten a level)")
+    s.add_argument("--load-generator", choices=GENERATORS, default="workbench",
+                   help="workbench: Python clients that also compare transcripts; perf_analyzer: Triton's C++ load "
+                        "generator (no output check, one server; --requests and --client-processes do not apply)")
     s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")
     s.add_argument("--audio", nargs="+", help="speech files to send (default: the shipped test clips)")
     s.add_argument("--audio-seconds", type=float, help="tile/crop every clip to this length")

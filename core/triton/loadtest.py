@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from ..errors import WorkbenchError
 from .gpus import GpuLoad, local_url
 
 LEVELS = (1, 2, 4, 8, 16, 32)
+GENERATORS = ("workbench", "perf_analyzer")
 CLIENT_BOUND_PCT = 90   # a load-generator process's CPU (% of one core) from which it, not the server, sets the pace
 
 
@@ -351,10 +352,15 @@ def _summed(stats: list[dict | None]) -> dict | None:
 
 def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
-          served_backend: str | None = None, progress=None, processes: int | None = 1) -> list[dict]:
+          served_backend: str | None = None, progress=None, processes: int | None = 1,
+          generator: str = "workbench") -> list[dict]:
     """One row per concurrency level (kind "sweep"); stops early when the server is gone. Several urls: servers
     behind a client-side balancer (see Target.client), their statistics added up. processes: the load generator's
-    processes (see load_generator); None: auto_processes(level) for each level."""
+    processes (see load_generator); None: auto_processes(level) for each level. generator: "workbench" (this
+    module's clients, transcripts compared) or "perf_analyzer" (Triton's C++ client, one server, `seconds` its
+    measurement window; core.triton.perf_analyzer)."""
+    if generator not in GENERATORS:
+        raise WorkbenchError(f"Unknown load generator '{generator}'.", f"Choose one of {', '.join(GENERATORS)}.")
     from ..backends import BackendSpec
     urls = [url] if isinstance(url, str) else list(url)
     spec = BackendSpec("triton", "fp32", protocol)
@@ -374,24 +380,34 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     decoupled = is_decoupled(stats_clients[0], protocol, model_name, timeout_s)
     rows = []
     try:
-        for level in concurrency:
-            before = stats()
-            with load_generator(target, level, clips, requests, seconds, seconds + 2 * timeout_s + 5,
-                                processes or auto_processes(level)) as go, GpuLoad(why_not=remote) as load:
-                r = go()
-            after = stats()
-            row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env, served_backend)
-            row.update(stats_delta(before, after))
-            row["server_decoupled"] = decoupled
-            if row["server_stats"] and row["n"] and not decoupled:   # what the round trip adds: transport, (de)serialisation, client
-                row["outside_server_ms"] = row["mean_ms"] - row["server_total_ms"]
-            row.update(load.result())
-            row["server_died"] = after is None and bool(r["errors"])
-            rows.append(row)
-            if progress:
-                progress(row)
-            if row["server_died"] or (r["errors"] and not r["latencies"]):
-                break
+        with ExitStack() as stack:
+            pa = None if generator == "workbench" else \
+                stack.enter_context(_perf_analyzer(target, clips, seconds, decoupled))
+            for level in concurrency:
+                before = stats()
+                if pa:   # its server figures are those of its stable windows, not the whole run's
+                    with GpuLoad(why_not=remote) as load:
+                        row = {**row_identity(loaded, spec, ",".join(urls), model_name, level, audio_mean, env,
+                                              served_backend), **pa(level)}
+                    after = stats()
+                else:
+                    with load_generator(target, level, clips, requests, seconds, seconds + 2 * timeout_s + 5,
+                                        processes or auto_processes(level)) as go, GpuLoad(why_not=remote) as load:
+                        r = go()
+                    after = stats()
+                    row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env,
+                                    served_backend)
+                    row.update(stats_delta(before, after))
+                row["server_decoupled"] = decoupled
+                if row["server_stats"] and row["n"] and not decoupled:   # what the round trip adds: transport, (de)serialisation, client
+                    row["outside_server_ms"] = row["mean_ms"] - row["server_total_ms"]
+                row.update(load.result())
+                row["server_died"] = after is None and bool(row["errors"])
+                rows.append(row)
+                if progress:
+                    progress(row)
+                if row["server_died"] or (row["errors"] and not row["n"]):
+                    break
     finally:
         for client in stats_clients:
             try:
@@ -401,15 +417,39 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     return rows
 
 
+def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled: bool):
+    """A perf_analyzer runner sending these clips as the server declares its inputs (read by a workbench client)."""
+    from .perf_analyzer import Runner, input_data
+    if len(target.urls) > 1:
+        raise WorkbenchError("perf_analyzer drives one server.", "Sweep one --url at a time, or use the workbench's "
+                             "load generator, which spreads its clients over several servers.")
+    probe = target.client(0)
+    try:
+        with_mask = "attention_mask" in probe.input_names and "attention_mask" not in probe.optional_inputs
+        data = input_data(clips, probe.audio_dtype, with_mask)
+    finally:
+        probe.close()
+    audio_s = float(np.mean([c.seconds for c in clips]))
+    return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s, streaming=decoupled)
+
+
+def row_identity(loaded, spec, url, model_name, level, audio_mean, env, served_backend) -> dict:
+    """What a sweep row is of: the model, the served backend, the level, the environment."""
+    return {"kind": "sweep", "model": loaded.source, "model_label": loaded.label,
+            "random_weights": loaded.random_weights, "backend": str(spec), "runtime": "triton",
+            "precision": spec.precision, "device": spec.device, "audio_s": round(audio_mean, 3), "batch": 1,
+            "concurrency": level, "url": url, "model_name": model_name, "served_backend": served_backend,
+            "load_generator": "workbench", "env": env}
+
+
 def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_backend) -> dict:
+    """A workbench level's row: its figures from its requests' round trips (run_level's dict)."""
     ok = len(r["latencies"])
     lat = np.array([t for t, _ in r["latencies"]]) if ok else np.array([np.nan])
     audio = sum(s for _, s in r["latencies"])
     wall = r["wall_s"] or float("nan")
-    row = {"kind": "sweep", "model": loaded.source, "model_label": loaded.label,
-           "random_weights": loaded.random_weights, "backend": str(spec), "runtime": "triton",
-           "precision": spec.precision, "device": spec.device, "audio_s": round(audio_mean, 3), "batch": 1,
-           "concurrency": level, "n": ok, "errors": len(r["errors"]), "requests_sent": r["sent"],
+    row = {**row_identity(loaded, spec, url, model_name, level, audio_mean, env, served_backend),
+           "n": ok, "errors": len(r["errors"]), "requests_sent": r["sent"],
            "wall_s": r["wall_s"], "items_per_s": ok / wall if ok else 0.0, "audio_s_per_s": audio / wall if ok else 0.0,
            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
@@ -418,8 +458,7 @@ def level_row(loaded, spec, url, model_name, level, r, audio_mean, env, served_b
            "in_flight": float(lat.sum()) / 1e3 / wall if ok else 0.0,
            "consistency": r["agree"] / r["compared"] if r["compared"] else None,
            "hung_clients": r["hung_clients"], "error_examples": sorted(set(r["errors"]))[:3],
-           "client_cpu_pct": r.get("client_cpu_pct"), "client_processes": r.get("client_processes", 1),
-           "url": url, "model_name": model_name, "served_backend": served_backend, "env": env}
+           "client_cpu_pct": r.get("client_cpu_pct"), "client_processes": r.get("client_processes", 1)}
     row["rtf"] = row["mean_ms"] / 1e3 / audio_mean if ok else None
     # a load-generator process near a full core (its Python is one thread at a time) paced the level itself
     row["client_bound"] = (r.get("client_cpu_pct") or 0) >= CLIENT_BOUND_PCT
