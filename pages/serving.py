@@ -9,6 +9,14 @@ from core import charts, jobs
 from core.results import rows as result_rows
 from pages._shared import active_model, available_backends, follow_job, guarded, model_badge, optional
 
+
+@st.cache_data(ttl=300, show_spinner=False)
+def perf_analyzer_here() -> tuple[bool, str]:
+    """Whether Triton's perf_analyzer runs here (a subprocess each time: cached)."""
+    from core.triton import perf_analyzer
+    return perf_analyzer.available()
+
+
 st.title("Serving")
 loaded = active_model()
 model_badge(loaded)
@@ -115,11 +123,22 @@ with c2, st.container(border=True):
             except Exception as err:  # noqa: BLE001 — PyTriton restricts the repository API
                 st.caption(f":gray[The server does not list its models ({str(err)[:80]}).]")
 
+
+
 st.subheader("Load sweep")
 if loadtest is None:
     st.info("The load sweep is not in this build (core.triton.loadtest is missing).", icon=":material/info:")
 else:
+    pa_ok, pa_why = perf_analyzer_here()
     with st.form("sweep"):
+        generator = st.radio("Load generator", loadtest.GENERATORS, horizontal=True, key="sweep_generator",
+                             captions=["Python clients; transcripts compared with an in-process backend",
+                                       "Triton's C++ client; no output check, one server" if pa_ok else
+                                       "not installed here"],
+                             help="perf_analyzer costs far less per request than Python clients, so where the two "
+                                  "part, the difference is the client's. It measures until three windows in a row "
+                                  "agree within 10 % (at most 10 windows of 'Max seconds per level'); the requests "
+                                  "and client-process settings do not apply to it.")
         c = st.columns([2, 1, 1, 1, 1, 1])
         conc = c[0].multiselect("Concurrency", [1, 2, 4, 8, 16, 32, 64], default=[1, 2, 4, 8])
         secs = c[1].number_input("Audio seconds per request", 1.0, 60.0, 5.0)
@@ -133,6 +152,9 @@ else:
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:", disabled=not (conc and ready))
         if not ready:
             st.caption(f"No ready Triton server at {url}: start one above or connect to one.")
+    if go and generator == "perf_analyzer" and not pa_ok:
+        st.error(pa_why, icon=":material/error:")
+        go = False
     if go:  # a background job (python -m core sweep): leaving or reloading the page does not lose it
         target, protocol = url.removeprefix("http://"), "http"
         if local and local.decoupled and target == local.url("http"):   # Triton answers it over gRPC streams only
@@ -140,10 +162,10 @@ else:
         args = ["sweep", "--model", loaded.source, "--url", target, "--protocol", protocol,
                 "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
                 "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}",
-                *(["--client-processes", str(int(procs))] if procs else [])]
+                *(["--client-processes", str(int(procs))] if procs else []), "--load-generator", generator]
         if local:
             args += ["--served-backend", local.backend]
-        st.session_state["sweep_job"] = jobs.start(args, label=f"Sweep · {url} · c={sorted(conc)}").id
+        st.session_state["sweep_job"] = jobs.start(args, label=f"Sweep · {url} · c={sorted(conc)} · {generator}").id
 
     @st.fragment(run_every=1.0)
     def sweep_job():
@@ -163,7 +185,7 @@ else:
         c = st.columns(2)
         c[0].plotly_chart(charts.serving_curve(rows), width="stretch")
         c[1].plotly_chart(charts.queue_compute(rows), width="stretch")
-        cols = ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
+        cols = ["load_generator", "concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
                 "in_flight", "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms", "server_io_ms",
                 "outside_server_ms", "client_cpu_pct"]
         df = pd.DataFrame(rows)

@@ -286,7 +286,20 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         assert [r["concurrency"] for r in rows] == [1, 2]
         assert [r["client_processes"] for r in rows] == [1, 2]   # 2 asked for; one client needs one process
         assert all(r["n"] > 0 and r["errors"] == 0 and r["server_stats"] for r in rows)
+        assert {r["load_generator"] for r in rows} == {"workbench"}
         assert len(at.get("plotly_chart")) == 2
+        at.radio(key="sweep_generator").set_value("perf_analyzer")   # Triton's C++ client, the same server
+        at.multiselect[0].set_value([2])
+        next(b for b in at.button if b.label == "Run sweep").click().run()
+        assert not at.error, [e.value for e in at.error]
+        job = jobs.get(at.session_state["sweep_job"])
+        command = job.state()["command"]
+        assert command[command.index("--load-generator") + 1] == "perf_analyzer"
+        assert job.wait(timeout=240)["status"] == "done", job.log()
+        at.run()
+        [row] = result_rows(at.session_state["sweep_run"])
+        assert row["load_generator"] == "perf_analyzer" and row["n"] > 0 and row["errors"] == 0
+        assert "perf_analyzer" in at.dataframe[-1].value["load_generator"].tolist()
         next(b for b in at.button if b.label == "Stop server").click().run()
         assert server.read_state("default") is None
         assert any(b.label == "Start server" for b in at.button)

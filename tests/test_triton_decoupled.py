@@ -162,3 +162,16 @@ def test_a_sweep_streams_from_several_processes_and_says_the_model_is_decoupled(
     [row] = sweep(tiny, clips, decoupled.url("grpc"), "grpc", concurrency=[4], requests=40, seconds=30, processes=2)
     assert row["n"] == 40 and row["errors"] == 0 and row["server_requests"] == 40
     assert row["server_decoupled"] and "outside_server_ms" not in row
+
+
+def test_perf_analyzer_streams_to_the_decoupled_model(decoupled, tiny, hindi_wav):
+    """Triton's perf_analyzer, told the model is decoupled by the sweep, calls it over gRPC streams (unary calls are
+    refused for such a model): every level answered, no time outside the server claimed."""
+    from core.audio import load_audio
+    from core.triton.loadtest import prepare_clips, sweep
+    clips = prepare_clips(tiny, [load_audio(hindi_wav, tiny.sample_rate)], seconds=1.0)
+    [row] = sweep(tiny, clips, decoupled.url("grpc"), "grpc", concurrency=[4], seconds=1.5,
+                  generator="perf_analyzer")
+    assert row["n"] > 5 and row["errors"] == 0, row["error_examples"]
+    assert "--streaming" in row["load_generator_command"]
+    assert row["server_decoupled"] and "outside_server_ms" not in row
