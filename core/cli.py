@@ -532,7 +532,7 @@ def cmd_sweep(args):
               f"{r['items_per_s']:.2f} req/s, p50 {r['p50_ms']:.1f} ms, errors {r['errors']}", file=sys.stderr)
     rows = sweep(loaded, clips, url, args.protocol, model_name, levels, args.requests, args.seconds,
                  args.timeout, served_backend=served, progress=tick, processes=args.client_processes,
-                 generator=args.load_generator)
+                 generator=args.load_generator, stability_pct=args.stability_pct)
     print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
                         "in_flight", "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms",
                         "outside_server_ms", "client_cpu_pct"]))
@@ -664,6 +664,8 @@ def _triton_commands(add):
     s.add_argument("--load-generator", choices=GENERATORS, default="workbench",
                    help="workbench: Python clients that also compare transcripts; perf_analyzer: Triton's C++ load "
                         "generator (no output check, one server; --requests and --client-processes do not apply)")
+    s.add_argument("--stability-pct", type=_number(float, 1, 100, "the stability percentage"), default=None,
+                   help="perf_analyzer: the margin within which three windows in a row must agree (its default 10)")
     s.add_argument("--timeout", type=float, default=10, help="per-request timeout (s)")
     s.add_argument("--audio", nargs="+", help="speech files to send (default: the shipped test clips)")
     s.add_argument("--audio-seconds", type=float, help="tile/crop every clip to this length")

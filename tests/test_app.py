@@ -289,7 +289,7 @@ def test_serving_start_sweep_stop_a_real_triton_server(tiny_onnx):
         assert {r["load_generator"] for r in rows} == {"workbench"}
         assert len(at.get("plotly_chart")) == 2
         at.radio(key="sweep_generator").set_value("perf_analyzer")   # Triton's C++ client, the same server
-        at.multiselect[0].set_value([2])
+        at.multiselect[0].set_value([1])   # one client: steady enough on two shared cores for its 10 % margin
         next(b for b in at.button if b.label == "Run sweep").click().run()
         assert not at.error, [e.value for e in at.error]
         job = jobs.get(at.session_state["sweep_job"])

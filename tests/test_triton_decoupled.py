@@ -171,7 +171,7 @@ def test_perf_analyzer_streams_to_the_decoupled_model(decoupled, tiny, hindi_wav
     from core.triton.loadtest import prepare_clips, sweep
     clips = prepare_clips(tiny, [load_audio(hindi_wav, tiny.sample_rate)], seconds=1.0)
     [row] = sweep(tiny, clips, decoupled.url("grpc"), "grpc", concurrency=[4], seconds=1.5,
-                  generator="perf_analyzer")
+                  generator="perf_analyzer", stability_pct=50)   # two shared cores: a wide margin
     assert row["n"] > 5 and row["errors"] == 0, row["error_examples"]
     assert "--streaming" in row["load_generator_command"]
     assert row["server_decoupled"] and "outside_server_ms" not in row

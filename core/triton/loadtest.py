@@ -353,12 +353,12 @@ def _summed(stats: list[dict | None]) -> dict | None:
 def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http", model_name: str = "asr",
           concurrency=LEVELS, requests: int = 200, seconds: float = 30.0, timeout_s: float = 10.0,
           served_backend: str | None = None, progress=None, processes: int | None = 1,
-          generator: str = "workbench") -> list[dict]:
+          generator: str = "workbench", stability_pct: float | None = None) -> list[dict]:
     """One row per concurrency level (kind "sweep"); stops early when the server is gone. Several urls: servers
     behind a client-side balancer (see Target.client), their statistics added up. processes: the load generator's
     processes (see load_generator); None: auto_processes(level) for each level. generator: "workbench" (this
     module's clients, transcripts compared) or "perf_analyzer" (Triton's C++ client, one server, `seconds` its
-    measurement window; core.triton.perf_analyzer)."""
+    measurement window, `stability_pct` the margin its windows must agree within; core.triton.perf_analyzer)."""
     if generator not in GENERATORS:
         raise WorkbenchError(f"Unknown load generator '{generator}'.", f"Choose one of {', '.join(GENERATORS)}.")
     from ..backends import BackendSpec
@@ -382,7 +382,7 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     try:
         with ExitStack() as stack:
             pa = None if generator == "workbench" else \
-                stack.enter_context(_perf_analyzer(target, clips, seconds, decoupled))
+                stack.enter_context(_perf_analyzer(target, clips, seconds, decoupled, stability_pct))
             for level in concurrency:
                 before = stats()
                 if pa:   # its server figures are those of its stable windows, not the whole run's
@@ -417,7 +417,8 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     return rows
 
 
-def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled: bool):
+def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled: bool,
+                   stability_pct: float | None = None):
     """A perf_analyzer runner sending these clips as the server declares its inputs (read by a workbench client)."""
     from .perf_analyzer import Runner, input_data
     if len(target.urls) > 1:
@@ -430,7 +431,8 @@ def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled
     finally:
         probe.close()
     audio_s = float(np.mean([c.seconds for c in clips]))
-    return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s, streaming=decoupled)
+    return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s, streaming=decoupled,
+                  **({"stability_pct": stability_pct} if stability_pct else {}))
 
 
 def row_identity(loaded, spec, url, model_name, level, audio_mean, env, served_backend) -> dict:

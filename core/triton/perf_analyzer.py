@@ -2,7 +2,7 @@
 concurrency levels against the same server with the same speech, so where its figures and the workbench client's
 part, the difference is the client's cost, not the server's. perf_analyzer checks no outputs (the conformance matrix
 through Triton does) and reports what it measured over its own stable windows: three in a row whose throughput and
-average latency lie within its stability percentage (10 %), at most MAX_TRIALS windows."""
+average latency lie within its stability percentage (STABILITY_PCT), at most MAX_TRIALS windows."""
 from __future__ import annotations
 
 import base64
@@ -22,7 +22,8 @@ from ..paths import REPO_ROOT
 
 ENV = "WORKBENCH_PERF_ANALYZER"
 TOOLS = REPO_ROOT / ".tools" / "perf_analyzer"   # where run.sh installs it (pip --target)
-MAX_TRIALS = 10                                   # perf_analyzer's own default
+MAX_TRIALS = 10                                   # perf_analyzer's own defaults
+STABILITY_PCT = 10
 INSTALL_HINT = ("`bash run.sh app` (or `test`) installs it under .tools/perf_analyzer: tritonclient 2.51.0's "
                 "manylinux wheel carries the binary (later wheels do not), which links libb64 (Debian's libb64-0d) "
                 "and CUDA 12's runtime (nvidia-cuda-runtime-cu12). Or set WORKBENCH_PERF_ANALYZER to a perf_analyzer "
@@ -92,14 +93,15 @@ class Runner:
     """One perf_analyzer process per concurrency level against one model; `with Runner(...) as run: run(level)`."""
 
     def __init__(self, url: str, protocol: str, model_name: str, data: dict, audio_s: float, window_s: float,
-                 streaming: bool, max_trials: int = MAX_TRIALS):
+                 streaming: bool, max_trials: int = MAX_TRIALS, stability_pct: float = STABILITY_PCT):
         self.version, problem = check()
         if problem:
             raise BackendUnavailableError(problem, INSTALL_HINT)
         if streaming and protocol != "grpc":
             raise WorkbenchError("A decoupled model answers over gRPC streams only.", "Sweep it with --protocol grpc.")
         self.exe, self.url, self.protocol, self.model_name = binary(), url, protocol, model_name
-        self.audio_s, self.window_s, self.streaming, self.max_trials = audio_s, window_s, streaming, max_trials
+        self.audio_s, self.window_s, self.streaming = audio_s, window_s, streaming
+        self.max_trials, self.stability_pct = max_trials, stability_pct
         self._dir = tempfile.TemporaryDirectory(prefix="wb-perf-analyzer-")
         self.data_path = Path(self._dir.name) / "input.json"
         self.data_path.write_text(json.dumps(data), encoding="utf-8")
@@ -114,6 +116,7 @@ class Runner:
         cmd = [str(self.exe), "-m", self.model_name, "-u", self.url, "-i", self.protocol,
                "--concurrency-range", f"{level}:{level}", "--measurement-mode", "time_windows",
                "-p", str(max(1, round(self.window_s * 1000))), "--max-trials", str(self.max_trials),
+               "--stability-percentage", f"{self.stability_pct:g}",
                "--input-data", str(self.data_path), "-f", str(csv_path), "--verbose-csv"]
         return cmd + (["--streaming"] if self.streaming else [])
 
@@ -132,7 +135,9 @@ class Runner:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             why = next((line for line in lines if re.search(r"error|failed|unable", line, re.I)),
                        lines[-1] if lines else f"exit status {out.returncode}")
-            return failed(level, f"perf_analyzer: {why}"[:300])
+            if "stable measurement" in why:   # its hint names its own flag: say ours
+                why += f" (the sweep's --seconds sets the window, {self.window_s:g} s; --stability-pct the margin)"
+            return failed(level, f"perf_analyzer: {why}"[:400])
         return {**parse(csv_path.read_text(), text, level, self.audio_s), "load_generator_version": self.version,
                 "load_generator_command": " ".join(cmd)}
 
