@@ -533,9 +533,9 @@ def cmd_sweep(args):
     rows = sweep(loaded, clips, url, args.protocol, model_name, levels, args.requests, args.seconds,
                  args.timeout, served_backend=served, progress=tick, processes=args.client_processes,
                  generator=args.load_generator, stability_pct=args.stability_pct)
-    print(_table(rows, ["concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms", "p90_ms", "p99_ms",
-                        "in_flight", "consistency", "server_avg_batch", "server_queue_ms", "server_compute_ms",
-                        "outside_server_ms", "client_cpu_pct"]))
+    print(_table(rows, ["load_generator", "concurrency", "n", "errors", "items_per_s", "audio_s_per_s", "p50_ms",
+                        "p90_ms", "p99_ms", "in_flight", "consistency", "server_avg_batch", "server_queue_ms",
+                        "server_compute_ms", "outside_server_ms", "client_cpu_pct"]))
     for r in rows:
         if r["errors"]:
             print(f"  c={r['concurrency']} errors, e.g.: {r['error_examples'][0]}", file=sys.stderr)

@@ -432,7 +432,7 @@ def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled
         probe.close()
     audio_s = float(np.mean([c.seconds for c in clips]))
     return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s, streaming=decoupled,
-                  **({"stability_pct": stability_pct} if stability_pct else {}))
+                  stability_pct=stability_pct)
 
 
 def row_identity(loaded, spec, url, model_name, level, audio_mean, env, served_backend) -> dict:

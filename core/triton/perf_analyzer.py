@@ -93,7 +93,7 @@ class Runner:
     """One perf_analyzer process per concurrency level against one model; `with Runner(...) as run: run(level)`."""
 
     def __init__(self, url: str, protocol: str, model_name: str, data: dict, audio_s: float, window_s: float,
-                 streaming: bool, max_trials: int = MAX_TRIALS, stability_pct: float = STABILITY_PCT):
+                 streaming: bool, max_trials: int = MAX_TRIALS, stability_pct: float | None = None):
         self.version, problem = check()
         if problem:
             raise BackendUnavailableError(problem, INSTALL_HINT)
@@ -101,7 +101,7 @@ class Runner:
             raise WorkbenchError("A decoupled model answers over gRPC streams only.", "Sweep it with --protocol grpc.")
         self.exe, self.url, self.protocol, self.model_name = binary(), url, protocol, model_name
         self.audio_s, self.window_s, self.streaming = audio_s, window_s, streaming
-        self.max_trials, self.stability_pct = max_trials, stability_pct
+        self.max_trials, self.stability_pct = max_trials, stability_pct or STABILITY_PCT
         self._dir = tempfile.TemporaryDirectory(prefix="wb-perf-analyzer-")
         self.data_path = Path(self._dir.name) / "input.json"
         self.data_path.write_text(json.dumps(data), encoding="utf-8")
