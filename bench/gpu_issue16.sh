@@ -19,8 +19,8 @@
 #           INPUT_DTYPE=fp32|fp16 sets the served audio's type (default auto: FP16 for fast:fp16, the outputs bit for
 #           bit the same, every copy of a request's audio half the bytes; nineteenth session, same lease, max batch
 #           16: 79 % against fp32's 75 %; fp32 is what every run before the nineteenth session served);
-#           DECOUPLED=1 serves the model decoupled (each instance pipelines $DEPTH batches, default 2; the clients
-#           stream over gRPC; twentieth session); PA=1: after the workbench's levels, Triton's perf_analyzer drives
+#           DECOUPLED=1 was measured and removed: H200 76 % vs default 76 % (2026-12-04), H100 84 % vs 89 % (2026-12-07);
+#           PA=1: after the workbench's levels, Triton's perf_analyzer drives
 #           the same server at concurrency 16 (5 s windows; needs `source /tmp/pa/env.sh` from .pa/setup.sh)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
 #           phase ends), so separate processes (Triton's Python-backend instances) share one GPU context instead of
@@ -85,14 +85,14 @@ case "$phase" in
     echo "cold exit $?" | tee -a "$out/cold_static8.log" ;;
   triton)
     mb=${MAX_BATCH:-16}; inst=${INSTANCES:-2}; how=--python-backend; pref=${PREFERRED:-8}
-    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}${INPUT_DTYPE:+_$INPUT_DTYPE}${DECOUPLED:+_dec${DEPTH:-2}}
+    sfx=_mb${mb}_i${inst}${PREFERRED:+_p${PREFERRED// /-}}${LEVEL_S:+_l$LEVEL_S}${REPEATS:+_r$REPEATS}${CLIENTS:+_c$CLIENTS}${INPUT_DTYPE:+_$INPUT_DTYPE}
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     [ -n "${MPS:-}" ] && name=${name}_mps
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
       ${CLIENTS:+--client-processes $CLIENTS} ${INPUT_DTYPE:+--input-dtype $INPUT_DTYPE} \
-      ${DECOUPLED:+--decoupled --pipeline-depth ${DEPTH:-2}} ${PA:+--perf-analyzer} > "$out/$name.log" 2>&1
+      ${PA:+--perf-analyzer} > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1
@@ -144,10 +144,9 @@ case "$phase" in
   servecheck)
     # the served default's outputs at every batch size: Triton's Python backend, two instances, max batch 16, the
     # fast backend with its defaults (by part, batch and length dynamic), then the conformance matrix over gRPC
-    # (DECOUPLED=1: the decoupled model, $INSTANCES instances, default 2, the matrix over gRPC streams)
     timeout 300 /tmp/tv/bin/python -m core serve --model demo --backend fast:fp16:cuda --python-backend \
       --instances ${INSTANCES:-2} --max-batch 16 --warmup-seconds 5 --name gpucheck ${INPUT_DTYPE:+--input-dtype $INPUT_DTYPE} \
-      ${DECOUPLED:+--decoupled --pipeline-depth ${DEPTH:-2}} > "$out/serve_demo.log" 2>&1
+      > "$out/serve_demo.log" 2>&1
     echo "serve exit $?" | tee -a "$out/serve_demo.log"
     timeout 240 /tmp/tv/bin/python -m core check --model demo --backend triton:fp16:grpc --triton-url 127.0.0.1:8001 \
       > "$out/check_triton_demo.log" 2>&1
@@ -155,7 +154,7 @@ case "$phase" in
     /tmp/tv/bin/python -m core serve --stop --name gpucheck >> "$out/serve_demo.log" 2>&1
     cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null
     # the GPU-only tests of the served batch's page-locked buffer (pytest staged with the wheels)
-    timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_triton_decoupled.py \
+    timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py \
       -k "page_locked or cuda" \
       > "$out/pinned_test.log" 2>&1
     echo "page-locked test exit $?" | tee -a "$out/pinned_test.log" ;;

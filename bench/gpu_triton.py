@@ -62,9 +62,6 @@ def main(argv=None) -> int:
                    "its own process) instead of PyTriton (the instances' Python shares one interpreter)")
     p.add_argument("--input-dtype", choices=AUDIO_DTYPES, default="auto",
                    help="the served audio's type (core serve --input-dtype; auto: FP16 for fast/torch fp16)")
-    p.add_argument("--decoupled", action="store_true", help="serve the Python backend's model decoupled (core serve "
-                   "--decoupled: each instance pipelines its batches; the clients stream over gRPC)")
-    p.add_argument("--pipeline-depth", type=int, default=2)
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--perf-analyzer", action="store_true", help="after the workbench's levels, the same server at "
@@ -92,8 +89,7 @@ def main(argv=None) -> int:
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend,
-                        backend_options=dict(args.backend_option or []), input_dtype=args.input_dtype,
-                        decoupled=args.decoupled, pipeline_depth=args.pipeline_depth)
+                        backend_options=dict(args.backend_option or []), input_dtype=args.input_dtype)
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended

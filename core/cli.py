@@ -485,8 +485,7 @@ def cmd_serve(args):
     if args.status:
         info = server.read_state(args.name)
         print(f"running: pid {info.pid}, http {info.url('http')}, grpc {info.url('grpc')}, model '{info.model_name}' "
-              f"({info.backend}, {info.audio} audio{', decoupled: gRPC streaming only' if info.decoupled else ''}), "
-              f"log {info.log}" if info
+              f"({info.backend}, {info.audio} audio), log {info.log}" if info
               else f"no running server named '{args.name}'")
         return
     from .triton.batching import preferred_sizes
@@ -498,8 +497,7 @@ def cmd_serve(args):
                         max_batch=args.max_batch, preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                         instances=args.instances, threads=args.threads, warmup_s=args.warmup_seconds,
                         timeout_s=args.timeout, gpus=args.gpus, python_backend=args.python_backend,
-                        backend_options=dict(args.option or []), input_dtype=args.input_dtype,
-                        decoupled=args.decoupled, pipeline_depth=args.pipeline_depth)
+                        backend_options=dict(args.option or []), input_dtype=args.input_dtype)
     print(f"ready: model '{info.model_name}' on http {info.url('http')}, grpc {info.url('grpc')}, "
           f"metrics {info.address}:{info.metrics_port} (pid {info.pid}, log {info.log})")
     print(f"measure: python -m core sweep --model {args.model or '<model>'} --url {info.url('grpc')} --protocol grpc")
@@ -634,11 +632,6 @@ def _triton_commands(add):
                    help="type of the served input_values; clients read it from the model's metadata. auto (the "
                         "default) is fp16 for fast and torch fp16 backends, which cast the audio to FP16 first, so "
                         "the outputs do not change and requests carry half the bytes; fp32 otherwise (docs/triton.md)")
-    s.add_argument("--decoupled", action="store_true",
-                   help="with --python-backend: each instance prepares its next batch while the GPU computes the last "
-                        "and answers from a thread; clients must use gRPC streaming, which the workbench's triton:…:grpc "
-                        "client does by itself (HTTP is refused; docs/triton.md)")
-    s.add_argument("--pipeline-depth", type=int, default=2, help="with --decoupled: batches in flight per instance")
     _option(s, "the served backend", "batch_buckets=[1,2,4,8] compile_scope=whole for fast:…")
     s.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server to be ready")
     s.add_argument("--warmup-seconds", type=float, help="run every batch size once at this audio length before "

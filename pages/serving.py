@@ -35,7 +35,7 @@ with c1, st.container(border=True):
         info = server.read_state("default")
         if info:
             st.success(f"Running: model **{info.model_name}** ({info.backend}, {info.model or 'default model'}, "
-                       f"{info.audio} audio{', decoupled: gRPC streaming only' if info.decoupled else ''}) · "
+                       f"{info.audio} audio) · "
                        f"http `{info.url('http')}` · grpc `{info.url('grpc')}` · pid {info.pid}",
                        icon=":material/check_circle:")
             if st.button("Stop server", icon=":material/stop:"):
@@ -84,22 +84,16 @@ with c1, st.container(border=True):
                                   help="Triton's own Python backend runs each instance as its own process (own "
                                        "interpreter, own GPU); off: PyTriton calls every instance in one process. "
                                        "On two H200s neither reached 1.8x one GPU (0.84x, 0.86x; bench/NOTES.md).")
-            decoupled = st.toggle("Pipelined batches (decoupled)", key="serve_decoupled", disabled=not processes,
-                                  help="With a process per instance: each instance prepares its next batch while the "
-                                       "GPU computes the last and answers from a thread. Clients must use gRPC "
-                                       "streaming (Triton refuses HTTP for it; this workbench's gRPC client and the "
-                                       "sweep below stream by themselves). Opt-in: on an H200 one such instance "
-                                       "served 76 % of in-process, as two plain instances did that day.")
             if st.button("Start server", type="primary", icon=":material/play_arrow:", disabled=not specs):
                 with guarded(), st.spinner(f"Starting Triton with {spec} — loading the model …"):
                     started = server.start(loaded.source, spec, max_batch=int(max_batch), preferred=preferred,
                                            max_queue_delay_us=int(delay), warmup_s=float(warmup) or None,
                                            instances=int(instances), gpus=gpus or None, python_backend=processes,
-                                           input_dtype=input_dtype, decoupled=processes and decoupled)
+                                           input_dtype=input_dtype)
                     st.session_state["triton_url"] = started.url("http")  # point Connect and the sweep at it
                     st.rerun()
             st.caption("Same as `python -m core serve --backend … [--preferred …] [--instances N] [--gpus …] "
-                       "[--python-backend [--decoupled]] [--input-dtype …]`; "
+                       "[--python-backend] [--input-dtype …]`; "
                        "the server keeps running when you leave the page.")
 
 with c2, st.container(border=True):
@@ -156,10 +150,7 @@ else:
         st.error(pa_why, icon=":material/error:")
         go = False
     if go:  # a background job (python -m core sweep): leaving or reloading the page does not lose it
-        target, protocol = url.removeprefix("http://"), "http"
-        if local and local.decoupled and target == local.url("http"):   # Triton answers it over gRPC streams only
-            target, protocol = local.url("grpc"), "grpc"
-        args = ["sweep", "--model", loaded.source, "--url", target, "--protocol", protocol,
+        args = ["sweep", "--model", loaded.source, "--url", url.removeprefix("http://"), "--protocol", "http",
                 "--model-name", model_name, "--concurrency", *[str(c) for c in sorted(conc)],
                 "--requests", str(int(requests)), "--seconds", f"{per_level:g}", "--audio-seconds", f"{secs:g}",
                 *(["--client-processes", str(int(procs))] if procs else []), "--load-generator", generator]

@@ -341,42 +341,6 @@ def test_serving_page_starts_a_process_per_instance():
         server.stop("default")
 
 
-def test_serving_page_starts_a_decoupled_model_and_sweeps_it_over_grpc():
-    """The pipelined toggle (only with a process per instance): the model is served decoupled, the page says so, and
-    its sweep goes to the gRPC port (Triton refuses HTTP for such a model) with every request answered."""
-    from core.results import rows as result_rows
-    from core.triton import server
-    at = AppTest.from_file("../app.py", default_timeout=180)
-    at.run()
-    page(at, "pages/serving.py")
-    try:
-        at.selectbox(key="serve_backend").set_value("torch:fp32:cpu")
-        assert at.toggle(key="serve_decoupled").disabled          # PyTriton's callables cannot be decoupled here
-        at.toggle(key="serve_pybackend").set_value(True).run()
-        at.toggle(key="serve_decoupled").set_value(True)
-        next(b for b in at.button if b.label == "Start server").click().run()
-        assert not at.error, [e.value for e in at.error]
-        info = server.read_state("default")
-        assert info.decoupled
-        import tritonclient.http as http
-        config = http.InferenceServerClient(info.url("http")).get_model_config("asr")
-        assert config["model_transaction_policy"]["decoupled"] is True
-        assert any(", decoupled: gRPC streaming only) · " in s.value for s in at.success)
-        at.multiselect[0].set_value([2])
-        at.number_input[1].set_value(2.0)  # seconds per level
-        next(b for b in at.button if b.label == "Run sweep").click().run()
-        assert not at.error, [e.value for e in at.error]
-        job = jobs.get(at.session_state["sweep_job"])
-        command = job.state()["command"]
-        assert command[command.index("--protocol") + 1] == "grpc" and info.url("grpc") in command
-        assert job.wait(timeout=240)["status"] == "done", job.log()
-        at.run()
-        [row] = result_rows(at.session_state["sweep_run"])
-        assert row["n"] > 0 and row["errors"] == 0 and row["server_decoupled"]
-    finally:
-        server.stop("default")
-
-
 def test_serving_page_reports_no_server():
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()

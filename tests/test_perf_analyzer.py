@@ -65,7 +65,7 @@ def test_a_perf_analyzer_sweep_measures_the_real_server(served_fp16, tiny, clips
     for r in rows:
         assert r["load_generator"] == "perf_analyzer" and r["errors"] == 0 and r["n"] > 5, r.get("error_examples")
         assert r["load_generator_version"].startswith("Perf Analyzer Version")
-        assert "--streaming" not in r["load_generator_command"] and "-i grpc" in r["load_generator_command"]
+        assert "-i grpc" in r["load_generator_command"]
         assert "--stability-percentage 50 " in r["load_generator_command"]
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["audio_s_per_s"] == pytest.approx(r["items_per_s"] * 2.0, rel=1e-6)
@@ -84,7 +84,7 @@ def test_a_perf_analyzer_sweep_measures_the_real_server(served_fp16, tiny, clips
 def test_no_stable_measurement_is_a_failed_level_with_the_reason(served_fp16, tiny, clips):
     from core.triton.loadtest import Target, _perf_analyzer
     target = Target([served_fp16.url("grpc")], "grpc", "asr", 10, tiny.processor)
-    with _perf_analyzer(target, clips, 0.5, decoupled=False) as run:
+    with _perf_analyzer(target, clips, 0.5) as run:
         run.max_trials = 1   # three windows must agree: one can never be stable
         row = run(2)
     assert row["n"] == 0 and row["errors"] == 1 and np.isnan(row["p50_ms"])
@@ -113,7 +113,7 @@ def test_not_installed_says_how_to_get_it(monkeypatch, tmp_path):
     ok, why = perf_analyzer.available()
     assert not ok and why.startswith("perf_analyzer is not installed.") and "run.sh" in why
     with pytest.raises(BackendUnavailableError) as err:
-        perf_analyzer.Runner("127.0.0.1:1", "grpc", "asr", {"data": []}, 1.0, 1.0, streaming=False)
+        perf_analyzer.Runner("127.0.0.1:1", "grpc", "asr", {"data": []}, 1.0, 1.0)
     assert "tritonclient 2.51.0" in err.value.hint
 
 

@@ -108,6 +108,23 @@ def test_a_server_state_pointing_at_a_stranger_is_forgotten_not_signalled(strang
     assert stranger.poll() is None
 
 
+def test_an_old_server_state_with_keys_no_longer_recorded_still_loads(stranger):
+    """A state file written while `serve --decoupled` existed carries a 'decoupled' key: it is read, not dropped."""
+    from core.triton import server
+    path = server.state_dir() / "old-keys.json"
+    info = {"name": "old-keys", "pid": stranger.pid, "address": "127.0.0.1", "http_port": 1, "grpc_port": 2,
+            "metrics_port": 3, "model": None, "backend": "ort:fp32:cpu", "model_name": "asr", "log": "/dev/null",
+            "started": "2026-12-04T00:00:00", "identity": process_identity(stranger.pid), "audio": "FP16",
+            "decoupled": True}
+    path.write_text(json.dumps(info))
+    try:
+        got = server.read_state("old-keys")
+        assert got is not None and got.pid == stranger.pid and got.audio == "FP16"
+        assert not hasattr(got, "decoupled")
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _in_namespace(script: str) -> subprocess.CompletedProcess:
     """`script` in a private mount namespace (tmpfs mounts vanish with it): the only way to get a full or a
     read-only file system when tests run as root, for whom permission bits do not stop a write."""

@@ -174,6 +174,25 @@ def test_served_batches_from_page_locked_memory_match_plain_ones(tiny, spec, opt
                 np.testing.assert_allclose(out[i]["logits"][0], want[i], atol=2e-3, rtol=2e-3)
 
 
+def test_cuda_copy_back_is_queued_and_is_a_copy():
+    """On a GPU, to_host_async (a served batch's copy back, core.triton.serve.BatchRunner) queues the cast and the
+    copy behind the work that computes `out` and returns before they run; what the wait returns is a copy, untouched
+    by later work on the same buffer (a graph's next replay)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU; the CI machine has none (run on the lent H200: bench/gpu_issue16.sh servecheck)")
+    from core.backends.torch_backend import to_host_async
+    x = torch.randn(8, 249, 64, device="cuda", dtype=torch.float16)
+    want = (x * 2).float().cpu().numpy()
+    torch.cuda._sleep(200_000_000)   # the GPU spins (~0.1 s), so nothing queued after this has run yet
+    out = x * 2
+    wait = to_host_async(out)
+    assert not torch.cuda.current_stream().query()   # returned while the copy still waits its turn
+    out.fill_(float("nan"))
+    got = wait()
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
 def test_sweep_numbers_are_coherent(served, tiny, speech):
     from core.results import rows as db_rows, save
     from core.triton.loadtest import prepare_clips, sweep

@@ -85,7 +85,7 @@ class Backend(ABC):
 
     def to_host_async(self, out):
         """Starts run()'s result on its way to the host and returns a callable that waits for it and returns what
-        to_host() would: a pipelined caller (a decoupled served model) prepares and runs the next batch meanwhile.
+        to_host() would (a served batch, core.triton.serve.BatchRunner, waits for it in its finish()).
         Here the copy is made at once, and is a copy: to_host() may return a view of a buffer that the next run()
         reuses (the fast backend's graph outputs). torch's CUDA backends queue the copy behind the GPU work instead."""
         result = np.array(self.to_host(out), dtype=np.float32)

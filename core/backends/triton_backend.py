@@ -1,13 +1,10 @@
 """Triton client backend: the model behind a Triton server (the local PyTriton one or any remote cluster),
 measured exactly like an in-process backend. Spec `triton:<precision>:<http|grpc>`; the precision is a
 label for what the server runs; requests carry the audio as the server's metadata declares it (FP32, or FP16 where the
-served backend computes in FP16). A decoupled model (`serve --decoupled`) is called over a gRPC stream per client
-thread, since Triton answers it on no other route. Options: url, model_name, timeout_s."""
+served backend computes in FP16). Options: url, model_name, timeout_s."""
 from __future__ import annotations
 
-import itertools
 import os
-import queue
 import re
 import threading
 
@@ -92,8 +89,6 @@ class TritonBackend(Backend):
         self._loaded = False
         self.optional_inputs: set[str] = set()
         self.audio_dtype = "FP32"
-        self.decoupled = False
-        self._ids = itertools.count()
 
     @property
     def name(self) -> str:
@@ -157,12 +152,6 @@ class TritonBackend(Backend):
         config = self._config()
         self.max_batch = int(config.get("max_batch_size", 0) or 0)   # 0: the server takes any batch, or did not say
         self.optional_inputs = {i["name"] for i in config.get("input", []) if i.get("optional")}
-        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
-        if self.decoupled and self.device == "http":
-            self.close()
-            raise BackendUnavailableError(f"Model '{self.model_name}' on the Triton server at {self.url} is decoupled: "
-                                          "Triton answers it over gRPC streaming only, not HTTP.",
-                                          "Use triton:<precision>:grpc with the server's gRPC port.")
         return self
 
     def _config(self) -> dict:
@@ -228,8 +217,6 @@ class TritonBackend(Backend):
     def run(self, prepared):
         from tritonclient.utils import InferenceServerException
         outputs = [self._module().InferRequestedOutput("logits")]
-        if self.decoupled:
-            return self._streamed(prepared, outputs)
         results = []
         for inputs in prepared:
             try:
@@ -240,46 +227,6 @@ class TritonBackend(Backend):
             except Exception as err:  # transport failures (refused, reset, timed out) surface as many types
                 raise self._request_error(err) from err
         return results
-
-    def _streamed(self, prepared, outputs) -> list:
-        """The requests over this thread's gRPC stream (opened at its first use), each answered by one final
-        response; after an error or a timeout the stream is closed, so no late answer is taken for a later call's."""
-        answers = getattr(self._local, "answers", None)
-        if answers is None:
-            answers = queue.Queue()
-            self.client.start_stream(callback=lambda result, error: answers.put((result, error)))
-            self._local.answers = answers
-        ids = [f"wb{next(self._ids)}" for _ in prepared]
-        got = {}
-        try:
-            for rid, inputs in zip(ids, prepared):
-                self.client.async_stream_infer(self.model_name, inputs, model_version=self.model_version,
-                                               request_id=rid, outputs=outputs)
-            while len(got) < len(ids):
-                try:
-                    result, error = answers.get(timeout=self.timeout_s)
-                except queue.Empty:
-                    raise TritonRequestError(f"Triton request to {self.url} timed out after {self.timeout_s:g} s "
-                                             "(gRPC stream)", "The server is overloaded or stuck: raise the timeout, "
-                                             "lower the concurrency, or check the server log.") from None
-                if error is not None:
-                    raise self._request_error(error)
-                if result.get_response().id in ids:   # not a late answer to an earlier call
-                    got[result.get_response().id] = result
-        except WorkbenchError:
-            self._drop_stream()
-            raise
-        except Exception as err:  # transport failures surface as many types
-            self._drop_stream()
-            raise self._request_error(err) from err
-        return [got[rid] for rid in ids]
-
-    def _drop_stream(self):
-        self._local.answers = None
-        try:
-            self.client.stop_stream(cancel_requests=True)
-        except Exception:  # noqa: BLE001 - a broken stream may not stop cleanly; the next call opens a new one
-            pass
 
     def to_host(self, out):
         return np.concatenate([r.as_numpy("logits") for r in out]).astype(np.float32, copy=False)
@@ -294,9 +241,6 @@ class TritonBackend(Backend):
         if any(s in low for s in ("connection refused", "failed to connect", "unavailable", "connection reset",
                                   "broken pipe", "remote end closed", "connection aborted")):
             return BackendUnavailableError(f"Triton server at {self.url} is not reachable: {text}", START_HINT)
-        if "decoupled" in low:   # the model's config could not be read at load(), so the client did not stream
-            return TritonRequestError(f"Triton server at {self.url} rejected the request: {text}",
-                                      "The model is decoupled: load the backend again (it then streams over gRPC).")
         return TritonRequestError(f"Triton server at {self.url} rejected the request: {text}",
                                   f"Inputs are input_values {self.audio_dtype} [batch, samples] "
                                   "(processor-normalised audio)"

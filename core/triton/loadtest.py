@@ -73,18 +73,6 @@ def server_stats(client, protocol: str, model_name: str, timeout_s: float) -> di
             **{f"{k}_ns": v for k, v in ns.items()}}
 
 
-def is_decoupled(client, protocol: str, model_name: str, timeout_s: float) -> bool:
-    """Whether the served model is decoupled (core serve --decoupled), from its config; False where none is readable."""
-    try:
-        if protocol == "http":
-            config = client.get_model_config(model_name)
-        else:
-            config = client.get_model_config(model_name, as_json=True, client_timeout=timeout_s).get("config", {})
-    except Exception:
-        return False
-    return bool(config.get("model_transaction_policy", {}).get("decoupled"))
-
-
 def stats_delta(before: dict | None, after: dict | None) -> dict:
     if not before or not after:
         return {"server_stats": False}
@@ -375,14 +363,11 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     audio_mean = float(np.mean([c.seconds for c in clips]))
     away = [u for u in urls if not local_url(u)]
     remote = f"the server at {away[0]} is not on this machine: NVML sees only local GPUs" if away else None
-    # a decoupled model's statistics end when its execute() returns, before the GPU work and the responses: the
-    # round trip less that time would count the server's own work as outside it
-    decoupled = is_decoupled(stats_clients[0], protocol, model_name, timeout_s)
     rows = []
     try:
         with ExitStack() as stack:
             pa = None if generator == "workbench" else \
-                stack.enter_context(_perf_analyzer(target, clips, seconds, decoupled, stability_pct))
+                stack.enter_context(_perf_analyzer(target, clips, seconds, stability_pct))
             for level in concurrency:
                 before = stats()
                 if pa:   # its server figures are those of its stable windows, not the whole run's
@@ -398,8 +383,7 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
                     row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env,
                                     served_backend)
                     row.update(stats_delta(before, after))
-                row["server_decoupled"] = decoupled
-                if row["server_stats"] and row["n"] and not decoupled:   # what the round trip adds: transport, (de)serialisation, client
+                if row["server_stats"] and row["n"]:   # what the round trip adds: transport, (de)serialisation, client
                     row["outside_server_ms"] = row["mean_ms"] - row["server_total_ms"]
                 row.update(load.result())
                 row["server_died"] = after is None and bool(row["errors"])
@@ -417,8 +401,7 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
     return rows
 
 
-def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled: bool,
-                   stability_pct: float | None = None):
+def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, stability_pct: float | None = None):
     """A perf_analyzer runner sending these clips as the server declares its inputs (read by a workbench client)."""
     from .perf_analyzer import Runner, input_data
     if len(target.urls) > 1:
@@ -431,7 +414,7 @@ def _perf_analyzer(target: Target, clips: list[Clip], window_s: float, decoupled
     finally:
         probe.close()
     audio_s = float(np.mean([c.seconds for c in clips]))
-    return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s, streaming=decoupled,
+    return Runner(target.urls[0], target.protocol, target.model_name, data, audio_s, window_s,
                   stability_pct=stability_pct)
 
 

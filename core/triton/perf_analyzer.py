@@ -93,14 +93,12 @@ class Runner:
     """One perf_analyzer process per concurrency level against one model; `with Runner(...) as run: run(level)`."""
 
     def __init__(self, url: str, protocol: str, model_name: str, data: dict, audio_s: float, window_s: float,
-                 streaming: bool, max_trials: int = MAX_TRIALS, stability_pct: float | None = None):
+                 max_trials: int = MAX_TRIALS, stability_pct: float | None = None):
         self.version, problem = check()
         if problem:
             raise BackendUnavailableError(problem, INSTALL_HINT)
-        if streaming and protocol != "grpc":
-            raise WorkbenchError("A decoupled model answers over gRPC streams only.", "Sweep it with --protocol grpc.")
         self.exe, self.url, self.protocol, self.model_name = binary(), url, protocol, model_name
-        self.audio_s, self.window_s, self.streaming = audio_s, window_s, streaming
+        self.audio_s, self.window_s = audio_s, window_s
         self.max_trials, self.stability_pct = max_trials, stability_pct or STABILITY_PCT
         self._dir = tempfile.TemporaryDirectory(prefix="wb-perf-analyzer-")
         self.data_path = Path(self._dir.name) / "input.json"
@@ -113,12 +111,11 @@ class Runner:
         self._dir.cleanup()
 
     def command(self, level: int, csv_path: Path) -> list[str]:
-        cmd = [str(self.exe), "-m", self.model_name, "-u", self.url, "-i", self.protocol,
-               "--concurrency-range", f"{level}:{level}", "--measurement-mode", "time_windows",
-               "-p", str(max(1, round(self.window_s * 1000))), "--max-trials", str(self.max_trials),
-               "--stability-percentage", f"{self.stability_pct:g}",
-               "--input-data", str(self.data_path), "-f", str(csv_path), "--verbose-csv"]
-        return cmd + (["--streaming"] if self.streaming else [])
+        return [str(self.exe), "-m", self.model_name, "-u", self.url, "-i", self.protocol,
+                "--concurrency-range", f"{level}:{level}", "--measurement-mode", "time_windows",
+                "-p", str(max(1, round(self.window_s * 1000))), "--max-trials", str(self.max_trials),
+                "--stability-percentage", f"{self.stability_pct:g}",
+                "--input-data", str(self.data_path), "-f", str(csv_path), "--verbose-csv"]
 
     def __call__(self, level: int) -> dict:
         """The level's figures in the sweep's row keys (ms; server figures over perf_analyzer's stable windows), or

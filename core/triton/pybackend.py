@@ -19,7 +19,7 @@ SHM_BYTES = 16 << 20   # the stub <-> server shared memory per instance, grown b
 
 
 def write_repository(root: Path, loaded, backend: str, model_name: str, opts, warmup_seconds: float | None,
-                     backend_options: dict | None = None, audio_dtype: str = "FP32", pipeline_depth: int = 2) -> Path:
+                     backend_options: dict | None = None, audio_dtype: str = "FP32") -> Path:
     """<root>/<model_name>/{config.pbtxt, 1/model.py}; the config is a ModelConfig protobuf, parsed back.
     backend_options travel as one JSON parameter, the backend's keyword options in each instance."""
     import json
@@ -27,7 +27,7 @@ def write_repository(root: Path, loaded, backend: str, model_name: str, opts, wa
     cfg = model_config(model_name, "python", int(loaded.model.config.vocab_size), loaded.uses_attention_mask,
                        backend.split(":")[1], opts, audio_dtype)
     for key, value in {"model": loaded.source, "backend": backend, "warmup_seconds": f"{warmup_seconds or 0:g}",
-                       "backend_options": json.dumps(backend_options or {}), "pipeline_depth": str(pipeline_depth)}.items():
+                       "backend_options": json.dumps(backend_options or {})}.items():
         cfg.parameters[key].string_value = value
     text = config_text(cfg)
     parse_config(text)
@@ -91,7 +91,7 @@ def serve(args, loaded, opts, backend_options: dict) -> int:
     with tempfile.TemporaryDirectory(prefix="wb-triton-") as tmp:
         work = Path(tmp)
         repo = write_repository(work / "models", loaded, args.backend, args.model_name, opts, args.warmup_seconds,
-                                backend_options, args.input_dtype, args.pipeline_depth)
+                                backend_options, args.input_dtype)
         binary, backends, libs = server_files(work)
         env = server_env()
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [env.get("LD_LIBRARY_PATH"), str(libs)] if p)
@@ -115,6 +115,6 @@ def serve(args, loaded, opts, backend_options: dict) -> int:
             time.sleep(0.5)
         if proc.poll() is None:
             print(f"SERVING {args.model_name} ({loaded.label}) on {args.backend} in Triton's Python backend, "
-                  f"input_values {args.input_dtype}{', decoupled (gRPC streaming)' if args.decoupled else ''}: http {args.address}:{args.http_port} "
+                  f"input_values {args.input_dtype}: http {args.address}:{args.http_port} "
                   f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}; config {json.dumps(str(repo))}", flush=True)
         return proc.wait()

@@ -3,20 +3,11 @@ repository as <model>/1/model.py. Triton starts every instance of its instance_g
 interpreter, own GIL, own GPU), which PyTriton's in-process callables cannot do: on two H200s, four PyTriton
 instances in one process gave 0.84x the throughput of two on one GPU (bench/NOTES.md).
 
-Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options),
-pipeline_depth (decoupled models: batches in flight, default 2). The stub imports the workbench through PYTHONPATH,
-which the launcher sets to its own sys.path.
-
-A decoupled model (model_transaction_policy) pipelines its batches: execute() pads a batch, queues its forward and
-its copy back on the GPU and returns once an older batch has finished, while a thread of its own waits for each
-batch's logits and sends its responses. So one instance prepares its next batch while the GPU computes the last,
-which an instance whose execute() returns the responses cannot (bench/NOTES.md, eighteenth and twentieth sessions).
-Clients must use gRPC streaming; Triton refuses HTTP and unary gRPC for a decoupled model."""
+Parameters (config.pbtxt): model, backend, warmup_seconds, backend_options (JSON: the backend's keyword options).
+The stub imports the workbench through PYTHONPATH, which the launcher sets to its own sys.path."""
 from __future__ import annotations
 
 import json
-import queue
-import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend, inside the stub only
@@ -58,25 +49,14 @@ class TritonPythonModel:
         self.stages = StageTimes(f"{args['model_instance_name']} ({args['model_instance_kind']} "
                                  f"{args['model_instance_device_id']})")
         self.infer = make_infer(self.backend, loaded, self.stages)
-        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled"))
-        if self.decoupled:
-            depth = max(1, int(params.get("pipeline_depth") or 2))
-            self.free, self.started = queue.Queue(), queue.Queue()
-            for slot in range(depth):   # a slot: one batch in flight, with a host buffer of its own
-                self.free.put(slot)
-            self.slot = self.free.get()
-            self.responder = threading.Thread(target=self.respond, name="responder", daemon=True)
-            self.responder.start()
 
-    def feeds(self, requests) -> list[dict]:
+    def execute(self, requests):
         with self.stages("inputs"):
             feeds = []
             for request in requests:
                 tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
                 feeds.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
-        return feeds
-
-    def responses(self, outputs) -> list:
+        outputs = self.infer(feeds)
         with self.stages("responses"):
             responses = []
             for out in outputs:   # a request the model cannot take gets its own error, not its batch's
@@ -86,44 +66,6 @@ class TritonPythonModel:
                     responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", out["logits"])]))
         return responses
 
-    def execute(self, requests):
-        feeds = self.feeds(requests)
-        if not self.decoupled:
-            return self.responses(self.infer(feeds))
-        senders = [request.get_response_sender() for request in requests]
-        try:
-            self.started.put((self.infer.start(feeds, self.slot), senders, self.slot))
-        except Exception as err:  # noqa: BLE001 - the batch's requests get the error; the instance serves on
-            self.send(senders, [err] * len(senders))
-            self.free.put(self.slot)
-        # Triton forms the next batch when execute returns: wait for a free slot first, so that batch gathers the
-        # requests that arrive while the GPU works (returning at once batches eagerly: Triton's decoupled-models page)
-        self.slot = self.free.get()
-        return None
-
-    def respond(self):
-        """The responder thread: each started batch's logits, once the GPU has them, to its requests' senders."""
-        while (item := self.started.get()) is not None:
-            started, senders, slot = item
-            try:
-                results = self.infer.finish(started)
-            except Exception as err:  # noqa: BLE001
-                results = [err] * len(senders)
-            self.free.put(slot)
-            self.send(senders, results)
-
-    def send(self, senders, results):
-        """Each request's final response; a request whose client has gone (a cancelled stream) is logged and
-        skipped, so the responder thread, which every later batch needs, goes on."""
-        for sender, response in zip(senders, self.responses(results)):
-            try:
-                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except Exception as err:  # noqa: BLE001
-                print(f"RESPONSE not sent: {err}", flush=True)
-
     def finalize(self):
-        if self.decoupled:
-            self.started.put(None)
-            self.responder.join(timeout=30)
         print(self.stages.summary(), flush=True)   # into the server's log
         self.backend.close()

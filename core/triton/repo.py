@@ -37,7 +37,6 @@ class RepoOptions:
     trt_accelerator: bool = False    # ONNX Runtime's TensorRT execution accelerator (onnxruntime models only)
     workspace_bytes: int = 4 << 30
     gpus: tuple[int, ...] | None = None   # GPU kind: `instances` on each listed GPU; None: on every GPU (Triton's default)
-    decoupled: bool = False          # Python backend only: responses sent from a thread, batches pipelined (python_model)
 
 
 # runtimes whose fp16 forms cast the audio to FP16 before anything reads it (core.backends.torch_backend.to_device)
@@ -84,10 +83,6 @@ def model_config(name: str, platform: str, vocab: int, with_mask: bool, precisio
     if with_mask:   # optional where the model code fills it in (PyTriton and the Python backend do)
         cfg.input.add(name="attention_mask", data_type=pb.TYPE_INT64, dims=[-1], optional=platform == "python")
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[-1, vocab])
-    if opts.decoupled:
-        if platform != "python":
-            raise ExportError("Only the Python backend's model can be decoupled.", "Serve with --python-backend.")
-        cfg.model_transaction_policy.decoupled = True
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     if opts.gpus is not None:

@@ -46,10 +46,9 @@ def make_infer(backend, loaded, stages=None) -> "BatchRunner":
 
 class BatchRunner:
     """A served batch in two halves: start() pads the requests into one batch, copies it to the device and queues
-    the forward and the copy back; finish() waits for that copy and splits the logits per request. Called whole
-    (`runner(requests)`) it is one synchronous batch; a decoupled model (core/triton/python_model.py) starts the
-    next batch before it finishes this one, so the host's work overlaps the GPU's. Each batch in flight needs a
-    `slot` of its own: its host buffer may be read by the device until finish() returns."""
+    the forward and the copy back; finish() waits for that copy and splits the logits per request. Servers call it
+    whole (`runner(requests)`): one synchronous batch. The host buffer may be read by the device until finish()
+    returns."""
 
     def __init__(self, backend, loaded, stages=None):
         from contextlib import nullcontext
@@ -59,7 +58,7 @@ class BatchRunner:
         self.shortest = min_samples(self.cfg)
         self.use_mask = loaded.uses_attention_mask
         self.timed = stages or (lambda _stage: nullcontext())
-        # one host buffer per slot, reused batch after batch: a fresh np.zeros pays its page faults on every batch
+        # one host buffer per instance, reused batch after batch: a fresh np.zeros pays its page faults on every batch
         # (bench/NOTES.md, twelfth session), and the backend's host_array is page-locked on a GPU, so the batch goes
         # to the device without the host waiting (safe to refill once finish() has returned: it waits for the GPU).
         # Batches above REUSE_BYTES get their own array, so one long request does not keep its memory for the
@@ -72,14 +71,14 @@ class BatchRunner:
     def __call__(self, requests):
         return self.finish(self.start(requests))
 
-    def padded(self, rows: list[np.ndarray], slot: int) -> np.ndarray:
+    def padded(self, rows: list[np.ndarray]) -> np.ndarray:
         dtype = np.float16 if self.half_ok and all(r.dtype == np.float16 for r in rows) else np.float32
         width = max(len(r) for r in rows)
         size = len(rows) * width
         if size * np.dtype(dtype).itemsize > REUSE_BYTES:
             values = np.empty((len(rows), width), dtype)
         else:
-            key = (slot, np.dtype(dtype))
+            key = np.dtype(dtype)
             if key not in self.buffers or self.buffers[key].size < size:
                 self.buffers[key] = self.backend.host_array(size, dtype)
             values = self.buffers[key][:size].reshape(len(rows), width)   # contiguous: the backends take it as is
@@ -88,10 +87,10 @@ class BatchRunner:
             values[i, len(r):] = 0.0
         return values
 
-    def launch(self, rows: list[np.ndarray], masks: list, slot: int):
+    def launch(self, rows: list[np.ndarray], masks: list):
         """One padded batch to the device and through the model; returns the wait for its logits on the host."""
         with self.timed("pad"):
-            values = self.padded(rows, slot)
+            values = self.padded(rows)
             width = values.shape[1]
             # a mask only where something is masked: an int64 mask of ones costs 8 bytes a sample to build, to
             # copy to the GPU and to sum, and says nothing the model does not assume without one
@@ -121,7 +120,7 @@ class BatchRunner:
             raise ValueError(f"attention_mask shape {list(m.shape)} differs from input_values {list(x.shape)}")
         return x, [None if row.all() else row for row in m]
 
-    def start(self, requests, slot: int = 0) -> dict:
+    def start(self, requests) -> dict:
         """Checks, pads and launches the batch; what finish() needs. A request that fails its check gets its error."""
         rows, masks, owners, results = [], [], [], []
         for k, req in enumerate(requests):
@@ -141,10 +140,10 @@ class BatchRunner:
                 groups.setdefault(len(r), []).append(i)
         parts = []
         for idx in groups.values():
-            if parts:   # the slot's buffer is refilled: the previous group must have left it
+            if parts:   # the host buffer is refilled: the previous group must have left it
                 done = parts[-1][1]()
                 parts[-1] = (parts[-1][0], lambda done=done: done)
-            parts.append((idx, self.launch([rows[i] for i in idx], [masks[i] for i in idx], slot)))
+            parts.append((idx, self.launch([rows[i] for i in idx], [masks[i] for i in idx])))
         return {"requests": requests, "results": results, "owners": owners, "parts": parts, "rows": len(rows)}
 
     def finish(self, started: dict) -> list:
@@ -249,8 +248,7 @@ def serve_python_backend(args, loaded, gpus, options: dict) -> int:
     gpu = on_gpu(BackendSpec.parse(args.backend).device)
     opts = RepoOptions(max_batch=args.max_batch, preferred=tuple(args.preferred),
                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                       kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None,
-                       decoupled=args.decoupled)
+                       kind="gpu" if gpu else "cpu", gpus=(tuple(g for g in gpus if g is not None) or (0,)) if gpu else None)
     return pybackend.serve(args, loaded, opts, options)
 
 
@@ -284,11 +282,6 @@ def parser() -> argparse.ArgumentParser:
                    help="type of the served input_values; auto (the default): fp16 for fast and torch fp16 backends "
                         "(they cast the audio to FP16 first, so outputs do not change and requests carry half the "
                         "bytes), else fp32; docs/triton.md says what it measured")
-    p.add_argument("--decoupled", action="store_true",
-                   help="with --python-backend: each instance pipelines its batches (prepares the next while the GPU "
-                        "computes the last) and sends responses from a thread; clients must use gRPC streaming "
-                        "(Triton refuses HTTP and unary gRPC for it; the workbench's client streams by itself)")
-    p.add_argument("--pipeline-depth", type=int, default=2, help="with --decoupled: batches in flight per instance")
     p.add_argument("--warmup-seconds", type=float, default=None,
                    help="before serving, run every batch size up to --max-batch at this audio length once "
                         "(compiles/captures GPU graphs so the first requests do not time out)")
@@ -329,11 +322,8 @@ def main(argv=None) -> int:
     from ..errors import WorkbenchError
     from ..models import load_model
 
-    if args.instances < 1 or args.max_batch < 1 or args.pipeline_depth < 1:
-        print("error: --instances, --max-batch and --pipeline-depth must be at least 1", file=sys.stderr)
-        return 2
-    if args.decoupled and not args.python_backend:
-        print("error: --decoupled needs --python-backend", file=sys.stderr)
+    if args.instances < 1 or args.max_batch < 1:
+        print("error: --instances and --max-batch must be at least 1", file=sys.stderr)
         return 2
     from .gpus import on_device
     try:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import WorkbenchError
@@ -65,7 +65,6 @@ class ServerInfo:
     started: str
     identity: dict | None = None   # pid + start time + command line: what `stop` checks before signalling
     audio: str = "FP32"            # the served input_values type (a state file from before it was recorded: FP32)
-    decoupled: bool = False        # pipelined batches; clients must use gRPC streaming (core.triton.python_model)
 
     def url(self, protocol: str = "http") -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
@@ -103,12 +102,17 @@ def log_tail(path: str | Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+_STATE_KEYS = {f.name for f in fields(ServerInfo)}
+
+
 def read_state(name: str = "default") -> ServerInfo | None:
     """The running server of this name, or None (a stale state file is removed)."""
     path = state_dir() / f"{name}.json"
     try:
-        info = ServerInfo(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        # keys no longer recorded (a 'decoupled' flag, from before that mode was removed) are ignored
+        info = ServerInfo(**{k: v for k, v in saved.items() if k in _STATE_KEYS})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     if not alive(info):   # gone, or its PID now belongs to another process: forget it, never signal it
         path.unlink(missing_ok=True)
@@ -138,17 +142,12 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
           metrics_port: int | None = None, max_batch: int = 8, preferred=(), max_queue_delay_us: int = 500,
           instances: int = 1, threads: int | None = None, warmup_s: float | None = None,
           timeout_s: float = 300.0, gpus=None, python_backend: bool = False,
-          backend_options: dict | None = None, input_dtype: str = "auto", decoupled: bool = False,
-          pipeline_depth: int = 2) -> ServerInfo:
+          backend_options: dict | None = None, input_dtype: str = "auto") -> ServerInfo:
     """Start `python -m core.triton.serve` in the background and wait until it serves `model_name`;
     backend_options: keyword options of each instance's backend (e.g. the fast backend's batch_buckets);
-    input_dtype: the served audio's type (core.triton.repo.audio_dtype); decoupled (Python backend only): each
-    instance pipelines up to pipeline_depth batches and answers over gRPC streams only."""
+    input_dtype: the served audio's type (core.triton.repo.audio_dtype)."""
     preferred = preferred_sizes(preferred, max_batch)   # before anything starts: a bad size is one clear line
     audio = audio_dtype(input_dtype, backend)           # and so is a bad input type
-    if decoupled and not python_backend:
-        raise TritonServerError("A decoupled model needs Triton's Python backend.",
-                                "Add --python-backend (the Serving page: 'Triton's Python backend').")
     preflight()
     running = read_state(name)
     if running:
@@ -168,7 +167,6 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
     cmd += ["--gpus", *map(str, gpus)] if gpus else []   # instances on each chosen GPU (core.triton.serve)
     cmd += ["--python-backend"] if python_backend else []   # each instance its own process (core.triton.pybackend)
     cmd += ["--input-dtype", input_dtype]
-    cmd += ["--decoupled", "--pipeline-depth", str(pipeline_depth)] if decoupled else []
     for key, value in (backend_options or {}).items():
         cmd += ["--backend-option", f"{key}={json.dumps(value)}"]
     log = state_dir() / f"{name}.log"
@@ -179,8 +177,7 @@ def start(model: str | None, backend: str = "ort:fp32:cpu", *, name: str = "defa
                                 env=env, cwd=REPO_ROOT, start_new_session=True)
     _CHILDREN[proc.pid] = proc
     info = ServerInfo(name, proc.pid, address, *ports, model, backend, model_name, str(log),
-                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), process_identity(proc.pid), audio,
-                      decoupled)
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), process_identity(proc.pid), audio)
     write_json_atomic(state_dir() / f"{name}.json", asdict(info))
     try:
         return wait_ready(info, timeout_s)

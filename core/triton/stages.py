@@ -22,7 +22,7 @@ class StageTimes:
         self.label, self.ms = label, {}
         self.every_s = float(os.environ.get("WORKBENCH_STAGES_EVERY_S", 10)) if every_s is None else every_s
         self.last = time.monotonic()
-        self.lock = threading.Lock()   # a decoupled model times a batch's halves in two threads
+        self.lock = threading.Lock()   # cheap; keeps a summary whole if stages are timed from more than one thread
 
     def batch_done(self) -> None:
         with self.lock:
