@@ -4,7 +4,6 @@ bench/NOTES.md)."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from contextlib import contextmanager
 
@@ -22,15 +21,12 @@ class StageTimes:
         self.label, self.ms = label, {}
         self.every_s = float(os.environ.get("WORKBENCH_STAGES_EVERY_S", 10)) if every_s is None else every_s
         self.last = time.monotonic()
-        self.lock = threading.Lock()   # cheap; keeps a summary whole if stages are timed from more than one thread
 
     def batch_done(self) -> None:
-        with self.lock:
-            if time.monotonic() - self.last < self.every_s:
-                return
+        if time.monotonic() - self.last >= self.every_s:
             self.last = time.monotonic()
-            line, self.ms = self._summary(), {}
-        print(line, flush=True)
+            print(self.summary(), flush=True)
+            self.ms = {}
 
     @contextmanager
     def __call__(self, stage: str):
@@ -38,16 +34,11 @@ class StageTimes:
         try:
             yield
         finally:
-            with self.lock:
-                self.ms.setdefault(stage, []).append((time.perf_counter() - start) * 1e3)
+            self.ms.setdefault(stage, []).append((time.perf_counter() - start) * 1e3)
 
     def summary(self) -> str:
         """'STAGES <label> batches N | stage p50/p90 ms ...' over the batches since the last summary (run queues the
         GPU work, to_host waits for it)."""
-        with self.lock:
-            return self._summary()
-
-    def _summary(self) -> str:
         n = max((len(v) for v in self.ms.values()), default=0)
         parts = [f"{k} {np.percentile(v, 50):.2f}/{np.percentile(v, 90):.2f}" for k, v in self.ms.items()]
         return f"{PREFIX} {self.label} batches {n} | p50/p90 ms: " + ", ".join(parts)
