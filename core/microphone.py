@@ -101,6 +101,8 @@ class Take:
 
 
 _LOCK = threading.Lock()  # one recording per process; PortAudio must not be re-initialised under an open stream
+_CLOSING: set[threading.Thread] = set()  # streams of vanished devices still closing: no re-initialising under them
+CLOSE_WAIT_S = 2.0  # how long a rescan waits for those before it lists the devices PortAudio already knows
 
 
 def _sounddevice():
@@ -138,7 +140,9 @@ def input_devices(rescan: bool = False) -> list[InputDevice]:
     """The input devices, default first. Raises NoAudioSystemError / NoInputDeviceError when there are none.
     PortAudio lists devices once, when it starts: `rescan` restarts it to see devices plugged in since."""
     sd = _sounddevice()
-    if rescan and _LOCK.acquire(blocking=False):  # never while a recording runs
+    # never while a recording runs, nor while a stream is still closing: Pa_Terminate closes open streams and blocks
+    # for good on one whose sound server died (seen in CI after a lost-device recording)
+    if rescan and _closes_done(CLOSE_WAIT_S) and _LOCK.acquire(blocking=False):
         try:
             with _quiet_stderr():
                 sd._terminate()
@@ -218,16 +222,29 @@ def _open(sd, dev: InputDevice, rate: int | None, callback, done):
 
 def _close(stream, hung: bool) -> None:
     """Close a stream. One whose device vanished without PortAudio noticing can block in close() for good (seen with
-    ALSA's pulse plugin when the server dies while the stream starts): that one is closed from a daemon thread."""
+    ALSA's pulse plugin when the server dies while the stream starts): that one is closed from a daemon thread,
+    listed in _CLOSING until it returns."""
     def close():
         try:
             stream.close(ignore_errors=True)
         except Exception:  # noqa: BLE001 — a vanished device can fail to close; the stream is gone either way
             pass
+        finally:
+            _CLOSING.discard(threading.current_thread())
     if hung:
-        threading.Thread(target=close, daemon=True, name="close-microphone").start()
+        thread = threading.Thread(target=close, daemon=True, name="close-microphone")
+        _CLOSING.add(thread)
+        thread.start()
     else:
         close()
+
+
+def _closes_done(timeout: float) -> bool:
+    """Wait up to `timeout` s for the streams still closing; True when none is left."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_CLOSING):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not _CLOSING
 
 
 def record(seconds: float, device: str | int | None = None, progress=None, stop=None, rate: int | None = None,

@@ -220,6 +220,44 @@ def test_device_lost_mid_recording(mic, tmp_path):
         with pytest.raises(DeviceLostError, match=r"^doomed_mic stopped delivering audio after 0\.\d s"):
             record(5, "doomed_mic", progress=progress)
         assert time.monotonic() - t0 < 5 + 2
+        rescan_returns()
+
+
+def rescan_returns(limit_s: float = 15.0) -> None:
+    """A rescan after a lost device returns (it once hung in Pa_Terminate on the lost stream, still closing)."""
+    from core import microphone
+    thread = threading.Thread(target=microphone.input_devices, kwargs={"rescan": True}, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"input_devices(rescan=True) still blocked after {limit_s} s"
+
+
+class HungStream:
+    """Stands in for a stream whose sound server died: its close() blocks until released (PortAudio's own such
+    stream cannot be made on demand)."""
+    def __init__(self):
+        self.release = threading.Event()
+
+    def close(self, ignore_errors=True):
+        self.release.wait(30)
+
+
+def test_rescan_waits_for_a_closing_stream_then_skips_the_restart(mic, monkeypatch):
+    from core import microphone
+    sd = microphone._sounddevice()
+    restarts = []
+    terminate = sd._terminate
+    monkeypatch.setattr(sd, "_terminate", lambda: (restarts.append(1), terminate()))
+    monkeypatch.setattr(microphone, "CLOSE_WAIT_S", 0.5)
+    stream = HungStream()
+    microphone._close(stream, hung=True)
+    t0 = time.monotonic()
+    names = [d.name for d in microphone.input_devices(rescan=True)]
+    assert restarts == [] and 0.4 < time.monotonic() - t0 < 5, "PortAudio restarted under a stream still closing"
+    assert "virtual_mic" in names  # the devices PortAudio already knew
+    stream.release.set()
+    microphone.input_devices(rescan=True)
+    assert restarts == [1] and not microphone._CLOSING
 
 
 def cli(*args, env=None, **kw):
