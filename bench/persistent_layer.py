@@ -1,0 +1,410 @@
+"""An experiment (issue 16, item 1), not used by the backends: one wav2vec2 encoder layer (stable layer norm, as
+indicwav2vec) as ONE persistent Triton kernel at batch 1, against the fast backend's compiled layer.
+
+Why: W1 (batch 1, 249 frames) spends its 1.3-1.4 ms in ~250 short kernels; each of the 96 linear layers costs 5-7 us
+whatever its size, and ~0.2 ms are gaps between graph nodes (bench/NOTES.md, eighteenth session). A persistent
+kernel runs the layer's seven stages (LayerNorm, QKV, attention, out-projection + residual, LayerNorm, FF1 + GELU,
+FF2 + residual) in one launch: one program per multiprocessor loops over each stage's tiles, and the programs meet
+at a grid-wide barrier between stages instead of ending and launching a kernel. What this measures is whether a
+barrier plus a stage's ramp costs less than a kernel boundary plus a launch.
+
+The barrier: a counter and a generation word in global memory. Each program reads the generation when it starts;
+at barrier i it counts itself in, and the last to arrive resets the counter and bumps the generation (release),
+while the others spin until the generation reaches start + i (acquire). Nothing needs clearing between launches or
+CUDA graph replays. Every program must be resident at once (the grid is at most one program per multiprocessor
+and nothing else runs beside it), which a cooperative launch would guarantee and Triton does not offer. Buffers
+that other programs wrote in this launch are read with .cg (L2, not the incoherent L1).
+
+stage=None: all stages in one launch (the GPU form). stage=s: only stage s, no barriers, so Triton's interpreter
+(TRITON_INTERPRET=1, which runs programs one after another and would spin for ever at a barrier) can check each
+stage's arithmetic on the CPU: `TRITON_INTERPRET=1 python3 bench/persistent_layer.py --check-cpu`.
+
+    python3 bench/persistent_layer.py [--rows 249] [--repeats 200]     # on a GPU: checks, then times
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+STAGES = 7
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int = 64
+    bn_qkv: int = 128
+    bn_out: int = 64
+    bn_ff1: int = 128
+    bn_ff2: int = 64
+    block_k: int = 64
+    block_q: int = 64     # attention: queries per program
+    warps: int = 8
+    stages: int = 3       # software-pipelining depth of the GEMMs' K loops
+
+
+if triton is not None:
+    @triton.jit
+    def _grid_sync(bar_ptr, target, NP):
+        """All NP programs meet here. bar_ptr[0]: arrivals, bar_ptr[1]: generation (see the module docstring)."""
+        tl.debug_barrier()   # every thread's stores are issued before this program counts itself in
+        arrived = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+        if arrived == NP - 1:
+            tl.atomic_xchg(bar_ptr, 0, sem="relaxed", scope="gpu")
+            tl.atomic_add(bar_ptr + 1, 1, sem="release", scope="gpu")
+        else:
+            gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
+            while gen < target:
+                gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+    @triton.jit
+    def _layernorm(x_ptr, w_ptr, b_ptr, y_ptr, M, pid, NP, eps, H: tl.constexpr):
+        cols = tl.arange(0, H)
+        w = tl.load(w_ptr + cols).to(tl.float32)
+        b = tl.load(b_ptr + cols).to(tl.float32)
+        for r in range(pid, M, NP):
+            x = tl.load(x_ptr + r * H + cols, cache_modifier=".cg").to(tl.float32)
+            mean = tl.sum(x, 0) / H
+            d = x - mean
+            var = tl.sum(d * d, 0) / H
+            tl.store(y_ptr + r * H + cols, (d * tl.rsqrt(var + eps) * w + b).to(y_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _gemm(a_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, pid, NP, N: tl.constexpr, K: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr,
+              GELU: tl.constexpr, RESIDUAL: tl.constexpr):
+        """y[M, N] = [r +] [gelu](a[M, K] @ w[N, K]^T + b), tiles handed out round-robin; row tiles vary fastest,
+        so the programs that read one weight tile run side by side (it stays in L2)."""
+        tiles_m = tl.cdiv(M, BM)
+        for t in range(pid, tiles_m * (N // BN), NP):
+            rm = (t % tiles_m) * BM + tl.arange(0, BM)
+            rn = (t // tiles_m) * BN + tl.arange(0, BN)
+            rk = tl.arange(0, BK)
+            a_ptrs = a_ptr + tl.minimum(rm, M - 1)[:, None] * K + rk[None, :]   # rows past M repeat the last
+            w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for _ in tl.range(0, K, BK, num_stages=PIPE):
+                acc = tl.dot(tl.load(a_ptrs, cache_modifier=".cg"), tl.trans(tl.load(w_ptrs)), acc)
+                a_ptrs += BK
+                w_ptrs += BK
+            acc += tl.load(b_ptr + rn).to(tl.float32)[None, :]
+            if GELU:  # exact (erf) GELU, as wav2vec2's "gelu"
+                acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+            inside = (rm[:, None] < M) & (rn[None, :] < N)
+            cell = rm[:, None] * N + rn[None, :]
+            if RESIDUAL:
+                acc += tl.load(r_ptr + cell, mask=inside, other=0.0, cache_modifier=".cg").to(tl.float32)
+            tl.store(y_ptr + cell, acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _attention(qkv_ptr, o_ptr, M, pid, NP, scale, H: tl.constexpr, HEADS: tl.constexpr,
+                   BQ: tl.constexpr, KEYS: tl.constexpr):
+        """Softmax attention without a mask (batch 1: every frame is audio), all KEYS >= M keys in one block."""
+        D: tl.constexpr = H // HEADS
+        q_blocks = tl.cdiv(M, BQ)
+        d = tl.arange(0, D)
+        rk = tl.arange(0, KEYS)
+        k_rows = qkv_ptr + tl.minimum(rk, M - 1)[:, None] * (3 * H) + d[None, :]
+        for u in range(pid, HEADS * q_blocks, NP):
+            head = u // q_blocks
+            rq = (u % q_blocks) * BQ + tl.arange(0, BQ)
+            q = tl.load(qkv_ptr + tl.minimum(rq, M - 1)[:, None] * (3 * H) + head * D + d[None, :],
+                        cache_modifier=".cg")
+            k = tl.load(k_rows + H + head * D, cache_modifier=".cg")
+            v = tl.load(k_rows + 2 * H + head * D, cache_modifier=".cg")
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(rk[None, :] < M, s, float("-inf"))
+            p = tl.exp(s - tl.max(s, 1)[:, None])
+            o = tl.dot(p.to(v.dtype), v) / tl.sum(p, 1)[:, None]
+            tl.store(o_ptr + rq[:, None] * H + head * D + d[None, :], o.to(o_ptr.dtype.element_ty),
+                     mask=rq[:, None] < M)
+
+    @triton.jit
+    def _layer_kernel(x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2,
+                      xn_ptr, qkv_ptr, o_ptr, x1_ptr, xn2_ptr, h_ptr, bar_ptr, M, NP, eps, scale,
+                      H: tl.constexpr, HEADS: tl.constexpr, FF: tl.constexpr, KEYS: tl.constexpr,
+                      STAGE: tl.constexpr, BM: tl.constexpr, BN_QKV: tl.constexpr, BN_OUT: tl.constexpr,
+                      BN_FF1: tl.constexpr, BN_FF2: tl.constexpr, BK: tl.constexpr, BQ: tl.constexpr,
+                      PIPE: tl.constexpr):
+        pid = tl.program_id(0)
+        ALL: tl.constexpr = STAGE < 0
+        if ALL:
+            gen0 = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
+        if ALL or STAGE == 0:
+            _layernorm(x_ptr, ln1w, ln1b, xn_ptr, M, pid, NP, eps, H)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 1, NP)
+        if ALL or STAGE == 1:
+            _gemm(xn_ptr, wqkv, bqkv, qkv_ptr, qkv_ptr, M, pid, NP, 3 * H, H, BM, BN_QKV, BK, PIPE, False, False)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 2, NP)
+        if ALL or STAGE == 2:
+            _attention(qkv_ptr, o_ptr, M, pid, NP, scale, H, HEADS, BQ, KEYS)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 3, NP)
+        if ALL or STAGE == 3:
+            _gemm(o_ptr, wo, bo, x_ptr, x1_ptr, M, pid, NP, H, H, BM, BN_OUT, BK, PIPE, False, True)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 4, NP)
+        if ALL or STAGE == 4:
+            _layernorm(x1_ptr, ln2w, ln2b, xn2_ptr, M, pid, NP, eps, H)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 5, NP)
+        if ALL or STAGE == 5:
+            _gemm(xn2_ptr, w1, b1, h_ptr, h_ptr, M, pid, NP, FF, H, BM, BN_FF1, BK, PIPE, True, False)
+        if ALL:
+            _grid_sync(bar_ptr, gen0 + 6, NP)
+        if ALL or STAGE == 6:
+            _gemm(h_ptr, w2, b2, x1_ptr, y_ptr, M, pid, NP, H, FF, BM, BN_FF2, BK, PIPE, False, True)
+
+    @triton.jit
+    def _barriers_kernel(bar_ptr, NP, COUNT: tl.constexpr):
+        """COUNT grid barriers and nothing else: what the layer kernel's six cost by themselves."""
+        gen0 = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
+        for i in tl.static_range(COUNT):
+            _grid_sync(bar_ptr, gen0 + i + 1, NP)
+
+
+def layer_weights(layer) -> dict:
+    """The tensors of one core.backends.fast_module.Layer (stable layer norm), contiguous, by kernel argument."""
+    return {"ln1w": layer.ln1.weight, "ln1b": layer.ln1.bias, "wqkv": layer.qkv.weight, "bqkv": layer.qkv.bias,
+            "wo": layer.out.weight, "bo": layer.out.bias, "ln2w": layer.ln2.weight, "ln2b": layer.ln2.bias,
+            "w1": layer.ff1.weight, "b1": layer.ff1.bias, "w2": layer.ff2.weight, "b2": layer.ff2.bias}
+
+
+class PersistentLayer:
+    """Runs one layer's weights on x [M, H] -> a new [M, H] tensor (the kernel's own scratch is reused)."""
+
+    def __init__(self, layer, rows: int, cfg: Config, programs: int):
+        import torch
+        self.w = {k: v.detach().contiguous() for k, v in layer_weights(layer).items()}
+        self.heads, self.eps = layer.heads, layer.ln1.eps
+        self.h, self.ff = self.w["wo"].shape[0], self.w["w1"].shape[0]
+        self.rows, self.cfg, self.programs = rows, cfg, programs
+        if not layer.stable:
+            raise ValueError("the kernel implements the stable (pre-LN) layer only")
+        dev, dt = self.w["wo"].device, self.w["wo"].dtype
+        empty = lambda n: torch.empty((rows, n), device=dev, dtype=dt)  # noqa: E731
+        self.scratch = {"xn_ptr": empty(self.h), "qkv_ptr": empty(3 * self.h), "o_ptr": empty(self.h),
+                        "x1_ptr": empty(self.h), "xn2_ptr": empty(self.h), "h_ptr": empty(self.ff)}
+        self.bar = torch.zeros(2, device=dev, dtype=torch.int32)
+        self.keys = triton.next_power_of_2(rows)
+        for n, bn in ((3 * self.h, cfg.bn_qkv), (self.h, cfg.bn_out), (self.ff, cfg.bn_ff1), (self.h, cfg.bn_ff2)):
+            if n % bn:
+                raise ValueError(f"{bn} does not divide {n}")
+
+    def __call__(self, x, y, stage: int | None = None):
+        c = self.cfg
+        _layer_kernel[(self.programs,)](
+            x, y, **self.w, **self.scratch, bar_ptr=self.bar, M=self.rows, NP=self.programs, eps=self.eps,
+            scale=1.0 / math.sqrt(self.h // self.heads), H=self.h, HEADS=self.heads, FF=self.ff, KEYS=self.keys,
+            STAGE=-1 if stage is None else stage, BM=c.block_m, BN_QKV=c.bn_qkv, BN_OUT=c.bn_out,
+            BN_FF1=c.bn_ff1, BN_FF2=c.bn_ff2, BK=c.block_k, BQ=c.block_q, PIPE=c.stages, num_warps=c.warps)
+        return y
+
+
+def random_encoder(arch: str, device: str, dtype, gelu_epilogue: bool = False):
+    """The fast module of a random-weight model and a realistic first-layer input for 5 s of audio [1, F, H]."""
+    import torch
+    from core.backends.fast_module import build_module
+    from core.models import build_random
+    hf, _ = build_random(arch)
+    module = build_module(hf, "flat", gelu_epilogue).to(device=device, dtype=dtype).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    audio = torch.randn(1, 80000, generator=g).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        x, _ = module.front(audio, torch.tensor([80000], device=device), True)
+    return module, x
+
+
+def compare(ref, got) -> dict:
+    d = (got.float() - ref.float()).abs()
+    return {"max_abs": float(d.max()), "max_rel": float(d.max() / ref.float().abs().max().clamp(min=1e-6)),
+            "finite": bool(got.isfinite().all())}
+
+
+def check_cpu(arch: str, rows: int) -> int:
+    """Each stage through Triton's interpreter, launched stage by stage, against the module's own layers (fp32)."""
+    import torch
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("--check-cpu needs TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    module, x = random_encoder(arch, "cpu", torch.float32)
+    x = x[0, :rows].contiguous()
+    bad = 0
+    for i, layer in enumerate(module.layers[:2]):
+        pl = PersistentLayer(layer, rows, Config(block_m=16, bn_qkv=32, bn_out=16, bn_ff1=32, bn_ff2=16,
+                                                 block_k=16, block_q=16), programs=5)
+        y = torch.empty_like(x)
+        for s in range(STAGES):
+            pl(x, y, stage=s)
+        with torch.no_grad():
+            ref = layer(x[None], None)[0]
+        r = compare(ref, y)
+        print(f"layer {i}: {r}")
+        bad += not (r["finite"] and r["max_rel"] < 1e-5)   # interpreter fp32: ~6e-8; GELU's 0.7071 as 0.7: 7e-5
+        x = ref.contiguous()
+    print("OK" if not bad else "MISMATCH")
+    return int(bool(bad))
+
+
+def graph_times(fn, warmup: int, repeats: int) -> list[float]:
+    """fn captured in one CUDA graph; per-replay times (ms) with CUDA events."""
+    import torch
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(warmup):
+        g.replay()
+    out = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+CONFIGS = {
+    "a": Config(),
+    "b": Config(bn_out=32, bn_ff2=32),
+    "c": Config(warps=4, stages=4, bn_qkv=64, bn_ff1=64),
+    "d": Config(block_k=128, stages=2),
+    "e": Config(bn_qkv=64, bn_out=32, bn_ff1=64, bn_ff2=32, stages=4),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="wav2vec2-large")
+    p.add_argument("--rows", type=int, default=249)
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--check-cpu", action="store_true")
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if triton is None:
+        print("Triton is not installed", file=sys.stderr)
+        return 2
+    if a.check_cpu:
+        return check_cpu("wav2vec2-tiny" if a.arch == "wav2vec2-large" else a.arch, min(a.rows, 40))
+    import torch
+    from core.envinfo import environment
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    # the fast backend's FP16 form: FF1's bias and GELU (tanh) in cuBLASLt's epilogue
+    module, x0 = random_encoder(a.arch, "cuda", torch.float16, gelu_epilogue=True)
+    rows = min(a.rows, x0.shape[1])
+    x0 = x0[:, :rows].contiguous()
+    layers = module.layers
+    report = {"env": environment(), "rows": rows, "sms": sms, "repeats": a.repeats, "results": {}}
+    print(f"{torch.cuda.get_device_name()} · {sms} SMs · torch {torch.__version__} · triton {triton.__version__}"
+          f" · {len(layers)} layers · {rows} rows")
+
+    # references: FP32 layers (accuracy) and the fast backend's form (the compiled layer, FP16), on the same input
+    ref32 = x0.float()
+    with torch.no_grad():
+        layers32 = [copy.deepcopy(l).float() for l in layers]
+        for l in layers32:
+            l.gelu_epilogue = False   # exact GELU, as the model and the kernel
+            ref32 = l(ref32, None)
+    shared = torch.compile(type(layers[0]).forward, dynamic=False, fullgraph=True)
+    xs = [x0] + [torch.empty_like(x0) for _ in layers]
+
+    def compiled_chain():
+        for i, l in enumerate(layers):
+            xs[i + 1].copy_(shared(l, xs[i], None))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        compiled_chain()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        base = graph_times(compiled_chain, 20, a.repeats)
+    acc_c = compare(ref32, xs[-1].float())
+    report["results"]["compiled"] = {"p50_ms": statistics.median(base), "p90_ms": pct(base, 90),
+                                     "p99_ms": pct(base, 99), "vs_fp32": acc_c, "compile_s": compile_s}
+    print(f"compiled layers (fast backend form): p50 {statistics.median(base):.3f} ms  p90 {pct(base, 90):.3f}"
+          f"  vs fp32 {acc_c}")
+
+    bar = torch.zeros(2, device=dev, dtype=torch.int32)
+    for count in (6, 60):
+        t = graph_times(lambda: _barriers_kernel[(sms,)](bar, sms, COUNT=count, num_warps=8), 20, a.repeats)
+        report["results"][f"barriers{count}"] = {"p50_ms": statistics.median(t)}
+        print(f"empty kernel, {count} grid barriers, {sms} programs: p50 {statistics.median(t) * 1000:.1f} us")
+
+    for name in a.configs.split(","):
+        cfg = CONFIGS[name]
+        try:
+            pls = [PersistentLayer(l, rows, cfg, sms) for l in layers]
+            ys = [x0[0]] + [torch.empty_like(x0[0]) for _ in layers]
+
+            def chain():
+                for i, pl in enumerate(pls):
+                    pl(ys[i], ys[i + 1])
+            t0 = time.perf_counter()
+            chain()
+            torch.cuda.synchronize()
+            build_s = time.perf_counter() - t0
+            # one layer, stage by stage (separate launches): the barrier form must give the same bits
+            one = torch.empty_like(x0[0])
+            for s in range(STAGES):
+                pls[0](x0[0], one, stage=s)
+            same = bool(torch.equal(one, ys[1]))
+            acc = compare(ref32[0], ys[-1].float())
+            t = graph_times(chain, 20, a.repeats)
+            if name == a.configs.split(",")[0]:   # the same kernels launched stage by stage: 7 launches a layer
+                def stagewise():
+                    for i, pl in enumerate(pls):
+                        for s in range(STAGES):
+                            pl(ys[i], ys[i + 1], stage=s)
+                sw = graph_times(stagewise, 20, a.repeats)
+                report["results"][f"{name}_stagewise"] = {"p50_ms": statistics.median(sw)}
+                print(f"config {name} launched stage by stage (no barriers): p50 {statistics.median(sw):.3f} ms")
+        except Exception as err:  # noqa: BLE001 — a config that does not compile or fit is reported, not fatal
+            report["results"][name] = {"config": asdict(cfg), "error": f"{type(err).__name__}: {err}"[:400]}
+            print(f"config {name}: {type(err).__name__}: {str(err)[:300]}")
+            continue
+        ok = acc["finite"] and acc["max_abs"] <= 2 * acc_c["max_abs"] + 1e-3 and same
+        report["results"][name] = {"config": asdict(cfg), "p50_ms": statistics.median(t), "p90_ms": pct(t, 90),
+                                   "p99_ms": pct(t, 99), "vs_fp32": acc, "stagewise_equal": same,
+                                   "ok": ok, "build_s": build_s}
+        print(f"config {name} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {pct(t, 90):.3f}  "
+              f"vs fp32 {acc}  stagewise==barrier {same}  {'OK' if ok else 'WRONG'}  (first run {build_s:.1f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
