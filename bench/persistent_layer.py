@@ -54,6 +54,7 @@ class Config:
     block_q: int = 64     # attention: queries per program
     warps: int = 8
     stages: int = 3       # software-pipelining depth of the GEMMs' K loops
+    ln_rows: int = 16     # flow form: rows per LayerNorm item (its QKV tiles are one head wide, its query blocks BM)
 
 
 if triton is not None:
@@ -84,54 +85,67 @@ if triton is not None:
             tl.store(y_ptr + r * H + cols, (d * tl.rsqrt(var + eps) * w + b).to(y_ptr.dtype.element_ty))
 
     @triton.jit
+    def _gemm_tile(a_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, tm, tn, N: tl.constexpr, K: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr,
+                   GELU: tl.constexpr, RESIDUAL: tl.constexpr):
+        """Tile (tm, tn) of y[M, N] = [r +] [gelu](a[M, K] @ w[N, K]^T + b)."""
+        rm = tm * BM + tl.arange(0, BM)
+        rn = tn * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        a_ptrs = a_ptr + tl.minimum(rm, M - 1)[:, None] * K + rk[None, :]   # rows past M repeat the last
+        w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for _ in tl.range(0, K, BK, num_stages=PIPE):
+            acc = tl.dot(tl.load(a_ptrs, cache_modifier=".cg"), tl.trans(tl.load(w_ptrs)), acc)
+            a_ptrs += BK
+            w_ptrs += BK
+        acc += tl.load(b_ptr + rn).to(tl.float32)[None, :]
+        if GELU:  # exact (erf) GELU, as wav2vec2's "gelu"
+            acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+        inside = (rm[:, None] < M) & (rn[None, :] < N)
+        cell = rm[:, None] * N + rn[None, :]
+        if RESIDUAL:
+            acc += tl.load(r_ptr + cell, mask=inside, other=0.0, cache_modifier=".cg").to(tl.float32)
+        tl.store(y_ptr + cell, acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
     def _gemm(a_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, pid, NP, N: tl.constexpr, K: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr,
               GELU: tl.constexpr, RESIDUAL: tl.constexpr):
-        """y[M, N] = [r +] [gelu](a[M, K] @ w[N, K]^T + b), tiles handed out round-robin; row tiles vary fastest,
-        so the programs that read one weight tile run side by side (it stays in L2)."""
+        """All tiles, handed out round-robin; row tiles vary fastest, so the programs that read one weight tile
+        run side by side (it stays in L2)."""
         tiles_m = tl.cdiv(M, BM)
         for t in range(pid, tiles_m * (N // BN), NP):
-            rm = (t % tiles_m) * BM + tl.arange(0, BM)
-            rn = (t // tiles_m) * BN + tl.arange(0, BN)
-            rk = tl.arange(0, BK)
-            a_ptrs = a_ptr + tl.minimum(rm, M - 1)[:, None] * K + rk[None, :]   # rows past M repeat the last
-            w_ptrs = w_ptr + rn[:, None] * K + rk[None, :]
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for _ in tl.range(0, K, BK, num_stages=PIPE):
-                acc = tl.dot(tl.load(a_ptrs, cache_modifier=".cg"), tl.trans(tl.load(w_ptrs)), acc)
-                a_ptrs += BK
-                w_ptrs += BK
-            acc += tl.load(b_ptr + rn).to(tl.float32)[None, :]
-            if GELU:  # exact (erf) GELU, as wav2vec2's "gelu"
-                acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
-            inside = (rm[:, None] < M) & (rn[None, :] < N)
-            cell = rm[:, None] * N + rn[None, :]
-            if RESIDUAL:
-                acc += tl.load(r_ptr + cell, mask=inside, other=0.0, cache_modifier=".cg").to(tl.float32)
-            tl.store(y_ptr + cell, acc.to(y_ptr.dtype.element_ty), mask=inside)
+            _gemm_tile(a_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, t % tiles_m, t // tiles_m, N, K, BM, BN, BK, PIPE,
+                       GELU, RESIDUAL)
+
+    @triton.jit
+    def _attention_unit(qkv_ptr, o_ptr, M, head, qb, scale, H: tl.constexpr, HEADS: tl.constexpr,
+                        BQ: tl.constexpr, KEYS: tl.constexpr):
+        """Query block qb of one head: softmax attention without a mask (batch 1: every frame is audio), all
+        KEYS >= M keys in one block."""
+        D: tl.constexpr = H // HEADS
+        d = tl.arange(0, D)
+        rk = tl.arange(0, KEYS)
+        k_rows = qkv_ptr + tl.minimum(rk, M - 1)[:, None] * (3 * H) + d[None, :]
+        rq = qb * BQ + tl.arange(0, BQ)
+        q = tl.load(qkv_ptr + tl.minimum(rq, M - 1)[:, None] * (3 * H) + head * D + d[None, :],
+                    cache_modifier=".cg")
+        k = tl.load(k_rows + H + head * D, cache_modifier=".cg")
+        v = tl.load(k_rows + 2 * H + head * D, cache_modifier=".cg")
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(rk[None, :] < M, s, float("-inf"))
+        p = tl.exp(s - tl.max(s, 1)[:, None])
+        o = tl.dot(p.to(v.dtype), v) / tl.sum(p, 1)[:, None]
+        tl.store(o_ptr + rq[:, None] * H + head * D + d[None, :], o.to(o_ptr.dtype.element_ty),
+                 mask=rq[:, None] < M)
 
     @triton.jit
     def _attention(qkv_ptr, o_ptr, M, pid, NP, scale, H: tl.constexpr, HEADS: tl.constexpr,
                    BQ: tl.constexpr, KEYS: tl.constexpr):
-        """Softmax attention without a mask (batch 1: every frame is audio), all KEYS >= M keys in one block."""
-        D: tl.constexpr = H // HEADS
         q_blocks = tl.cdiv(M, BQ)
-        d = tl.arange(0, D)
-        rk = tl.arange(0, KEYS)
-        k_rows = qkv_ptr + tl.minimum(rk, M - 1)[:, None] * (3 * H) + d[None, :]
         for u in range(pid, HEADS * q_blocks, NP):
-            head = u // q_blocks
-            rq = (u % q_blocks) * BQ + tl.arange(0, BQ)
-            q = tl.load(qkv_ptr + tl.minimum(rq, M - 1)[:, None] * (3 * H) + head * D + d[None, :],
-                        cache_modifier=".cg")
-            k = tl.load(k_rows + H + head * D, cache_modifier=".cg")
-            v = tl.load(k_rows + 2 * H + head * D, cache_modifier=".cg")
-            s = tl.dot(q, tl.trans(k)) * scale
-            s = tl.where(rk[None, :] < M, s, float("-inf"))
-            p = tl.exp(s - tl.max(s, 1)[:, None])
-            o = tl.dot(p.to(v.dtype), v) / tl.sum(p, 1)[:, None]
-            tl.store(o_ptr + rq[:, None] * H + head * D + d[None, :], o.to(o_ptr.dtype.element_ty),
-                     mask=rq[:, None] < M)
+            _attention_unit(qkv_ptr, o_ptr, M, u // q_blocks, u % q_blocks, scale, H, HEADS, BQ, KEYS)
 
     @triton.jit
     def _layer_kernel(x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2,
@@ -179,6 +193,132 @@ if triton is not None:
             _grid_sync(bar_ptr, gen0 + i + 1, NP)
 
 
+    # ------------------------------------------------------------ the dataflow form: no grid barrier
+    # Counters (int32) of the flow kernel: [0] programs done, [1] the next item (dynamic order), then how many items
+    # of each kind have finished, per row block of BM rows (LN1, attention, out-projection, LN2, FF1) or per head
+    # (QKV). The last program to finish zeroes them all for the next launch.
+    C_LN1, C_ATT, C_OUT, C_LN2, C_FF1, C_QKV = (tl.constexpr(c) for c in (8, 16, 24, 32, 40, 48))
+    COUNTERS = tl.constexpr(64)
+
+    @triton.jit
+    def _wait(ptr, need):
+        c = tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+        while c < need:
+            c = tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+    @triton.jit
+    def _signal(ptr):
+        tl.debug_barrier()   # every thread's stores are issued before the count goes up
+        tl.atomic_add(ptr, 1, sem="release", scope="gpu")
+
+    @triton.jit
+    def _ln_rows(x_ptr, w_ptr, b_ptr, y_ptr, M, r0, eps, ROWS: tl.constexpr, H: tl.constexpr):
+        rows = r0 + tl.arange(0, ROWS)
+        cols = tl.arange(0, H)
+        at = rows[:, None] * H + cols[None, :]
+        inside = rows[:, None] < M
+        x = tl.load(x_ptr + at, mask=inside, other=0.0, cache_modifier=".cg").to(tl.float32)
+        mean = tl.sum(x, 1) / H
+        d = x - mean[:, None]
+        rstd = tl.rsqrt(tl.sum(d * d, 1) / H + eps)
+        y = d * rstd[:, None] * tl.load(w_ptr + cols).to(tl.float32)[None, :] + tl.load(b_ptr + cols).to(
+            tl.float32)[None, :]
+        tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _flow_item(t, x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2,
+                   xn_ptr, qkv_ptr, o_ptr, x1_ptr, xn2_ptr, h_ptr, cnt_ptr, M, eps, scale,
+                   H: tl.constexpr, HEADS: tl.constexpr, FF: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr,
+                   LNR: tl.constexpr, BN_OUT: tl.constexpr, BN_FF1: tl.constexpr, BN_FF2: tl.constexpr,
+                   BK: tl.constexpr, PIPE: tl.constexpr):
+        """Item t of the layer, in an order where every item depends on earlier ones only: LN1 (LNR rows an item),
+        QKV (one head's q, k or v columns of a row block, head by head), attention (a head's query block), the
+        out-projection + residual, LN2, FF1 + GELU, FF2 + residual (tiles of a row block, row block by row block).
+        Each waits for what it reads and counts itself in when done."""
+        D: tl.constexpr = H // HEADS
+        LN_PER: tl.constexpr = BM // LNR
+        tm = tl.cdiv(M, BM)
+        e0 = tm * LN_PER
+        e1 = e0 + tm * 3 * HEADS
+        e2 = e1 + HEADS * tm
+        e3 = e2 + tm * (H // BN_OUT)
+        e4 = e3 + tm * LN_PER
+        e5 = e4 + tm * (FF // BN_FF1)
+        if t < e0:
+            _ln_rows(x_ptr, ln1w, ln1b, xn_ptr, M, t * LNR, eps, LNR, H)
+            _signal(cnt_ptr + C_LN1 + t // LN_PER)
+        elif t < e1:
+            i = t - e0
+            head = i // (3 * tm)
+            part = (i // tm) % 3
+            m = i % tm
+            _wait(cnt_ptr + C_LN1 + m, LN_PER)
+            _gemm_tile(xn_ptr, wqkv, bqkv, qkv_ptr, qkv_ptr, M, m, part * HEADS + head, 3 * H, H, BM, D, BK, PIPE,
+                       False, False)
+            _signal(cnt_ptr + C_QKV + head)
+        elif t < e2:
+            i = t - e1
+            head = i // tm
+            qb = i % tm
+            _wait(cnt_ptr + C_QKV + head, 3 * tm)
+            _attention_unit(qkv_ptr, o_ptr, M, head, qb, scale, H, HEADS, BM, KEYS)
+            _signal(cnt_ptr + C_ATT + qb)
+        elif t < e3:
+            i = t - e2
+            m = i // (H // BN_OUT)
+            n = i % (H // BN_OUT)
+            _wait(cnt_ptr + C_ATT + m, HEADS)
+            _gemm_tile(o_ptr, wo, bo, x_ptr, x1_ptr, M, m, n, H, H, BM, BN_OUT, BK, PIPE, False, True)
+            _signal(cnt_ptr + C_OUT + m)
+        elif t < e4:
+            i = t - e3
+            m = i // LN_PER
+            _wait(cnt_ptr + C_OUT + m, H // BN_OUT)
+            _ln_rows(x1_ptr, ln2w, ln2b, xn2_ptr, M, i * LNR, eps, LNR, H)
+            _signal(cnt_ptr + C_LN2 + m)
+        elif t < e5:
+            i = t - e4
+            m = i // (FF // BN_FF1)
+            n = i % (FF // BN_FF1)
+            _wait(cnt_ptr + C_LN2 + m, LN_PER)
+            _gemm_tile(xn2_ptr, w1, b1, h_ptr, h_ptr, M, m, n, FF, H, BM, BN_FF1, BK, PIPE, True, False)
+            _signal(cnt_ptr + C_FF1 + m)
+        else:
+            i = t - e5
+            m = i // (H // BN_FF2)
+            n = i % (H // BN_FF2)
+            _wait(cnt_ptr + C_FF1 + m, FF // BN_FF1)
+            _gemm_tile(h_ptr, w2, b2, x1_ptr, y_ptr, M, m, n, H, FF, BM, BN_FF2, BK, PIPE, False, True)
+
+    @triton.jit
+    def _flow_kernel(x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2,
+                     xn_ptr, qkv_ptr, o_ptr, x1_ptr, xn2_ptr, h_ptr, cnt_ptr, M, NP, eps, scale,
+                     H: tl.constexpr, HEADS: tl.constexpr, FF: tl.constexpr, KEYS: tl.constexpr, BM: tl.constexpr,
+                     LNR: tl.constexpr, BN_OUT: tl.constexpr, BN_FF1: tl.constexpr, BN_FF2: tl.constexpr,
+                     BK: tl.constexpr, PIPE: tl.constexpr, DYNAMIC: tl.constexpr):
+        """The layer as items (see _flow_item). DYNAMIC: each program takes the next item from a counter (Triton's
+        interpreter, which runs the programs one after another, needs this); else program p takes items p, p + NP,
+        ... (every program resident, as the barrier form)."""
+        tm = tl.cdiv(M, BM)
+        total = tm * (2 * (BM // LNR) + 4 * HEADS + H // BN_OUT + FF // BN_FF1 + H // BN_FF2)
+        if DYNAMIC:
+            t = tl.atomic_add(cnt_ptr + 1, 1, sem="relaxed", scope="gpu")
+            while t < total:
+                _flow_item(t, x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2, xn_ptr,
+                           qkv_ptr, o_ptr, x1_ptr, xn2_ptr, h_ptr, cnt_ptr, M, eps, scale, H, HEADS, FF, KEYS, BM,
+                           LNR, BN_OUT, BN_FF1, BN_FF2, BK, PIPE)
+                t = tl.atomic_add(cnt_ptr + 1, 1, sem="relaxed", scope="gpu")
+        else:
+            for t in range(tl.program_id(0), total, NP):
+                _flow_item(t, x_ptr, y_ptr, ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, w1, b1, w2, b2, xn_ptr,
+                           qkv_ptr, o_ptr, x1_ptr, xn2_ptr, h_ptr, cnt_ptr, M, eps, scale, H, HEADS, FF, KEYS, BM,
+                           LNR, BN_OUT, BN_FF1, BN_FF2, BK, PIPE)
+        tl.debug_barrier()
+        if tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu") == NP - 1:   # the last program out
+            tl.store(cnt_ptr + tl.arange(0, COUNTERS), tl.zeros([COUNTERS], dtype=tl.int32))
+
+
 def layer_weights(layer) -> dict:
     """The tensors of one core.backends.fast_module.Layer (stable layer norm), contiguous, by kernel argument."""
     return {"ln1w": layer.ln1.weight, "ln1b": layer.ln1.bias, "wqkv": layer.qkv.weight, "bqkv": layer.qkv.bias,
@@ -189,8 +329,13 @@ def layer_weights(layer) -> dict:
 class PersistentLayer:
     """Runs one layer's weights on x [M, H] -> a new [M, H] tensor (the kernel's own scratch is reused)."""
 
-    def __init__(self, layer, rows: int, cfg: Config, programs: int):
+    FORMS = ("barrier", "flow", "flow-dynamic")
+
+    def __init__(self, layer, rows: int, cfg: Config, programs: int, form: str = "barrier"):
         import torch
+        if form not in self.FORMS:
+            raise ValueError(f"form must be one of {self.FORMS}, not {form!r}")
+        self.form = form
         self.w = {k: v.detach().contiguous() for k, v in layer_weights(layer).items()}
         self.heads, self.eps = layer.heads, layer.ln1.eps
         self.h, self.ff = self.w["wo"].shape[0], self.w["w1"].shape[0]
@@ -201,17 +346,28 @@ class PersistentLayer:
         empty = lambda n: torch.empty((rows, n), device=dev, dtype=dt)  # noqa: E731
         self.scratch = {"xn_ptr": empty(self.h), "qkv_ptr": empty(3 * self.h), "o_ptr": empty(self.h),
                         "x1_ptr": empty(self.h), "xn2_ptr": empty(self.h), "h_ptr": empty(self.ff)}
-        self.bar = torch.zeros(2, device=dev, dtype=torch.int32)
+        self.bar = torch.zeros(2 if form == "barrier" else int(COUNTERS), device=dev, dtype=torch.int32)
+        if form != "barrier" and (-(-rows // cfg.block_m) > 8 or self.heads > 16 or cfg.block_m % cfg.ln_rows):
+            raise ValueError("the flow form's counters hold 8 row blocks and 16 heads; ln_rows must divide block_m")
         self.keys = triton.next_power_of_2(rows)
-        for n, bn in ((3 * self.h, cfg.bn_qkv), (self.h, cfg.bn_out), (self.ff, cfg.bn_ff1), (self.h, cfg.bn_ff2)):
+        qkv_width = cfg.bn_qkv if form == "barrier" else self.h // self.heads
+        for n, bn in ((3 * self.h, qkv_width), (self.h, cfg.bn_out), (self.ff, cfg.bn_ff1), (self.h, cfg.bn_ff2)):
             if n % bn:
                 raise ValueError(f"{bn} does not divide {n}")
 
     def __call__(self, x, y, stage: int | None = None):
         c = self.cfg
+        scale = 1.0 / math.sqrt(self.h // self.heads)
+        if self.form != "barrier":
+            _flow_kernel[(self.programs,)](
+                x, y, **self.w, **self.scratch, cnt_ptr=self.bar, M=self.rows, NP=self.programs, eps=self.eps,
+                scale=scale, H=self.h, HEADS=self.heads, FF=self.ff, KEYS=self.keys, BM=c.block_m, LNR=c.ln_rows,
+                BN_OUT=c.bn_out, BN_FF1=c.bn_ff1, BN_FF2=c.bn_ff2, BK=c.block_k, PIPE=c.stages,
+                DYNAMIC=self.form == "flow-dynamic", num_warps=c.warps)
+            return y
         _layer_kernel[(self.programs,)](
             x, y, **self.w, **self.scratch, bar_ptr=self.bar, M=self.rows, NP=self.programs, eps=self.eps,
-            scale=1.0 / math.sqrt(self.h // self.heads), H=self.h, HEADS=self.heads, FF=self.ff, KEYS=self.keys,
+            scale=scale, H=self.h, HEADS=self.heads, FF=self.ff, KEYS=self.keys,
             STAGE=-1 if stage is None else stage, BM=c.block_m, BN_QKV=c.bn_qkv, BN_OUT=c.bn_out,
             BN_FF1=c.bn_ff1, BN_FF2=c.bn_ff2, BK=c.block_k, BQ=c.block_q, PIPE=c.stages, num_warps=c.warps)
         return y
@@ -256,9 +412,18 @@ def check_cpu(arch: str, rows: int) -> int:
             pl(x, y, stage=s)
         with torch.no_grad():
             ref = layer(x[None], None)[0]
-        r = compare(ref, y)
-        print(f"layer {i}: {r}")
-        bad += not (r["finite"] and r["max_rel"] < 1e-5)   # interpreter fp32: ~6e-8; GELU's 0.7071 as 0.7: 7e-5
+        cfg_flow = Config(block_m=16, bn_out=16, bn_ff1=32, bn_ff2=16, block_k=16, ln_rows=8)
+        flow = PersistentLayer(layer, rows, cfg_flow, programs=5, form="flow-dynamic")
+        yf = torch.empty_like(x)
+        for launch in range(2):   # twice: the first launch must leave its counters at zero
+            flow(x, yf)
+            left = flow.bar.abs().sum().item()
+        for form, got in (("stage by stage", y), ("flow", yf)):
+            r = compare(ref, got)
+            print(f"layer {i} {form}: {r}")
+            bad += not (r["finite"] and r["max_rel"] < 1e-5)  # interpreter fp32: ~6e-8; GELU's 0.7071 as 0.7: 7e-5
+        print(f"layer {i} flow: counters left at {left}")
+        bad += left != 0
         x = ref.contiguous()
     print("OK" if not bad else "MISMATCH")
     return int(bool(bad))
@@ -295,13 +460,102 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
+def torch_stages(layers, pls, repeats, report):
+    """What cuBLAS / cuDNN take for each stage's work on the same buffers, 24 calls (one per layer) in a graph."""
+    import torch
+    import torch.nn.functional as F
+    sc = pls[0].scratch
+    heads = pls[0].heads
+    m, h = sc["o_ptr"].shape
+
+    def attn():
+        q, k, v = sc["qkv_ptr"].view(1, m, 3, heads, h // heads).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v)
+    forms = {
+        0: lambda l: F.layer_norm(sc["x1_ptr"], (h,), l.ln1.weight, l.ln1.bias, l.ln1.eps),
+        1: lambda l: F.linear(sc["xn_ptr"], l.qkv.weight, l.qkv.bias),
+        2: lambda l: attn(),
+        3: lambda l: torch.addmm(l.out.bias, sc["o_ptr"], l.out.weight.t()),
+        5: lambda l: torch._addmm_activation(l.ff1.bias, sc["xn2_ptr"], l.ff1.weight.t(), use_gelu=True),
+        6: lambda l: torch.addmm(l.ff2.bias, sc["h_ptr"], l.ff2.weight.t()),
+    }
+    with torch.no_grad():
+        for s, f in forms.items():
+            st = statistics.median(graph_times(lambda: [f(l) for l in layers], 20, repeats))
+            report["results"][f"torch_stage{s}"] = {"p50_ms": st}
+            print(f"  torch form of stage {s} x{len(layers)}: p50 {st * 1000:.1f} us")
+
+
 CONFIGS = {
     "a": Config(),
     "b": Config(bn_out=32, bn_ff2=32),
     "c": Config(warps=4, stages=4, bn_qkv=64, bn_ff1=64),
     "d": Config(block_k=128, stages=2),
     "e": Config(bn_qkv=64, bn_out=32, bn_ff1=64, bn_ff2=32, stages=4),
+    "f": Config(bn_qkv=64, bn_out=32, bn_ff1=64, bn_ff2=32, stages=5, warps=4),
+    "g": Config(block_m=128, bn_qkv=64, bn_out=32, bn_ff1=64, bn_ff2=32, stages=4),
+    "h": Config(bn_qkv=32, bn_out=32, bn_ff1=32, bn_ff2=32, stages=4, warps=4),
 }
+
+
+def run_config(name, form, layers, x0, rows, sms, ref32, acc_c, a, report, breakdown: bool):
+    """One config in one form: correctness (against FP32, the stage-by-stage launches, and itself over repeated
+    runs: a race between programs shows as outputs that differ run to run), then the time of the 24 layers."""
+    import torch
+    cfg, key = CONFIGS[name], f"{name}:{form}"
+    try:
+        pls = [PersistentLayer(l, rows, cfg, sms, form) for l in layers]
+        ys = [x0[0]] + [torch.empty_like(x0[0]) for _ in layers]
+
+        def chain():
+            for i, pl in enumerate(pls):
+                pl(ys[i], ys[i + 1])
+        t0 = time.perf_counter()
+        chain()
+        torch.cuda.synchronize()
+        build_s = time.perf_counter() - t0
+        first = ys[-1].clone()
+        repeatable = True
+        for _ in range(20):
+            chain()
+            repeatable &= bool(torch.equal(first, ys[-1]))
+        stagewise = PersistentLayer(layers[0], rows, cfg, sms, "barrier")
+        one = torch.empty_like(x0[0])
+        for s in range(STAGES):
+            stagewise(x0[0], one, stage=s)
+        same = bool(torch.equal(one, ys[1]))
+        acc = compare(ref32[0], ys[-1].float())
+        t = graph_times(chain, 20, a.repeats)
+        repeatable &= bool(torch.equal(first, ys[-1]))   # after the graph's replays too
+        if breakdown:
+            stage_breakdown(name, pls, ys, layers, a.repeats, report)
+    except Exception as err:  # noqa: BLE001 — a config that does not compile or fit is reported, not fatal
+        report["results"][key] = {"config": asdict(cfg), "error": f"{type(err).__name__}: {err}"[:400]}
+        print(f"{key}: {type(err).__name__}: {str(err)[:300]}")
+        return
+    ok = acc["finite"] and acc["max_abs"] <= 2 * acc_c["max_abs"] + 1e-3 and repeatable
+    report["results"][key] = {"config": asdict(cfg), "form": form, "p50_ms": statistics.median(t),
+                              "p90_ms": pct(t, 90), "p99_ms": pct(t, 99), "vs_fp32": acc, "repeatable": repeatable,
+                              "layer0_equals_stagewise": same, "ok": ok, "build_s": build_s}
+    print(f"{key} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {pct(t, 90):.3f}  vs fp32 {acc}  "
+          f"repeatable {repeatable}  layer 0 == stage by stage {same}  {'OK' if ok else 'WRONG'}  "
+          f"(first run {build_s:.1f} s)")
+
+
+def stage_breakdown(name, pls, ys, layers, repeats, report):
+    def stagewise():
+        for i, pl in enumerate(pls):
+            for s in range(STAGES):
+                pl(ys[i], ys[i + 1], stage=s)
+    sw = graph_times(stagewise, 20, repeats)
+    report["results"][f"{name}_stagewise"] = {"p50_ms": statistics.median(sw)}
+    print(f"config {name} launched stage by stage (no barriers): p50 {statistics.median(sw):.3f} ms")
+    for s in range(STAGES):   # each stage alone, 24 launches (one per layer's weights)
+        one_stage = lambda s=s: [pl(ys[i], ys[i + 1], stage=s) for i, pl in enumerate(pls)]  # noqa: E731
+        st = statistics.median(graph_times(one_stage, 20, repeats))
+        report["results"][f"{name}_stage{s}"] = {"p50_ms": st}
+        print(f"  stage {s} x{len(pls)}: p50 {st * 1000:.1f} us")
+    torch_stages(layers, pls, repeats, report)
 
 
 def main(argv=None):
@@ -310,6 +564,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=249)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--forms", default=",".join(PersistentLayer.FORMS))
+    p.add_argument("--breakdown", action="store_true", help="time each stage alone (first config, barrier form)")
     p.add_argument("--check-cpu", action="store_true")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -364,43 +620,9 @@ def main(argv=None):
         print(f"empty kernel, {count} grid barriers, {sms} programs: p50 {statistics.median(t) * 1000:.1f} us")
 
     for name in a.configs.split(","):
-        cfg = CONFIGS[name]
-        try:
-            pls = [PersistentLayer(l, rows, cfg, sms) for l in layers]
-            ys = [x0[0]] + [torch.empty_like(x0[0]) for _ in layers]
-
-            def chain():
-                for i, pl in enumerate(pls):
-                    pl(ys[i], ys[i + 1])
-            t0 = time.perf_counter()
-            chain()
-            torch.cuda.synchronize()
-            build_s = time.perf_counter() - t0
-            # one layer, stage by stage (separate launches): the barrier form must give the same bits
-            one = torch.empty_like(x0[0])
-            for s in range(STAGES):
-                pls[0](x0[0], one, stage=s)
-            same = bool(torch.equal(one, ys[1]))
-            acc = compare(ref32[0], ys[-1].float())
-            t = graph_times(chain, 20, a.repeats)
-            if name == a.configs.split(",")[0]:   # the same kernels launched stage by stage: 7 launches a layer
-                def stagewise():
-                    for i, pl in enumerate(pls):
-                        for s in range(STAGES):
-                            pl(ys[i], ys[i + 1], stage=s)
-                sw = graph_times(stagewise, 20, a.repeats)
-                report["results"][f"{name}_stagewise"] = {"p50_ms": statistics.median(sw)}
-                print(f"config {name} launched stage by stage (no barriers): p50 {statistics.median(sw):.3f} ms")
-        except Exception as err:  # noqa: BLE001 — a config that does not compile or fit is reported, not fatal
-            report["results"][name] = {"config": asdict(cfg), "error": f"{type(err).__name__}: {err}"[:400]}
-            print(f"config {name}: {type(err).__name__}: {str(err)[:300]}")
-            continue
-        ok = acc["finite"] and acc["max_abs"] <= 2 * acc_c["max_abs"] + 1e-3 and same
-        report["results"][name] = {"config": asdict(cfg), "p50_ms": statistics.median(t), "p90_ms": pct(t, 90),
-                                   "p99_ms": pct(t, 99), "vs_fp32": acc, "stagewise_equal": same,
-                                   "ok": ok, "build_s": build_s}
-        print(f"config {name} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {pct(t, 90):.3f}  "
-              f"vs fp32 {acc}  stagewise==barrier {same}  {'OK' if ok else 'WRONG'}  (first run {build_s:.1f} s)")
+        for form in a.forms.split(","):
+            run_config(name, form, layers, x0, rows, sms, ref32, acc_c, a, report,
+                       breakdown=a.breakdown and form == "barrier" and name == a.configs.split(",")[0])
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
     return 0
