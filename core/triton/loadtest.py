@@ -331,6 +331,22 @@ def _live(client) -> bool:
         return False
 
 
+# Triton counts a request in its statistics after it has sent the response, so a read right after the last answer
+# can miss the last few (CI: 38 of 40 requests)
+SETTLE_S = 2.0
+
+
+def _settled(stats, before: dict | None, answered: int) -> dict | None:
+    """The server's counters once they count the `answered` requests since `before` (waiting at most SETTLE_S)."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        after = stats()
+        if not (after and before) or after["requests"] - before["requests"] >= answered \
+                or time.monotonic() > deadline:
+            return after
+        time.sleep(0.02)
+
+
 def _summed(stats: list[dict | None]) -> dict | None:
     """Several servers' counters added up (None when any cannot answer)."""
     if not stats or any(s is None for s in stats):
@@ -379,7 +395,7 @@ def sweep(loaded, clips: list[Clip], url: str | list[str], protocol: str = "http
                     with load_generator(target, level, clips, requests, seconds, seconds + 2 * timeout_s + 5,
                                         processes or auto_processes(level)) as go, GpuLoad(why_not=remote) as load:
                         r = go()
-                    after = stats()
+                    after = _settled(stats, before, len(r["latencies"]))
                     row = level_row(loaded, spec, ",".join(urls), model_name, level, r, audio_mean, env,
                                     served_backend)
                     row.update(stats_delta(before, after))
