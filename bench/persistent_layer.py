@@ -321,6 +321,31 @@ if triton is not None:
             tl.store(cnt_ptr + tl.arange(0, COUNTERS), tl.zeros([COUNTERS], dtype=tl.int32))
 
 
+    # ------------------------------------------------------------ one GEMM stage alone: pointer loads against TMA
+    @triton.jit
+    def _gemm_ptr_kernel(a_ptr, w_ptr, b_ptr, y_ptr, M, NP, N: tl.constexpr, K: tl.constexpr, BM: tl.constexpr,
+                         BN: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr, GELU: tl.constexpr):
+        _gemm(a_ptr, w_ptr, b_ptr, y_ptr, y_ptr, M, tl.program_id(0), NP, N, K, BM, BN, BK, PIPE, GELU, False)
+
+    @triton.jit
+    def _gemm_tma_kernel(a_desc, w_desc, b_ptr, y_ptr, M, NP, N: tl.constexpr, K: tl.constexpr, BM: tl.constexpr,
+                         BN: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr, GELU: tl.constexpr):
+        """As _gemm_ptr_kernel, the tiles brought in by the tensor memory accelerator (rows past M read as zeros)."""
+        tiles_m = tl.cdiv(M, BM)
+        for t in range(tl.program_id(0), tiles_m * (N // BN), NP):
+            tm = t % tiles_m
+            tn = t // tiles_m
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in tl.range(0, K, BK, num_stages=PIPE):
+                acc = tl.dot(a_desc.load([tm * BM, k]), w_desc.load([tn * BN, k]).T, acc)
+            rm = tm * BM + tl.arange(0, BM)
+            rn = tn * BN + tl.arange(0, BN)
+            acc += tl.load(b_ptr + rn).to(tl.float32)[None, :]
+            if GELU:
+                acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=rm[:, None] < M)
+
+
 def layer_weights(layer) -> dict:
     """The tensors of one core.backends.fast_module.Layer (stable layer norm), contiguous, by kernel argument."""
     return {"ln1w": layer.ln1.weight, "ln1b": layer.ln1.bias, "wqkv": layer.qkv.weight, "bqkv": layer.qkv.bias,
@@ -462,6 +487,67 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
+GEMM_TILES = [(64, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 128, 3, 4), (128, 64, 64, 4, 8),
+              (64, 32, 64, 5, 4), (128, 128, 64, 3, 8)]   # (BM, BN, BK, pipeline stages, warps)
+
+
+def gemm_stage(form, a, w, b, y, tile, programs: int, gelu: bool = False):
+    """y = [gelu](a @ w.T + b) by the stage kernel alone: form "ptr" (the layer kernel's loads) or "tma"."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    bm, bn, bk, pipe, warps = tile
+    m, k = a.shape
+    n = w.shape[0]
+    grid = (min(programs, -(-m // bm) * (n // bn)),)
+    common = dict(M=m, NP=grid[0], N=n, K=k, BM=bm, BN=bn, BK=bk, PIPE=pipe, GELU=gelu, num_warps=warps)
+    if form == "ptr":
+        _gemm_ptr_kernel[grid](a, w, b, y, **common)
+    else:
+        _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
+                               b, y, **common)
+    return y
+
+
+def gemm_forms(layers, rows: int, programs: int, repeats: int, report: dict):
+    """The layers' four GEMMs, each 24 times (one per layer's weights) in a graph: cuBLAS against the stage kernel
+    with pointer loads and with TMA, every tile of GEMM_TILES, each checked against cuBLAS's result."""
+    import torch
+    import torch.nn.functional as F
+    dev, dt = layers[0].qkv.weight.device, layers[0].qkv.weight.dtype
+    shapes = {"qkv": ("qkv", False), "out": ("out", False), "ff1": ("ff1", True), "ff2": ("ff2", False)}
+    g = torch.Generator(device=dev).manual_seed(2)
+    for name, (attr, gelu) in shapes.items():
+        lin = [getattr(l, attr) for l in layers]
+        k, n = lin[0].in_features, lin[0].out_features
+        a = torch.randn(rows, k, device=dev, dtype=dt, generator=g)
+        y = torch.empty(rows, n, device=dev, dtype=dt)
+        ref = F.linear(a.float(), lin[0].weight.float(), lin[0].bias.float())
+        ref = F.gelu(ref) if gelu else ref
+        with torch.no_grad():
+            # FF1 as the fast backend runs it: bias and GELU in cuBLASLt's epilogue
+            cublas = ((lambda L: torch._addmm_activation(L.bias, a, L.weight.t(), use_gelu=True)) if gelu else
+                      (lambda L: F.linear(a, L.weight, L.bias)))
+            t = statistics.median(graph_times(lambda: [cublas(L) for L in lin], 20, repeats))
+        report["results"][f"gemm_{name}_cublas"] = {"p50_ms": t}
+        print(f"{name} {rows}x{k}->{n}: cuBLAS x{len(lin)} p50 {t * 1000:.1f} us")
+        for form in ("ptr", "tma"):
+            for tile in GEMM_TILES:
+                key = f"gemm_{name}_{form}_{'x'.join(map(str, tile))}"
+                try:
+                    if n % tile[1] or k % tile[2]:
+                        continue
+                    gemm_stage(form, a, lin[0].weight, lin[0].bias, y, tile, programs, gelu)
+                    err = float((y.float() - ref).abs().max())
+                    t = statistics.median(graph_times(
+                        lambda: [gemm_stage(form, a, L.weight, L.bias, y, tile, programs, gelu) for L in lin],
+                        20, repeats))
+                except Exception as e:  # noqa: BLE001 — a tile that does not compile or fit is reported
+                    report["results"][key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                    print(f"  {form} {tile}: {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                report["results"][key] = {"p50_ms": t, "max_abs_vs_fp32": err}
+                print(f"  {form} {tile}: p50 {t * 1000:.1f} us  max|d| vs fp32 {err:.4f}")
+
+
 def torch_stages(layers, pls, repeats, report):
     """What cuBLAS / cuDNN take for each stage's work on the same buffers, 24 calls (one per layer) in a graph."""
     import torch
@@ -568,6 +654,7 @@ def main(argv=None):
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--forms", default=",".join(PersistentLayer.FORMS))
     p.add_argument("--breakdown", action="store_true", help="time each stage alone (first config, barrier form)")
+    p.add_argument("--gemms", action="store_true", help="only the GEMM stages alone: cuBLAS, pointer loads, TMA")
     p.add_argument("--check-cpu", action="store_true")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -589,6 +676,12 @@ def main(argv=None):
     report = {"env": environment(), "rows": rows, "sms": sms, "repeats": a.repeats, "results": {}}
     print(f"{torch.cuda.get_device_name()} · {sms} SMs · torch {torch.__version__} · triton {triton.__version__}"
           f" · {len(layers)} layers · {rows} rows")
+
+    if a.gemms:
+        gemm_forms(layers, rows, sms, a.repeats, report)
+        if a.json:
+            a.json.write_text(json.dumps(report, indent=1))
+        return 0
 
     # references: FP32 layers (accuracy) and the fast backend's form (the compiled layer, FP16), on the same input
     ref32 = x0.float()
