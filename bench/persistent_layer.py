@@ -6,9 +6,10 @@ whatever its size, and ~0.2 ms are gaps between graph nodes (bench/NOTES.md, eig
 kernel runs the layer's seven stages (LayerNorm, QKV, attention, out-projection + residual, LayerNorm, FF1 + GELU,
 FF2 + residual) in one launch: one program per multiprocessor loops over each stage's tiles, and the programs meet
 at a grid-wide barrier between stages instead of ending and launching a kernel. What this measures is whether a
-barrier plus a stage's ramp costs less than a kernel boundary plus a launch. It did not, and Triton's GEMM tiles at
-249 rows were 1.6-1.8x cuBLAS's: 1.50 ms at best against the compiled layers' 1.19 ms on an H100 (bench/NOTES.md,
-twenty-third session), so the fast backend keeps its compiled layers.
+barrier plus a stage's ramp costs less than a kernel boundary plus a launch. It did not (1.6 us a barrier), and the
+layer kernel's GEMM tiles were 1.6-1.8x cuBLAS's (the best tile per GEMM, --gemms: 1.16x over the four): 1.50 ms at
+best against the compiled layers' 1.19 ms on an H100 (bench/NOTES.md, twenty-third session), so the fast backend
+keeps its compiled layers.
 
 The barrier: a counter and a generation word in global memory. Each program reads the generation when it starts;
 at barrier i it counts itself in, and the last to arrive resets the counter and bumps the generation (release),
