@@ -29,7 +29,9 @@ LAYERS = 24
 BEST_M249 = [(64, 128, 64, 1, 4, 5), (64, 64, 128, 1, 4, 5), (64, 64, 64, 1, 4, 5), (64, 64, 128, 2, 4, 5)]
 
 
-def graph_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
+def graph_times(fn, warmup: int = 10, repeats: int = 50) -> list[float]:
+    """fn captured in one CUDA graph (after three runs on a side stream), then replayed: the times (ms) of
+    `repeats` replays after `warmup`, each between CUDA events."""
     import torch
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -37,6 +39,7 @@ def graph_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
@@ -50,7 +53,11 @@ def graph_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return times
+
+
+def graph_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
+    return statistics.median(graph_times(fn, warmup, repeats))
 
 
 def main(argv=None):

@@ -37,6 +37,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from gemm_m249 import graph_times   # beside this script, on sys.path when it runs as a script
+
 try:
     import triton
     import triton.language as tl
@@ -457,37 +461,6 @@ def check_cpu(arch: str, rows: int) -> int:
     return int(bool(bad))
 
 
-def graph_times(fn, warmup: int, repeats: int) -> list[float]:
-    """fn captured in one CUDA graph; per-replay times (ms) with CUDA events."""
-    import torch
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(warmup):
-        g.replay()
-    out = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
-
-
 GEMM_TILES = [(64, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 128, 3, 4), (128, 64, 64, 4, 8),
               (64, 32, 64, 5, 4), (128, 128, 64, 3, 8)]   # (BM, BN, BK, pipeline stages, warps)
 
@@ -624,9 +597,9 @@ def run_config(name, form, layers, x0, rows, sms, ref32, acc_c, a, report, break
         return
     ok = acc["finite"] and acc["max_abs"] <= 2 * acc_c["max_abs"] + 1e-3 and repeatable
     report["results"][key] = {"config": asdict(cfg), "form": form, "p50_ms": statistics.median(t),
-                              "p90_ms": pct(t, 90), "p99_ms": pct(t, 99), "vs_fp32": acc, "repeatable": repeatable,
+                              "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)), "vs_fp32": acc, "repeatable": repeatable,
                               "layer0_equals_stagewise": same, "ok": ok, "build_s": build_s}
-    print(f"{key} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {pct(t, 90):.3f}  vs fp32 {acc}  "
+    print(f"{key} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {float(np.percentile(t, 90)):.3f}  vs fp32 {acc}  "
           f"repeatable {repeatable}  layer 0 == stage by stage {same}  {'OK' if ok else 'WRONG'}  "
           f"(first run {build_s:.1f} s)")
 
@@ -704,9 +677,9 @@ def main(argv=None):
         compile_s = time.perf_counter() - t0
         base = graph_times(compiled_chain, 20, a.repeats)
     acc_c = compare(ref32, xs[-1].float())
-    report["results"]["compiled"] = {"p50_ms": statistics.median(base), "p90_ms": pct(base, 90),
-                                     "p99_ms": pct(base, 99), "vs_fp32": acc_c, "compile_s": compile_s}
-    print(f"compiled layers (fast backend form): p50 {statistics.median(base):.3f} ms  p90 {pct(base, 90):.3f}"
+    report["results"]["compiled"] = {"p50_ms": statistics.median(base), "p90_ms": float(np.percentile(base, 90)),
+                                     "p99_ms": float(np.percentile(base, 99)), "vs_fp32": acc_c, "compile_s": compile_s}
+    print(f"compiled layers (fast backend form): p50 {statistics.median(base):.3f} ms  p90 {float(np.percentile(base, 90)):.3f}"
           f"  vs fp32 {acc_c}")
 
     bar = torch.zeros(2, device=dev, dtype=torch.int32)
