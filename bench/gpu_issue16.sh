@@ -67,6 +67,15 @@ set -uo pipefail
 phase=${1:?usage: gpu_issue16.sh w1|cold|triton|gemmlt|sdpa|aoti|scope|precompile|dyncold|dynw1|dyntime|coldall|coldlayer|coldlayerw1|servecheck|graphmem|check}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WORKBENCH_ARTIFACTS=${WORKBENCH_ARTIFACTS:-/tmp/wb}
+# the served phases need the staged wheels: a machine that went back between calls comes back fresh, so say that at
+# once instead of spending the call on imports that fail (twenty-fourth session)
+case "$phase" in
+  triton|servecheck)
+    for need in /tmp/devwheels/env.sh /tmp/tv/bin/python ${PA:+/tmp/pa/env.sh}; do
+      [ -e "$need" ] || { echo "$phase: $need is missing, so this machine is not staged (a fresh one?): stage again from .devwheels/p00" | tee "$out/staging-$phase.log"; exit 3; }
+    done
+    [ -z "${PA:-}" ] || [ -n "${WORKBENCH_PERF_ANALYZER:-}" ] || { echo "$phase: PA=1 needs \`source /tmp/pa/env.sh\` first" | tee "$out/staging-$phase.log"; exit 3; } ;;
+esac
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$out/nvidia-smi-$phase.csv"
 if [ -n "${MPS:-}" ]; then   # one GPU context for the phase's processes (NOTES, sixteenth session)
   command -v nvidia-cuda-mps-control >/dev/null || { echo "MPS=1: nvidia-cuda-mps-control is not on this machine" | tee "$out/mps-$phase.log"; exit 1; }
