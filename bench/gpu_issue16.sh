@@ -20,6 +20,9 @@
 #           bit the same, every copy of a request's audio half the bytes; nineteenth session, same lease, max batch
 #           16: 79 % against fp32's 75 %; fp32 is what every run before the nineteenth session served);
 #           DECOUPLED=1 was measured and removed: H200 76 % vs default 76 % (2026-12-04), H100 84 % vs 89 % (2026-12-07);
+#           SERVER_CPUS=0-7 CLIENT_CPUS=8-15: the server and the load generator pinned to disjoint CPU sets (the
+#           log's first lines list the hyper-thread siblings), to test whether the workbench client's alternating
+#           slow levels come from where the OS places its processes (twenty-fourth session);
 #           PA=1: after the workbench's levels, Triton's perf_analyzer drives
 #           the same server at concurrency 16 (5 s windows; needs `source /tmp/pa/env.sh` from .pa/setup.sh)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
@@ -98,10 +101,12 @@ case "$phase" in
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     [ -n "${MPS:-}" ] && name=${name}_mps
+    [ -n "${CLIENT_CPUS:-}${SERVER_CPUS:-}" ] && name=${name}_pinned
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
       ${CLIENTS:+--client-processes $CLIENTS} ${INPUT_DTYPE:+--input-dtype $INPUT_DTYPE} \
-      ${PA:+--perf-analyzer} > "$out/$name.log" 2>&1
+      ${PA:+--perf-analyzer} ${SERVER_CPUS:+--server-cpus $SERVER_CPUS} ${CLIENT_CPUS:+--client-cpus $CLIENT_CPUS} \
+      > "$out/$name.log" 2>&1
     echo "triton max batch $mb, $inst instances exit $?" | tee -a "$out/$name.log"; cp "$out/gpu_triton.json" "$out/$name.json" ;;
   scope)
     timeout 300 python3 bench/gpu_coldstart.py --compile-scope layer --buckets-s 5 20 --batch-buckets 1 8 > "$out/cold_layer.log" 2>&1

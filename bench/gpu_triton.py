@@ -31,6 +31,26 @@ from core.triton.loadtest import cpu_by_role, prepare_clips, server_cpu, sweep  
 from core.triton.stages import PREFIX as STAGES  # noqa: E402
 
 
+def cpu_list(text: str) -> set[int]:
+    """'0-3,8' -> {0, 1, 2, 3, 8} (Linux's CPU-list form, as in taskset -c)."""
+    cpus = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"{text}: this process may run only on CPUs {sorted(os.sched_getaffinity(0))}")
+    return cpus
+
+
+def cpu_topology() -> str:
+    """Each CPU's hyper-thread siblings, so a pinned run says whether its two sets share physical cores."""
+    groups = {}
+    for cpu in sorted(os.sched_getaffinity(0)):
+        f = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        groups.setdefault(f.read_text().strip() if f.exists() else str(cpu), cpu)   # in order of their first CPU
+    return f"{len(os.sched_getaffinity(0))} usable; hyper-thread siblings {' '.join(groups)}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random:wav2vec2-large")
@@ -71,6 +91,12 @@ def main(argv=None) -> int:
                    help="perf_analyzer's measurement window (it runs 3 to 10 of them)")
     p.add_argument("--client-processes", type=int, default=8, help="load-generator processes (one sends ~500 "
                    "requests/s of 5 s audio at most; 80 %% of in-process batch 16 on an H200 is ~2,000 requests/s)")
+    p.add_argument("--server-cpus", type=cpu_list, help="CPUs for the server and its instances, e.g. 0-7 (they "
+                   "inherit this process's affinity when they start); with --client-cpus: do the workbench client's "
+                   "alternating slow levels (twenty-second and twenty-fourth sessions) come from where the OS places "
+                   "its processes beside the instances?")
+    p.add_argument("--client-cpus", type=cpu_list, help="CPUs for the load generator's processes once the server "
+                   "is up, e.g. 8-15 (perf_analyzer's too)")
     args = p.parse_args(argv)
 
     loaded = load_model(args.model)
@@ -85,11 +111,21 @@ def main(argv=None) -> int:
     for r in inproc:   # printed now too: a run cut short by its time limit still shows the in-process ceiling
         print(f"  in-process batch {r['batch']}: {r['p50_ms']:.2f} ms, {r['audio_s_per_s']:.1f} audio-s/s",
               file=sys.stderr)
+    print(f"CPUs: {cpu_topology()}", file=sys.stderr)
+    allowed = os.sched_getaffinity(0)
+    if args.server_cpus:
+        os.sched_setaffinity(0, args.server_cpus)
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
                         preferred=[b for b in args.preferred if b <= args.max_batch],
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         warmup_s=args.seconds, timeout_s=900, python_backend=args.python_backend,
                         backend_options=dict(args.backend_option or []), input_dtype=args.input_dtype)
+    if args.client_cpus or args.server_cpus:   # the clients spawned from here on inherit this
+        os.sched_setaffinity(0, args.client_cpus or allowed)
+        import psutil
+        tree = [psutil.Process(info.pid), *psutil.Process(info.pid).children(recursive=True)]
+        print(f"CPUs of the server's processes: {sorted({tuple(q.cpu_affinity()) for q in tree})}; the load "
+              f"generator's: {sorted(os.sched_getaffinity(0))}", file=sys.stderr)
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended
