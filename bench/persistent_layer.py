@@ -461,6 +461,12 @@ def check_cpu(arch: str, rows: int) -> int:
     return int(bool(bad))
 
 
+def percentiles(times) -> dict:
+    """p50/p90/p99 (ms) of replay times, each taken once, with numpy's percentile as core.bench does."""
+    p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
+    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99}
+
+
 GEMM_TILES = [(64, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 128, 3, 4), (128, 64, 64, 4, 8),
               (64, 32, 64, 5, 4), (128, 128, 64, 3, 8)]   # (BM, BN, BK, pipeline stages, warps)
 
@@ -596,10 +602,10 @@ def run_config(name, form, layers, x0, rows, sms, ref32, acc_c, a, report, break
         print(f"{key}: {type(err).__name__}: {str(err)[:300]}")
         return
     ok = acc["finite"] and acc["max_abs"] <= 2 * acc_c["max_abs"] + 1e-3 and repeatable
-    report["results"][key] = {"config": asdict(cfg), "form": form, "p50_ms": statistics.median(t),
-                              "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)), "vs_fp32": acc, "repeatable": repeatable,
+    lat = percentiles(t)
+    report["results"][key] = {"config": asdict(cfg), "form": form, **lat, "vs_fp32": acc, "repeatable": repeatable,
                               "layer0_equals_stagewise": same, "ok": ok, "build_s": build_s}
-    print(f"{key} {asdict(cfg)}: p50 {statistics.median(t):.3f} ms  p90 {float(np.percentile(t, 90)):.3f}  vs fp32 {acc}  "
+    print(f"{key} {asdict(cfg)}: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  vs fp32 {acc}  "
           f"repeatable {repeatable}  layer 0 == stage by stage {same}  {'OK' if ok else 'WRONG'}  "
           f"(first run {build_s:.1f} s)")
 
@@ -677,10 +683,9 @@ def main(argv=None):
         compile_s = time.perf_counter() - t0
         base = graph_times(compiled_chain, 20, a.repeats)
     acc_c = compare(ref32, xs[-1].float())
-    report["results"]["compiled"] = {"p50_ms": statistics.median(base), "p90_ms": float(np.percentile(base, 90)),
-                                     "p99_ms": float(np.percentile(base, 99)), "vs_fp32": acc_c, "compile_s": compile_s}
-    print(f"compiled layers (fast backend form): p50 {statistics.median(base):.3f} ms  p90 {float(np.percentile(base, 90)):.3f}"
-          f"  vs fp32 {acc_c}")
+    lat = percentiles(base)
+    report["results"]["compiled"] = {**lat, "vs_fp32": acc_c, "compile_s": compile_s}
+    print(f"compiled layers (fast backend form): p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  vs fp32 {acc_c}")
 
     bar = torch.zeros(2, device=dev, dtype=torch.int32)
     for count in (6, 60):
