@@ -22,7 +22,8 @@
 #           DECOUPLED=1 was measured and removed: H200 76 % vs default 76 % (2026-12-04), H100 84 % vs 89 % (2026-12-07);
 #           SERVER_CPUS=0-7 CLIENT_CPUS=8-15: the server and the load generator pinned to disjoint CPU sets (the
 #           log's first lines list the hyper-thread siblings), to test whether the workbench client's alternating
-#           slow levels come from where the OS places its processes (twenty-fourth session);
+#           slow levels come from where the OS places its processes (twenty-fourth session); PIN=halves picks
+#           them: the first half of the physical cores for the server, the rest for the clients (bench/cpu_halves.py);
 #           PA=1: after the workbench's levels, Triton's perf_analyzer drives
 #           the same server at concurrency 16 (5 s windows; needs `source /tmp/pa/env.sh` from .pa/setup.sh)
 # MPS=1 (any phase): the phase runs under an MPS control daemon of its own (pipe and log dirs under /tmp, quit when the
@@ -101,6 +102,10 @@ case "$phase" in
     name=triton_pyb$sfx
     [ -n "${PYTRITON:-}" ] && how= && name=triton_pyt$sfx   # the instances as threads of one process
     [ -n "${MPS:-}" ] && name=${name}_mps
+    if [ "${PIN:-}" = halves ]; then   # half the physical cores each (bench/cpu_halves.py)
+      read -r SERVER_CPUS CLIENT_CPUS < <(python3 bench/cpu_halves.py)
+      [ -n "${CLIENT_CPUS:-}" ] || { echo "PIN=halves needs at least two physical cores"; exit 2; }
+    fi
     [ -n "${CLIENT_CPUS:-}${SERVER_CPUS:-}" ] && name=${name}_pinned
     timeout 540 /tmp/tv/bin/python bench/gpu_triton.py --backend fast:fp16:cuda --max-batch $mb --preferred $pref \
       --level-seconds ${LEVEL_S:-10} --level-repeats ${REPEATS:-1} --concurrency 16 --instances $inst --batches 8 $how \
@@ -168,8 +173,8 @@ case "$phase" in
     /tmp/tv/bin/python -m core serve --stop --name gpucheck >> "$out/serve_demo.log" 2>&1
     cp "$WORKBENCH_ARTIFACTS/triton/gpucheck.log" "$out/server_gpucheck.log" 2>/dev/null
     # the GPU-only tests of the served batch's page-locked buffer (pytest staged with the wheels)
-    timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py \
-      -k "page_locked or cuda" \
+    timeout 200 /tmp/tv/bin/python -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_triton_gpus.py \
+      -k "page_locked or cuda or sm_clock" \
       > "$out/pinned_test.log" 2>&1
     echo "page-locked test exit $?" | tee -a "$out/pinned_test.log" ;;
   graphmem)

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,13 @@ from core.models import load_model  # noqa: E402
 from core.triton import server  # noqa: E402
 from core.triton.repo import AUDIO_DTYPES  # noqa: E402
 from core.triton.loadtest import cpu_by_role, prepare_clips, server_cpu, sweep  # noqa: E402
-from core.triton.stages import PREFIX as STAGES  # noqa: E402
+from core.triton.stages import PREFIX as STAGES, parse_summary  # noqa: E402
+from cpu_halves import parse_cpus  # noqa: E402  (bench/, this script's directory)
 
 
 def cpu_list(text: str) -> set[int]:
-    """'0-3,8' -> {0, 1, 2, 3, 8} (Linux's CPU-list form, as in taskset -c)."""
-    cpus = set()
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
+    """--server-cpus/--client-cpus: a CPU list this process may run on."""
+    cpus = parse_cpus(text)
     if not cpus <= os.sched_getaffinity(0):
         raise argparse.ArgumentTypeError(f"{text}: this process may run only on CPUs {sorted(os.sched_getaffinity(0))}")
     return cpus
@@ -49,6 +48,31 @@ def cpu_topology() -> str:
         f = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
         groups.setdefault(f.read_text().strip() if f.exists() else str(cpu), cpu)   # in order of their first CPU
     return f"{len(os.sched_getaffinity(0))} usable; hyper-thread siblings {' '.join(groups)}"
+
+
+def gpu_line(r: dict) -> str:
+    """', GPU 0 92 % busy, SM 1980 MHz (min 1755)' for each GPU NVML sampled over the level; '' without NVML."""
+    mhz = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    return "".join(f", GPU {g['gpu']} {g['util_mean_pct']:.0f} % busy, SM {mhz(g.get('sm_clock_mean_mhz'))} MHz "
+                   f"(min {mhz(g.get('sm_clock_min_mhz'))})" for g in r.get("gpu_load") or [])
+
+
+def stages_by_level(rows: list[dict], lines: list[str], since: float) -> list[str]:
+    """Each instance's stage summaries (core.triton.stages) put with the level they fall in: rows[i]["server_stages"]
+    becomes {instance: {stage: p50 ms}}. Level i spans from the end of the one before ("ended_at"; `since` for the
+    first) to its own end, and holds one summary an instance, which WORKBENCH_STAGES_EVERY_S above a level's
+    length gives. Returns the lines it could not place: before `since` (warm-up), after the last level, across two
+    levels, or a second one of an instance in a level."""
+    left = []
+    for line in lines:
+        s = parse_summary(line)
+        k = next((i for i, r in enumerate(rows) if s and s["t1"] is not None and r["ended_at"] >= s["t1"]), None)
+        if k is None or s["t0"] < (rows[k - 1]["ended_at"] if k else since) \
+                or s["label"] in rows[k].get("server_stages", {}):
+            left.append(line)
+        else:
+            rows[k].setdefault("server_stages", {})[s["label"]] = s["p50"]
+    return left
 
 
 def main(argv=None) -> int:
@@ -113,6 +137,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
     print(f"CPUs: {cpu_topology()}", file=sys.stderr)
     allowed = os.sched_getaffinity(0)
+    # one stage summary a level (each instance inherits this): longer than any level (perf_analyzer's runs up to
+    # ten windows), so only the pause between levels ends one
+    os.environ.setdefault("WORKBENCH_STAGES_EVERY_S",
+                          str(max(60.0, 3 * args.level_seconds, 15 * args.perf_analyzer_window_s)))
     if args.server_cpus:
         os.sched_setaffinity(0, args.server_cpus)
     info = server.start(args.model, args.backend, name="gpu-bench", max_batch=args.max_batch,
@@ -129,6 +157,7 @@ def main(argv=None) -> int:
     cpu = [server_cpu(info.pid)]
 
     def progress(r):   # each server process role's share of a core since the previous level ended
+        r["ended_at"] = time.time()
         cpu.append(server_cpu(info.pid))
         r["server_cpu_pct"] = {k: round(100 * v / r["wall_s"]) for k, v in cpu_by_role(cpu[-2], cpu[-1]).items()}
         outside = r.get("outside_server_ms")
@@ -137,7 +166,8 @@ def main(argv=None) -> int:
         print(f"  c={r['concurrency']}: {r['audio_s_per_s']:.1f} audio-s/s, p50 {r['p50_ms']:.1f} ms, in flight "
               f"{r['in_flight']:.2f}, outside the server {'-' if outside is None else f'{outside:.2f}'} ms, errors "
               f"{r['errors']}{' ' + r['error_examples'][0] if r['errors'] else ''}, {client}, server CPU "
-              f"% of a core by process: {r['server_cpu_pct']}", file=sys.stderr)
+              f"% of a core by process: {r['server_cpu_pct']}{gpu_line(r)}", file=sys.stderr)
+    since = time.time()
     try:
         levels = [c for c in args.concurrency for _ in range(args.level_repeats)]
         rows = sweep(loaded, clips, info.url(args.protocol), args.protocol, info.model_name, levels,
@@ -152,9 +182,17 @@ def main(argv=None) -> int:
                             progress=progress, generator="perf_analyzer")
     finally:
         server.stop(info)
-    for line in Path(info.log).read_text(errors="replace").splitlines():   # host time per stage of each batch
-        if line.startswith((STAGES, "WARMED")):   # WARMED: each instance's warm-up and its GPU memory
+    log = Path(info.log).read_text(errors="replace").splitlines()
+    for line in log:
+        if line.startswith("WARMED"):   # each instance's warm-up and its GPU memory
             print(f"  {line}", file=sys.stderr)
+    # host time per stage of each batch, level by level: did a slow level's server work slow down too?
+    for line in stages_by_level(rows + pa_rows, [line for line in log if line.startswith(STAGES)], since):
+        print(f"  {line} (not placed in a level)", file=sys.stderr)
+    for i, r in enumerate(rows + pa_rows):
+        for label, p50 in sorted(r.get("server_stages", {}).items()):
+            print(f"  level {i + 1} (c={r['concurrency']}, {r['audio_s_per_s']:.1f} audio-s/s) {label} p50 ms: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in p50.items()), file=sys.stderr)
 
     at = max((r["concurrency"] for r in rows if r["concurrency"] <= args.compare_at and r["n"]), default=None)
     at_rates = sorted(r["audio_s_per_s"] for r in rows if r["concurrency"] == at and r["n"])

@@ -191,7 +191,8 @@ else:
                                    title="GPU utilisation per level (NVML, sampled every 0.1 s)",
                                    labels={"util_mean_pct": "mean utilisation %"}).update_xaxes(type="category"),
                             width="stretch", key="gpu_load_chart")
-            st.dataframe(gl[["concurrency", "gpu", "name", "util_mean_pct", "util_max_pct", "mem_util_mean_pct",
-                             "mem_used_max_mb", "samples"]], hide_index=True, width="stretch")
+            cols = ["concurrency", "gpu", "name", "util_mean_pct", "util_max_pct", "mem_util_mean_pct",
+                    "mem_used_max_mb", "sm_clock_mean_mhz", "sm_clock_min_mhz", "samples"]   # clocks: since 2026-12-07
+            st.dataframe(gl[[c for c in cols if c in gl]], hide_index=True, width="stretch")
         elif reasons := sorted({r["gpu_load_reason"] for r in rows if r.get("gpu_load_reason")}):
             st.caption(f":gray[No per-GPU load: {'; '.join(reasons)}.]")

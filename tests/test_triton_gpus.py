@@ -90,6 +90,17 @@ def test_gpu_load_is_empty_with_a_reason_without_nvml():
     assert r["gpu_load"] is None and ("NVML" in r["gpu_load_reason"] or "nvidia-ml-py" in r["gpu_load_reason"])
 
 
+def test_gpu_load_reads_utilisation_and_the_sm_clock_on_a_gpu():
+    """On an NVIDIA GPU (bench/gpu_issue16.sh servecheck runs it): every sample has a utilisation and the SM clock."""
+    with GpuLoad(sample_s=0.01) as load:
+        __import__("time").sleep(0.1)
+    if not load.handles:
+        pytest.skip(f"needs an NVIDIA GPU; here: {load.result()['gpu_load_reason']}")
+    for g in load.result()["gpu_load"]:
+        assert g["samples"] >= 3 and 0 <= g["util_mean_pct"] <= g["util_max_pct"] <= 100
+        assert 0 < g["sm_clock_min_mhz"] <= g["sm_clock_mean_mhz"] < 5000
+
+
 def test_sweep_rows_carry_gpu_load_or_why_not(tiny):
     """Against a port nobody listens on (every request fails fast): each level row still says why it has no load."""
     from core.export import parity_audio
@@ -117,8 +128,9 @@ def test_serving_page_shows_per_gpu_load_when_a_sweep_recorded_it(tiny, monkeypa
     row = level_row(tiny, BackendSpec("triton", "fp32", "grpc"), "127.0.0.1:8001", "asr", 32, r, clips[0].seconds, {},
                     "fast:fp16:cuda")
     row.update(gpu_load=[{"gpu": i, "name": "NVIDIA H200", "util_mean_pct": u, "util_max_pct": 100,
-                          "mem_util_mean_pct": 40.0, "mem_used_max_mb": 9000.0, "samples": 50}
-                         for i, u in ((0, 91.0), (1, 88.0))], gpu_load_reason=None)
+                          "mem_util_mean_pct": 40.0, "mem_used_max_mb": 9000.0, "sm_clock_mean_mhz": c,
+                          "sm_clock_min_mhz": c - 100, "samples": 50}
+                         for i, u, c in ((0, 91.0, 1980.0), (1, 88.0, 1755.0))], gpu_load_reason=None)
     run_id = save([row], "sweep")
     monkeypatch.setenv("WORKBENCH_DEFAULT_MODEL", "random:wav2vec2-tiny")
     at = AppTest.from_file("../app.py", default_timeout=120)
@@ -129,3 +141,4 @@ def test_serving_page_shows_per_gpu_load_when_a_sweep_recorded_it(tiny, monkeypa
     tables = [t.value for t in at.dataframe]
     load = next(t for t in tables if "util_mean_pct" in t)
     assert list(load["gpu"]) == ["GPU 0", "GPU 1"] and list(load["util_mean_pct"]) == [91.0, 88.0]
+    assert list(load["sm_clock_mean_mhz"]) == [1980.0, 1755.0] and list(load["sm_clock_min_mhz"]) == [1880.0, 1655.0]

@@ -75,11 +75,12 @@ def local_url(url: str) -> bool:
 
 class GpuLoad:
     """with GpuLoad() as g: <work>; g.result() -> {"gpu_load": [per GPU: index, name, mean/max utilisation %, mean
-    memory-controller %, max memory used MB, samples] or None, "gpu_load_reason": why None, else None}."""
+    memory-controller %, max memory used MB, mean/min SM clock MHz (None where unreadable), samples] or None,
+    "gpu_load_reason": why None, else None}. The clock tells a level the GPU ran slower in from one it was fed less."""
 
     def __init__(self, sample_s: float = SAMPLE_S, why_not: str | None = None):
         self.sample_s, self.why = sample_s, why_not or ""
-        self.samples: list[list[tuple[int, int, float]]] = []
+        self.samples: list[list[tuple[int, int, float, int | None]]] = []
         self.names: list[str] = []
         self.handles: list = []
         self._stop, self._thread = threading.Event(), None
@@ -106,9 +107,13 @@ class GpuLoad:
             try:
                 u = self.nvml.nvmlDeviceGetUtilizationRates(h)
                 used = self.nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
-                self.samples[i].append((int(u.gpu), int(u.memory), float(used)))
             except Exception:  # noqa: BLE001 - one failed read is a gap, not an idle GPU
-                pass
+                continue
+            try:
+                clock = int(self.nvml.nvmlDeviceGetClockInfo(h, self.nvml.NVML_CLOCK_SM))
+            except Exception:  # noqa: BLE001 - some virtual GPUs do not report clocks
+                clock = None
+            self.samples[i].append((int(u.gpu), int(u.memory), float(used), clock))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.sample_s):
@@ -135,9 +140,12 @@ class GpuLoad:
         for i, (name, s) in enumerate(zip(self.names, self.samples)):
             if not s:
                 continue
-            util, mem, used = zip(*s)
+            util, mem, used, clock = zip(*s)
+            clock = [c for c in clock if c is not None]
             load.append({"gpu": i, "name": name, "util_mean_pct": sum(util) / len(util), "util_max_pct": max(util),
-                         "mem_util_mean_pct": sum(mem) / len(mem), "mem_used_max_mb": max(used), "samples": len(s)})
+                         "mem_util_mean_pct": sum(mem) / len(mem), "mem_used_max_mb": max(used),
+                         "sm_clock_mean_mhz": sum(clock) / len(clock) if clock else None,
+                         "sm_clock_min_mhz": min(clock) if clock else None, "samples": len(s)})
         return {"gpu_load": load or None, "gpu_load_reason": None if load else "every NVML read failed"}
 
 

@@ -373,7 +373,7 @@ def main(argv=None) -> int:
               f"grpc {args.address}:{args.grpc_port} metrics {args.address}:{args.metrics_port}", flush=True)
         triton.serve()
     for t in stages:
-        print(t.summary(), flush=True)
+        t.flush()
     for b in backends:
         b.close()
     return 0
