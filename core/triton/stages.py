@@ -30,7 +30,8 @@ class StageTimes:
         self.span = None   # wall-clock time of the first stage and of the last batch's end, since the last summary
 
     def batch_done(self) -> None:
-        self.span = (self.span[0] if self.span else time.time(), time.time())
+        now = time.time()
+        self.span = (self.span[0] if self.span else now, now)
         if time.monotonic() - self.last >= self.every_s:
             self.flush()
 
@@ -42,10 +43,11 @@ class StageTimes:
 
     @contextmanager
     def __call__(self, stage: str):
-        if self.span and time.time() - self.span[1] >= self.gap_s:   # the first stage of a batch after a pause
+        now = time.time()
+        if self.span and now - self.span[1] >= self.gap_s:   # the first stage of a batch after a pause
             self.flush()
         if self.span is None:
-            self.span = (time.time(), time.time())
+            self.span = (now, now)
         start = time.perf_counter()
         try:
             yield
