@@ -64,7 +64,7 @@ def cmd_info(args):
         print(json.dumps(_model(args).describe(), indent=2, ensure_ascii=False))
 
 
-def _gate_args(s, precision_help: str = "") -> None:
+def _gate_args(s) -> None:
     s.add_argument("--max-rel-dlogit", type=float, default=None,
                    help="gate: max |Δlogit| against PyTorch FP32 as a fraction of its logit scale (default per "
                         "precision: fp32 1e-3, fp16/mixed 5e-2, bf16 1e-1, int8, int4w, int8w and fp8 0.5)")

@@ -182,14 +182,3 @@ def heldout_sentences(n: int = 36, seed: int = 1234, exclude: set[str] = frozens
 def charset(sentences) -> list[str]:
     """Sorted characters (code points) of the normalised sentences, space excluded."""
     return sorted({ch for s in sentences for ch in normalize(s)} - {" "})
-
-
-def all_words() -> set[str]:
-    """Every word any template can produce (slot words and template words)."""
-    words = set()
-    for items in WORDS.values():
-        for w in items:
-            words.update(normalize(w).split())
-    for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES:
-        words.update(normalize(_SLOT_RE.sub(" ", t)).split())
-    return words
