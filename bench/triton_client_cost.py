@@ -2,7 +2,8 @@
 Python backend with --python-backend; `core.triton.serve`) in its own process group, and this process sending
 5 s requests over gRPC or HTTP at a concurrency level through the sweep's own load generator. Reports:
 - the client's CPU milliseconds per request and the ceiling that puts on one client process (1000 / that, at
-  100 % of one core), next to the part spent in CTC decoding alone;
+  100 % of one core), next to the parts spent in CTC decoding alone and in preparing the request alone (the audio's
+  cast where the server takes FP16, and tritonclient's InferInput);
 - the server's CPU milliseconds per request for each of its processes (tritonserver, the Python-backend stub,
   PyTriton's own process, which also runs the model), and what the model's callable (core.triton.serve.make_infer)
   costs for the same batches in this process. tritonserver's and the stub's figures are the serving path's own
@@ -11,7 +12,7 @@ Python backend with --python-backend; `core.triton.serve`) in its own process gr
 The model's compute enters neither the client's figure nor tritonserver's, so a small CPU model serves; on a small
 machine the sides compete for the cores, so the wall-clock rate is not the point, the CPU per request is.
 
-    python bench/triton_client_cost.py --seconds 5 --level-seconds 15 --protocol grpc [--python-backend]
+    python bench/triton_client_cost.py --seconds 5 --level-seconds 15 --protocol grpc [--python-backend] [--input-dtype fp16]
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
     p.add_argument("--client-processes", type=int, default=1)
     p.add_argument("--python-backend", action="store_true", help="serve through Triton's Python backend")
+    p.add_argument("--input-dtype", choices=("auto", "fp32", "fp16"), default="auto",
+                   help="the served audio's type (core.triton.repo.audio_dtype); fp16 makes the client cast each request")
     p.add_argument("--json", type=Path, default=None, help="write the result here")
     args = p.parse_args(argv)
 
@@ -48,7 +51,8 @@ def main(argv=None) -> int:
                                       server_cpu, server_stats, stats_delta)
 
     info = server.start(args.model, args.backend, name="client-cost", max_batch=16, preferred=[8, 16],
-                        max_queue_delay_us=2000, warmup_s=args.seconds, python_backend=args.python_backend)
+                        max_queue_delay_us=2000, warmup_s=args.seconds, python_backend=args.python_backend,
+                        input_dtype=args.input_dtype)
     try:
         loaded = load_model(args.model)
         rng = np.random.default_rng(0)
@@ -56,10 +60,15 @@ def main(argv=None) -> int:
                       sample_rate=loaded.sample_rate, name="noise")
         clips = prepare_clips(loaded, [audio])
         target = Target([info.url(args.protocol)], args.protocol, "asr", 30.0, loaded.processor)
-        # the decode alone, on the server's own answer
+        # the decode alone, on the server's own answer; and the request's preparation alone (cast, InferInput)
         with target.client(0) as probe:
             sent_mask = "attention_mask" in [i.name() for i in probe.prepare(clips[0].values, clips[0].mask)[0]]
             logits = probe.logits(clips[0].values, clips[0].mask)
+            audio_dtype = probe.audio_dtype
+            t0 = time.process_time()
+            for _ in range(200):
+                probe.prepare(clips[0].values, clips[0].mask)
+            prepare_ms = (time.process_time() - t0) / 200 * 1e3
         t0 = time.process_time()
         for _ in range(200):
             target.decode(logits)
@@ -80,11 +89,14 @@ def main(argv=None) -> int:
         cpu_ms = r["client_cpu_pct"] / 100 * r["wall_s"] / max(n, 1) * 1e3 * r["client_processes"]
         result = {
             "protocol": args.protocol, "concurrency": args.concurrency, "client_processes": r["client_processes"], "audio_s": args.seconds,
-            "request_bytes": int(clips[0].values.nbytes + (clips[0].mask.nbytes if sent_mask else 0)),
+            "audio_dtype": audio_dtype,
+            "request_bytes": int(clips[0].values.nbytes // (2 if audio_dtype == "FP16" else 1)
+                                 + (clips[0].mask.nbytes if sent_mask else 0)),
             "response_bytes": int(np.asarray(logits).nbytes), "sends_attention_mask": sent_mask,
             "requests": n, "errors": len(r["errors"]), "wall_s": round(r["wall_s"], 2),
             "requests_per_s": round(n / r["wall_s"], 1), "client_cpu_pct": round(r["client_cpu_pct"], 1),
             "client_cpu_ms_per_request": round(cpu_ms, 3), "decode_ms_per_request": round(decode_ms, 3),
+            "prepare_ms_per_request": round(prepare_ms, 3),
             "one_client_process_ceiling_requests_per_s": round(1e3 / cpu_ms),
             "serving": "Triton Python backend" if args.python_backend else "PyTriton",
             "server_avg_batch": round(counts["server_avg_batch"], 2), "server_cpu_ms_per_request": server_ms,
