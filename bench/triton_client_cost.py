@@ -65,14 +65,8 @@ def main(argv=None) -> int:
             sent_mask = "attention_mask" in [i.name() for i in probe.prepare(clips[0].values, clips[0].mask)[0]]
             logits = probe.logits(clips[0].values, clips[0].mask)
             audio_dtype = probe.audio_dtype
-            t0 = time.process_time()
-            for _ in range(200):
-                probe.prepare(clips[0].values, clips[0].mask)
-            prepare_ms = (time.process_time() - t0) / 200 * 1e3
-        t0 = time.process_time()
-        for _ in range(200):
-            target.decode(logits)
-        decode_ms = (time.process_time() - t0) / 200 * 1e3
+            prepare_ms = cpu_ms_per_call(lambda: probe.prepare(clips[0].values, clips[0].mask))
+        decode_ms = cpu_ms_per_call(lambda: target.decode(logits))
         stats = _stats_client(target.urls[0], args.protocol, 30.0)
         for seconds in (3.0, args.level_seconds):  # an unrecorded level first: clients, batcher
             with load_generator(target, args.concurrency, clips, 10**9, seconds, seconds + 60,
@@ -111,6 +105,14 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def cpu_ms_per_call(fn, repeats: int = 200) -> float:
+    """This process's CPU milliseconds per call of `fn`."""
+    t0 = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - t0) / repeats * 1e3
 
 
 def callable_cpu_ms(loaded, backend_spec: str, clip, batch: int, repeats: int = 20) -> float:
